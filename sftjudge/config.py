@@ -1,0 +1,192 @@
+"""Run configuration: one pydantic model per stage, composed into `RunConfig`.
+
+`RunConfig` is the flow's parameter type, so every field carries a description and a default: the Prefect UI
+renders it as a form, and `sftjudge run CONFIG key.sub=value ...` applies dotted overrides on top of the YAML.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class _Strict(BaseModel):
+    # An unknown key is almost always a typo; failing before any work beats silently ignoring it.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Strict):
+    """Where the instruction data comes from and how it is split."""
+
+    path: str = Field(
+        "data/sample/support_tickets.jsonl",
+        description="Instruction data file (JSONL). Relative paths are resolved from the working directory.",
+    )
+    format: Literal["auto", "prompt_completion", "alpaca", "messages"] = Field(
+        "auto", description="Row format; 'auto' detects it per row from the keys present."
+    )
+    strict: bool = Field(False, description="Fail the run on the first invalid row instead of quarantining it.")
+    train_ratio: float = Field(0.8, gt=0, lt=1, description="Share of rows used for training.")
+    val_ratio: float = Field(0.1, gt=0, lt=1, description="Share of rows used for validation loss.")
+    test_ratio: float = Field(0.1, gt=0, lt=1, description="Share of rows held out for generation and judging.")
+    seed: int = Field(13, description="Seed of the split; same data + same seed gives the same split.")
+
+    @model_validator(mode="after")
+    def _ratios_sum_to_one(self) -> "DataConfig":
+        total = self.train_ratio + self.val_ratio + self.test_ratio
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(
+                f"train_ratio + val_ratio + test_ratio must be 1.0, got {total:.4f} "
+                f"({self.train_ratio} + {self.val_ratio} + {self.test_ratio})"
+            )
+        return self
+
+
+class SFTConfig(_Strict):
+    """Supervised fine-tuning of the student model."""
+
+    base_model: str = Field(
+        "smollm2-135m-instruct",
+        description="Student: an embedded model name (see `sftjudge models list`), a local directory, or a hub id.",
+    )
+    method: Literal["lora", "full"] = Field("lora", description="LoRA adapters (peft) or full fine-tuning.")
+    epochs: int = Field(2, ge=1, le=100, description="Passes over the training split.")
+    learning_rate: float = Field(1e-3, gt=0, description="Peak learning rate (linear warm-up, then linear decay).")
+    warmup_ratio: float = Field(0.05, ge=0, lt=1, description="Share of optimizer steps spent warming up.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    batch_size: int = Field(8, ge=1, description="Rows per optimizer step (before gradient accumulation).")
+    grad_accum: int = Field(1, ge=1, description="Micro-batches accumulated per optimizer step.")
+    max_seq_len: int = Field(256, ge=16, description="Rows longer than this many tokens are truncated.")
+    lora_r: int = Field(16, ge=1, description="LoRA rank.")
+    lora_alpha: int = Field(32, ge=1, description="LoRA scaling numerator (scale = alpha / r).")
+    lora_dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA path during training.")
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        description="Module names that receive LoRA adapters.",
+    )
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="'auto' uses bf16 autocast when the device supports it, else fp32."
+    )
+    seed: int = Field(0, description="Seed for weight init of adapters, shuffling and dropout.")
+    trust_remote_code: bool = Field(False, description="Allow model repos to run their own Python code.")
+
+
+class GenerateConfig(_Strict):
+    """Answer generation on the test split."""
+
+    backend: Literal["transformers", "vllm"] = Field(
+        "transformers", description="transformers (CPU or GPU) or vLLM (GPU worker, `pip install sftjudge[gpu]`)."
+    )
+    max_new_tokens: int = Field(96, ge=1, description="Upper bound on generated tokens per answer.")
+    batch_size: int = Field(8, ge=1, description="Prompts generated together (transformers backend).")
+    temperature: float = Field(0.0, ge=0, description="0 means greedy decoding.")
+    seed: int = Field(0, description="Sampling seed when temperature > 0.")
+
+
+class JudgeConfig(_Strict):
+    """The local LLM judge and cheap metrics."""
+
+    judge: str = Field("reference-score", description="Judge definition: a folder name under judges_dir.")
+    judges_dir: str = Field("judges", description="Folder holding judge definitions (judge.yaml + prompt).")
+    model: str = Field(
+        "qwen2.5-coder-1.5b-instruct",
+        description="Judge model: an embedded model name, a local directory, or a hub id.",
+    )
+    batch_size: int = Field(4, ge=1, description="Items scored per forward pass.")
+    max_prompt_tokens: int = Field(1024, ge=64, description="Judge prompts longer than this are truncated on the left.")
+
+
+class DecideConfig(_Strict):
+    """Rules for promoting the new checkpoint or keeping the champion, fixed before the run starts."""
+
+    min_improvement: float = Field(
+        0.25, ge=0, description="Mean judge score (1-10) the challenger must gain over the champion to be promoted."
+    )
+    max_val_train_ratio: float = Field(
+        2.0, gt=1, description="Val/train loss ratio at the chosen epoch above which the run counts as overfitting."
+    )
+    min_judge_score: float = Field(1.0, ge=1, le=10, description="A run scoring below this is never promoted.")
+
+
+class RunConfig(_Strict):
+    """One fine-tune → generate → judge → decide cycle."""
+
+    name: str = Field("demo", description="Short label stored with the run (not required to be unique).")
+    runs_dir: str = Field("runs", description="Where run directories and the run registry live.")
+    home: str | None = Field(
+        None, description="Model cache directory; default $SFTJUDGE_HOME or ~/.cache/sftjudge."
+    )
+    threads: int | None = Field(None, ge=1, description="CPU threads for torch; default: all cores.")
+    data: DataConfig = Field(default_factory=DataConfig, description="Data loading and splitting.")
+    sft: SFTConfig = Field(default_factory=SFTConfig, description="Fine-tuning.")
+    generate: GenerateConfig = Field(default_factory=GenerateConfig, description="Generation on the test split.")
+    judge: JudgeConfig = Field(default_factory=JudgeConfig, description="Judging.")
+    decide: DecideConfig = Field(default_factory=DecideConfig, description="Promotion rules.")
+
+
+class ConfigError(ValueError):
+    """A config file or override that cannot be used; the message names the file and the field."""
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Split `a.b.c=value` into (["a","b","c"], value), the value parsed as YAML (so 3 → int, true → bool).
+
+    >>> parse_override("sft.epochs=3")
+    (['sft', 'epochs'], 3)
+    >>> parse_override("name=run a")
+    (['name'], 'run a')
+    """
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {text!r} is not of the form key.sub=value")
+    return key.strip().split("."), yaml.safe_load(raw) if raw.strip() else ""
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Return a copy of `data` with each dotted override set (intermediate dicts created as needed)."""
+    result = yaml.safe_load(yaml.safe_dump(data)) or {}
+    for text in overrides:
+        keys, value = parse_override(text)
+        node = result
+        for key in keys[:-1]:
+            child = node.setdefault(key, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {text!r}: {key!r} is a value, not a section")
+            node = child
+        node[keys[-1]] = value
+    return result
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
+    """Load a RunConfig from a YAML file (or defaults when `path` is None) plus dotted overrides.
+
+    Raises ConfigError naming the file and every invalid field before any work starts.
+    """
+    data: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        source = str(path)
+        try:
+            data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    data = apply_overrides(data, overrides or [])
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '(top level)'}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigError(f"invalid config ({source}): {problems}") from None
+
+
+def dump_config(config: RunConfig) -> str:
+    """The resolved config as YAML, every field written out, so a run can be reproduced from its directory."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

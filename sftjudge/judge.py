@@ -1,0 +1,195 @@
+"""The local LLM judge: judges are data (`judges/<name>/judge.yaml` + prompt text), scoring is a pure read-out.
+
+`logprob` mode scores in one forward pass: the judge's next-token distribution over the score labels gives an
+expected score, so there is nothing to parse and nothing to fail. Multi-token labels such as "10" (split into
+"1","0" by Qwen-style tokenizers) are handled in the same pass by appending the shared first token and reading
+the distribution after it (causal attention keeps the first read-out unaffected).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+from sftjudge.device import device
+
+
+class JudgeError(ValueError):
+    """A judge definition that cannot be used; names the file and field."""
+
+
+class Scale(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    min: int = 1
+    max: int = 10
+
+
+class JudgeSpec(BaseModel):
+    """A judge definition loaded from `judges/<name>/judge.yaml`, with its prompt texts read in."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    description: str = ""
+    mode: str = Field("logprob", pattern="^logprob$")
+    scale: Scale = Field(default_factory=Scale)
+    system_file: str | None = None
+    prompt_file: str
+    system: str = ""
+    prompt: str = ""
+
+    def render_messages(self, instruction: str, reference: str, answer: str) -> list[dict[str, str]]:
+        user = self.prompt.format(instruction=instruction, reference=reference, answer=answer)
+        messages = [{"role": "system", "content": self.system}] if self.system.strip() else []
+        return messages + [{"role": "user", "content": user}]
+
+
+def load_judge(judges_dir: Path, name: str) -> JudgeSpec:
+    """Read judge.yaml and its prompt files; raise JudgeError naming the file on any problem."""
+    folder = Path(judges_dir) / name
+    settings = folder / "judge.yaml"
+    if not settings.is_file():
+        known = sorted(p.name for p in Path(judges_dir).glob("*/judge.yaml")) if Path(judges_dir).is_dir() else []
+        raise JudgeError(f"{settings}: no such judge definition (judges in {judges_dir}: {known or 'none'})")
+    try:
+        data = yaml.safe_load(settings.read_text(encoding="utf-8")) or {}
+        spec = JudgeSpec.model_validate(data)
+    except (yaml.YAMLError, ValueError) as exc:
+        raise JudgeError(f"{settings}: {exc}") from None
+    spec.prompt = (folder / spec.prompt_file).read_text(encoding="utf-8")
+    if spec.system_file:
+        spec.system = (folder / spec.system_file).read_text(encoding="utf-8").strip()
+    for placeholder in ("{instruction}", "{reference}", "{answer}"):
+        if placeholder not in spec.prompt:
+            raise JudgeError(f"{folder / spec.prompt_file}: prompt must contain {placeholder}")
+    return spec
+
+
+@dataclass(frozen=True)
+class LabelTokens:
+    """Score labels as token ids: `single[score] = id`, `double[score] = (first, second)` sharing one first id."""
+
+    single: dict[int, int]
+    double: dict[int, tuple[int, int]]
+
+    @property
+    def shared_first(self) -> int | None:
+        firsts = {first for first, _ in self.double.values()}
+        return next(iter(firsts)) if firsts else None
+
+
+def label_tokens(tokenizer, scale: Scale) -> LabelTokens:
+    """Tokenise each score label; raise JudgeError for tokenizers where one forward pass cannot score them."""
+    single: dict[int, int] = {}
+    double: dict[int, tuple[int, int]] = {}
+    for score in range(scale.min, scale.max + 1):
+        ids = tokenizer(str(score), add_special_tokens=False)["input_ids"]
+        if len(ids) == 1:
+            single[score] = ids[0]
+        elif len(ids) == 2:
+            double[score] = (ids[0], ids[1])
+        else:
+            raise JudgeError(f"score label {score} is {len(ids)} tokens for this judge tokenizer; use a smaller scale")
+    firsts = {first for first, _ in double.values()}
+    if len(firsts) > 1 or (firsts and next(iter(firsts)) not in single.values()):
+        raise JudgeError("multi-token score labels must share a first token that is itself a label (like '1','0')")
+    return LabelTokens(single, double)
+
+
+def score_distribution(first_probs: list[float], second_probs: list[float] | None,
+                       labels: LabelTokens) -> dict[int, float]:
+    """Probability of each complete score label from the two read-outs (unnormalised).
+
+    >>> labels = LabelTokens(single={1: 0, 2: 1}, double={10: (0, 2)})
+    >>> dist = score_distribution([0.5, 0.3, 0.2], [0.0, 0.0, 0.4], labels)
+    >>> {k: round(v, 3) for k, v in dist.items()}
+    {1: 0.3, 2: 0.3, 10: 0.2}
+    """
+    dist: dict[int, float] = {}
+    shared = labels.shared_first
+    continue_mass = sum(second_probs[s] for _, s in labels.double.values()) if second_probs else 0.0
+    for score, token in labels.single.items():
+        p = first_probs[token]
+        # "1" followed by "0" is the label 10, not the label 1.
+        dist[score] = p * (1.0 - continue_mass) if token == shared else p
+    for score, (first, second) in labels.double.items():
+        dist[score] = first_probs[first] * (second_probs[second] if second_probs else 0.0)
+    return dict(sorted(dist.items()))
+
+
+@dataclass
+class Judgment:
+    id: str
+    score: float | None  # expected score over the labels, renormalised; None only if no mass at all (underflow)
+    label_mass: float  # probability the judge put on any valid label: low mass = the judge wanted to say else
+    distribution: dict[int, float]
+    prompt_tokens: int
+    truncated: bool
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "score": None if self.score is None else round(self.score, 4), "label_mass": round(self.label_mass, 4),
+                "distribution": {str(k): round(v, 4) for k, v in self.distribution.items()},
+                "prompt_tokens": self.prompt_tokens, "truncated": self.truncated}
+
+
+class LogprobJudge:
+    """Scores (instruction, reference, answer) items with a causal LM's score-label probabilities."""
+
+    def __init__(self, model, tokenizer, spec: JudgeSpec, *, max_prompt_tokens: int = 1024):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.spec = spec
+        self.labels = label_tokens(tokenizer, spec.scale)
+        self.max_prompt_tokens = max_prompt_tokens
+
+    def encode(self, instruction: str, reference: str, answer: str) -> tuple[list[int], bool]:
+        messages = self.spec.render_messages(instruction, reference, answer)
+        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        truncated = len(ids) > self.max_prompt_tokens
+        # Cut from the left: the rating question and the answer are at the end and must survive.
+        return (ids[-self.max_prompt_tokens:] if truncated else ids), truncated
+
+    def score_batch(self, items: list[dict[str, str]]) -> list[Judgment]:
+        """Score items (dicts with id, instruction, reference, answer) in one forward pass."""
+        import torch
+
+        encoded = [self.encode(it["instruction"], it["reference"], it["answer"]) for it in items]
+        shared = self.labels.shared_first
+        seqs = [ids + ([shared] if shared is not None else []) for ids, _ in encoded]
+        width = max(len(s) for s in seqs)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        ids = torch.tensor([[pad] * (width - len(s)) + s for s in seqs], device=device())
+        mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in seqs], device=device())
+        # Left padding: positions must count real tokens only, or padded rows would score differently.
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        with torch.no_grad():
+            logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions).logits.float()
+        offset = 2 if shared is not None else 1
+        first = torch.softmax(logits[:, -offset, :], dim=-1).tolist()
+        second = torch.softmax(logits[:, -1, :], dim=-1).tolist() if shared is not None else [None] * len(items)
+        judgments = []
+        for item, (prompt_ids, truncated), p1, p2 in zip(items, encoded, first, second):
+            dist = score_distribution(p1, p2, self.labels)
+            mass = sum(dist.values())
+            score = sum(s * p for s, p in dist.items()) / mass if mass > 0 else None
+            judgments.append(Judgment(item["id"], score, mass, {k: v / mass if mass else 0.0 for k, v in dist.items()},
+                                      len(prompt_ids), truncated))
+        return judgments
+
+    def score(self, items: list[dict[str, str]], batch_size: int = 4) -> list[Judgment]:
+        from tqdm.auto import tqdm
+
+        order = sorted(range(len(items)), key=lambda i: len(items[i]["answer"]) + len(items[i]["instruction"]))
+        results: dict[int, Judgment] = {}
+        bar = tqdm(total=len(items), desc="judge", unit="item")
+        for start in range(0, len(order), batch_size):
+            idx = order[start:start + batch_size]
+            for i, judgment in zip(idx, self.score_batch([items[i] for i in idx])):
+                results[i] = judgment
+            bar.update(len(idx))
+        bar.close()
+        return [results[i] for i in range(len(items))]

@@ -1,0 +1,122 @@
+"""The run registry: an embedded SQLite database of runs plus the champion pointer and its history.
+
+Recording a run's decision and moving the champion pointer happen in one transaction (`BEGIN IMMEDIATE`), so a
+crash in between leaves the old champion intact and two runs finishing at once are serialised by SQLite's lock.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from contextlib import closing
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    run_id TEXT PRIMARY KEY,
+    name TEXT,
+    created_at TEXT,
+    base_model TEXT,
+    method TEXT,
+    dataset_sha256 TEXT,
+    test_fingerprint TEXT,
+    template_fingerprint TEXT,
+    epochs INTEGER,
+    learning_rate REAL,
+    batch_size INTEGER,
+    best_epoch INTEGER,
+    best_val_loss REAL,
+    train_loss_at_best REAL,
+    judge TEXT,
+    judge_score REAL,
+    exact_match REAL,
+    decision TEXT,
+    reasons TEXT,
+    checkpoint TEXT,
+    run_dir TEXT
+);
+CREATE TABLE IF NOT EXISTS champion_history (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    run_id TEXT NOT NULL REFERENCES runs(run_id),
+    previous_run_id TEXT,
+    changed_at TEXT NOT NULL,
+    how TEXT NOT NULL
+);
+"""
+
+RUN_COLUMNS = ("run_id", "name", "created_at", "base_model", "method", "dataset_sha256", "test_fingerprint",
+               "template_fingerprint", "epochs", "learning_rate", "batch_size", "best_epoch", "best_val_loss",
+               "train_loss_at_best", "judge", "judge_score", "exact_match", "decision", "reasons", "checkpoint",
+               "run_dir")
+
+
+class Registry:
+    """Runs and champion in `<runs_dir>/registry.sqlite`; every method opens its own short connection."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with closing(self._connect()) as db, db:
+            db.executescript(SCHEMA)
+
+    @classmethod
+    def in_runs_dir(cls, runs_dir: str | Path) -> "Registry":
+        return cls(Path(runs_dir) / "registry.sqlite")
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+        db.row_factory = sqlite3.Row
+        return db
+
+    def record(self, run: dict[str, Any], *, promote: bool, how: str = "decision") -> None:
+        """Insert or replace the run's row and, when `promote`, move the champion pointer - atomically."""
+        row = {k: run.get(k) for k in RUN_COLUMNS}
+        if isinstance(row["reasons"], list):
+            row["reasons"] = json.dumps(row["reasons"])
+        with closing(self._connect()) as db:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                db.execute(f"INSERT OR REPLACE INTO runs ({', '.join(RUN_COLUMNS)}) "
+                           f"VALUES ({', '.join('?' for _ in RUN_COLUMNS)})", [row[k] for k in RUN_COLUMNS])
+                current = self._champion_id(db)
+                if promote and current != row["run_id"]:
+                    db.execute("INSERT INTO champion_history (run_id, previous_run_id, changed_at, how) "
+                               "VALUES (?, ?, ?, ?)",
+                               (row["run_id"], current, datetime.now(timezone.utc).isoformat(timespec="seconds"), how))
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+
+    @staticmethod
+    def _champion_id(db: sqlite3.Connection) -> str | None:
+        found = db.execute("SELECT run_id FROM champion_history ORDER BY seq DESC LIMIT 1").fetchone()
+        return found["run_id"] if found else None
+
+    def champion(self) -> dict[str, Any] | None:
+        with closing(self._connect()) as db:
+            run_id = self._champion_id(db)
+            return self._run(db, run_id) if run_id else None
+
+    def get(self, run_id: str) -> dict[str, Any] | None:
+        with closing(self._connect()) as db:
+            return self._run(db, run_id)
+
+    def _run(self, db: sqlite3.Connection, run_id: str) -> dict[str, Any] | None:
+        found = db.execute("SELECT * FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+        if not found:
+            return None
+        run = dict(found)
+        run["reasons"] = json.loads(run["reasons"]) if run["reasons"] else []
+        return run
+
+    def runs(self) -> list[dict[str, Any]]:
+        with closing(self._connect()) as db:
+            ids = [r["run_id"] for r in db.execute("SELECT run_id FROM runs ORDER BY created_at, run_id")]
+            return [self._run(db, run_id) for run_id in ids]
+
+    def champion_history(self) -> list[dict[str, Any]]:
+        with closing(self._connect()) as db:
+            return [dict(r) for r in db.execute("SELECT * FROM champion_history ORDER BY seq")]

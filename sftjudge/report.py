@@ -1,0 +1,105 @@
+"""The run report: `report.md` plus plots, written from the run directory alone so it can be rebuilt any time."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from sftjudge.rundir import RunDir, atomic_write_text, read_jsonl
+
+
+def plot_losses(epochs, out: Path) -> Path:
+    """Train and val loss per epoch (the overfitting picture) as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    xs = [m.epoch for m in epochs]
+    fig, ax = plt.subplots(figsize=(5, 3.2), dpi=120)
+    ax.plot(xs, [m.train_loss for m in epochs], marker="o", label="train (eval mode)")
+    ax.plot(xs, [m.val_loss for m in epochs], marker="o", label="validation")
+    best = min(epochs, key=lambda m: m.val_loss)
+    ax.axvline(best.epoch, color="grey", linestyle=":", label=f"best epoch {best.epoch}")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("completion-token loss")
+    ax.set_xticks(xs)
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+    return out
+
+
+def plot_scores(scores: list[float], out: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.2), dpi=120)
+    ax.hist(scores, bins=[x + 0.5 for x in range(0, 11)], edgecolor="black")
+    ax.set_xlabel("judge score (1-10)")
+    ax.set_ylabel("test items")
+    ax.set_xticks(range(1, 11))
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+    return out
+
+
+def _table(headers: list[str], rows: list[list[Any]]) -> str:
+    def cell(value: Any) -> str:
+        text = f"{value:.4g}" if isinstance(value, float) else str(value)
+        return text.replace("|", "\\|").replace("\n", " ")
+
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def write_report(run: RunDir, sample_items: int = 8) -> Path:
+    """Write report.md (decision, losses, judge, data books, sample answers) and score_hist.png."""
+    manifest = run.manifest()
+    decision = json.loads((run / "decision.json").read_text())
+    data = json.loads((run / "data/report.json").read_text())
+    metrics = json.loads((run / "metrics.json").read_text())
+    epochs = read_jsonl(run / "metrics.jsonl")
+    judgments = read_jsonl(run / "judgments.jsonl")
+    plot_scores([j["score"] for j in judgments if j["score"] is not None], run / "score_hist.png")
+    stages = [[name, s.get("status"), s.get("seconds", "")] for name, s in manifest["stages"].items()]
+    parts = [
+        f"# Run {run.run_id} ({manifest['name']})",
+        f"**Decision: {decision['action'].upper()}**" + (f" (champion before: {decision['champion_before']})"
+                                                         if decision["champion_before"] else ""),
+        "\n".join(f"- {reason}" for reason in decision["reasons"]),
+        "## Stages", _table(["stage", "status", "seconds"], stages),
+        "## Training (loss on completion tokens, train and val measured the same way)",
+        _table(["epoch", "train loss", "val loss", "val/train", "train ppl", "val ppl", "seconds"],
+               [[e["epoch"], e["train_loss"], e["val_loss"], e["val_loss"] / e["train_loss"], e["train_ppl"],
+                 e["val_ppl"], e["seconds"]] for e in epochs]),
+        "![loss curve](loss_curve.png)",
+        "## Judge and metrics",
+        _table(["metric", "value"], [["judge", metrics["judge"]], ["items", metrics["items"]],
+                                     ["judge score mean (1-10)", metrics["judge_score_mean"]],
+                                     ["judge score stdev", metrics["judge_score_stdev"]],
+                                     ["judge label mass mean", metrics["label_mass_mean"]]]
+               + [[k, v] for k, v in metrics["cheap"].items()]),
+        "![judge score histogram](score_hist.png)",
+        "## Data",
+        f"Input `{data['input']}` (sha256 {data['input_sha256'][:12]}): {data['rows_in']} rows in, "
+        f"{sum(data['splits'].values())} kept ({data['splits']}), {data['dropped']} dropped "
+        f"(see data/quarantine.jsonl); {data['blank_lines_skipped']} blank lines skipped.",
+        _table(["step", "in", "kept", "dropped", "reasons"],
+               [[s["step"], s["in"], s["kept"], s["dropped"], "; ".join(f"{k}: {v}" for k, v in s["reasons"].items())]
+                for s in data["steps"]]),
+        f"## Sample test items (first {sample_items})",
+        _table(["id", "score", "exact", "answer", "reference"],
+               [[j["id"], j["score"], j["metrics"]["exact_match"], j["answer"][:160], j["reference"][:160]]
+                for j in judgments[:sample_items]]),
+    ]
+    out = run / "report.md"
+    atomic_write_text(out, "\n\n".join(parts) + "\n")
+    return out

@@ -1,0 +1,1 @@
+"""Thin Prefect task wrappers around sftjudge.stages: retries, persisted results, artifacts. No logic here."""

@@ -1,0 +1,41 @@
+"""Prefect artifacts that show a run's data report, losses, judge summary and decision in the UI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+from sftjudge.rundir import read_jsonl
+
+
+def _key(run_path: str, what: str) -> str:
+    # Artifact keys allow lowercase letters, digits and dashes only.
+    return f"{what}-{Path(run_path).name}".lower().replace("_", "-")
+
+
+def data_report(run_path: str) -> None:
+    report = json.loads((Path(run_path) / "data/report.json").read_text())
+    create_table_artifact(key=_key(run_path, "data"), description=f"Curation books: {report['splits']}",
+                          table=[{k: v for k, v in step.items()} | {"reasons": json.dumps(step["reasons"])}
+                                 for step in report["steps"]])
+
+
+def losses(run_path: str) -> None:
+    rows = read_jsonl(Path(run_path) / "metrics.jsonl")
+    create_table_artifact(key=_key(run_path, "losses"), description="Per-epoch train and validation loss",
+                          table=[{k: r[k] for k in ("epoch", "train_loss", "val_loss", "train_ppl", "val_ppl")}
+                                 for r in rows])
+
+
+def judge_summary(run_path: str) -> None:
+    metrics = json.loads((Path(run_path) / "metrics.json").read_text())
+    create_table_artifact(key=_key(run_path, "judge"), description=f"Judge {metrics['judge']}",
+                          table=[{"metric": k, "value": v} for k, v in metrics.items() if k != "cheap"]
+                          + [{"metric": k, "value": v} for k, v in metrics["cheap"].items()])
+
+
+def report(run_path: str) -> None:
+    create_markdown_artifact(key=_key(run_path, "report"), markdown=(Path(run_path) / "report.md").read_text(),
+                             description="Run report with the decision and its reasons")
