@@ -49,7 +49,7 @@ class TransformersGenerator:
 
     def generate(self, prompts: list[str], params: GenerationParams) -> list[Generation]:
         import torch
-        from tqdm.auto import tqdm
+        from sftjudge.progress import progress
 
         tok = self.tokenizer
         tok.padding_side = "left"
@@ -58,7 +58,7 @@ class TransformersGenerator:
         results: list[Generation | None] = [None] * len(prompts)
         if params.temperature > 0:
             torch.manual_seed(params.seed)
-        bar = tqdm(total=len(prompts), desc="generate", unit="answer")
+        bar = progress(total=len(prompts), desc="generate", unit="answer")
         for start in range(0, len(order), self.batch_size):
             idx = order[start:start + self.batch_size]
             for i, gen in zip(idx, self._generate_batch([prompts[i] for i in idx], params)):

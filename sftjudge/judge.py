@@ -38,6 +38,7 @@ class JudgeSpec(BaseModel):
     scale: Scale = Field(default_factory=Scale)
     system_file: str | None = None
     prompt_file: str
+    answer_prefix: str = Field("", description="text opening the judge's turn, right before the score token")
     system: str = ""
     prompt: str = ""
 
@@ -52,7 +53,7 @@ def load_judge(judges_dir: Path, name: str) -> JudgeSpec:
     folder = Path(judges_dir) / name
     settings = folder / "judge.yaml"
     if not settings.is_file():
-        known = sorted(p.name for p in Path(judges_dir).glob("*/judge.yaml")) if Path(judges_dir).is_dir() else []
+        known = sorted(p.parent.name for p in Path(judges_dir).glob("*/judge.yaml")) if Path(judges_dir).is_dir() else []
         raise JudgeError(f"{settings}: no such judge definition (judges in {judges_dir}: {known or 'none'})")
     try:
         data = yaml.safe_load(settings.read_text(encoding="utf-8")) or {}
@@ -148,6 +149,7 @@ class LogprobJudge:
     def encode(self, instruction: str, reference: str, answer: str) -> tuple[list[int], bool]:
         messages = self.spec.render_messages(instruction, reference, answer)
         text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        text += self.spec.answer_prefix
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
         truncated = len(ids) > self.max_prompt_tokens
         # Cut from the left: the rating question and the answer are at the end and must survive.
@@ -181,11 +183,11 @@ class LogprobJudge:
         return judgments
 
     def score(self, items: list[dict[str, str]], batch_size: int = 4) -> list[Judgment]:
-        from tqdm.auto import tqdm
+        from sftjudge.progress import progress
 
         order = sorted(range(len(items)), key=lambda i: len(items[i]["answer"]) + len(items[i]["instruction"]))
         results: dict[int, Judgment] = {}
-        bar = tqdm(total=len(items), desc="judge", unit="item")
+        bar = progress(total=len(items), desc="judge", unit="item")
         for start in range(0, len(order), batch_size):
             idx = order[start:start + batch_size]
             for i, judgment in zip(idx, self.score_batch([items[i] for i in idx])):

