@@ -15,7 +15,7 @@ from tasks import stages
 def fine_tune_then_judge(config: RunConfig = RunConfig()) -> dict[str, Any]:
     """Fine-tune the student on curated data, judge its test answers, and promote it or keep the champion."""
     run = stages.start_run(config)
-    stages.curate(run, config.data)
+    stages.curate(run, config.data, config.sft, config.judge, config.home)
     stages.sft(run, config.sft, config.home, config.threads)
     stages.generate(run, config.generate, config.sft, config.home, config.threads)
     stages.judge(run, config.judge, config.home, config.threads, config.sft.precision)

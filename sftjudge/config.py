@@ -18,21 +18,87 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+class NearDedupConfig(_Strict):
+    """MinHash + LSH near-duplicate removal (datasketch)."""
+
+    enabled: bool = Field(True, description="Drop near-duplicates, keeping the first row of each cluster.")
+    threshold: float = Field(0.8, gt=0, le=1, description="Estimated Jaccard similarity at which rows cluster.")
+    num_perm: int = Field(128, ge=16, le=1024, description="MinHash permutations (more: slower, more exact).")
+    shingle_size: int = Field(3, ge=1, le=20, description="Words per shingle.")
+
+
+class LengthConfig(_Strict):
+    """Token-length bounds, counted with the student's tokenizer after its chat template is applied."""
+
+    min_prompt_tokens: int = Field(1, ge=0, description="Rows whose rendered prompt is shorter are dropped.")
+    max_prompt_tokens: int | None = Field(None, ge=1, description="Rows whose prompt is longer are dropped.")
+    min_completion_tokens: int = Field(1, ge=0, description="Rows whose answer is shorter are dropped.")
+    max_completion_tokens: int | None = Field(None, ge=1, description="Rows whose answer is longer are dropped.")
+    drop_over_max_seq_len: bool = Field(
+        True, description="Drop rows longer than sft.max_seq_len instead of training on a truncated copy."
+    )
+
+
+class PIIConfig(_Strict):
+    """Scrubbing of emails, phone numbers, credit cards (Luhn-checked), SSNs and IP addresses."""
+
+    action: Literal["mask", "drop", "off"] = Field(
+        "mask", description="'mask' replaces PII with typed placeholders, 'drop' removes the row, 'off' skips."
+    )
+
+
+class QualityConfig(_Strict):
+    """Optional quality scoring of rows with the judge model (slow: one judge pass per row)."""
+
+    enabled: bool = Field(False, description="Score every row with the judge and drop low-quality ones.")
+    judge: str = Field("quality", description="Judge definition used for scoring rows (under judge.judges_dir).")
+    threshold: float = Field(5.0, ge=1, le=10, description="Rows scoring below this (1-10) are dropped.")
+
+
+class ContaminationConfig(_Strict):
+    """N-gram overlap of val/test rows with the training split and the regression suite."""
+
+    n: int = Field(13, ge=3, le=50, description="Words per n-gram (13 follows the GPT-3 contamination study).")
+    threshold: float = Field(0.5, gt=0, le=1, description="Share of a row's n-grams found elsewhere to flag it.")
+    action: Literal["report", "drop", "fail"] = Field(
+        "drop", description="What to do with flagged val/test rows: list them, drop them, or fail the run."
+    )
+    regression_suite: str | None = Field(
+        None, description="Optional JSONL of regression prompts checked for overlap with the training split."
+    )
+
+
 class DataConfig(_Strict):
-    """Where the instruction data comes from and how it is split."""
+    """Where the instruction data comes from, how it is cleaned, and how it is split."""
 
     path: str = Field(
         "data/sample/support_tickets.jsonl",
-        description="Instruction data file (JSONL). Relative paths are resolved from the working directory.",
+        description="JSONL, JSON, CSV/TSV or Parquet file, a dataset saved with datasets' save_to_disk, or a hub "
+                    "dataset id. Relative paths are resolved from the working directory.",
     )
+    split: str = Field("train", description="Which split to read from a Hugging Face dataset.")
     format: Literal["auto", "prompt_completion", "alpaca", "messages"] = Field(
         "auto", description="Row format; 'auto' detects it per row from the keys present."
     )
+    fields: dict[str, str] = Field(
+        default_factory=dict,
+        description="Rename your columns to ours, e.g. {prompt: question, completion: answer}.",
+    )
     strict: bool = Field(False, description="Fail the run on the first invalid row instead of quarantining it.")
+    near_dedup: NearDedupConfig = Field(default_factory=NearDedupConfig, description="Near-duplicate removal.")
+    length: LengthConfig = Field(default_factory=LengthConfig, description="Token-length filter.")
+    pii: PIIConfig = Field(default_factory=PIIConfig, description="PII scrubbing.")
+    quality: QualityConfig = Field(default_factory=QualityConfig, description="Optional judge quality filter.")
+    contamination: ContaminationConfig = Field(
+        default_factory=ContaminationConfig, description="Val/test overlap with train."
+    )
     train_ratio: float = Field(0.8, gt=0, lt=1, description="Share of rows used for training.")
     val_ratio: float = Field(0.1, gt=0, lt=1, description="Share of rows used for validation loss.")
     test_ratio: float = Field(0.1, gt=0, lt=1, description="Share of rows held out for generation and judging.")
+    stratify_by: str | None = Field(
+        None, description="Keep this row field's value proportions equal across splits (a top-level field).")
     seed: int = Field(13, description="Seed of the split; same data + same seed gives the same split.")
+    cache: bool = Field(True, description="Reuse curation results for the same input content and data config.")
 
     @model_validator(mode="after")
     def _ratios_sum_to_one(self) -> "DataConfig":

@@ -19,8 +19,9 @@ def judge_key(judge: JudgeConfig) -> str:
     return f"{judge.judge}@{judge.model}"
 
 
-def judge_generations(run: RunDir, judge: JudgeConfig, home: str | None, precision: str) -> dict[str, Any]:
-    """Score generations.jsonl with the configured judge; write judgments.jsonl and metrics.json."""
+def load_logprob_judge(judges_dir: str, name: str, model_ref: str, home: str | None, precision: str,
+                       max_prompt_tokens: int):
+    """A LogprobJudge for judge definition `name` on model `model_ref` (bf16 when fast here)."""
     import torch
 
     from sftjudge.device import device, use_bf16
@@ -28,16 +29,21 @@ def judge_generations(run: RunDir, judge: JudgeConfig, home: str | None, precisi
     from sftjudge.models import resolve_model, sftjudge_home
     from sftjudge.sft import load_causal_lm
 
-    spec = load_judge(Path(judge.judges_dir), judge.judge)
-    generations = read_jsonl(run / "generations.jsonl")
-    model_path = resolve_model(judge.model, sftjudge_home(home))
-    model, tokenizer = load_causal_lm(model_path)
+    spec = load_judge(Path(judges_dir), name)
+    model, tokenizer = load_causal_lm(resolve_model(model_ref, sftjudge_home(home)))
     model = model.to(device=device(), dtype=torch.bfloat16 if use_bf16(precision) else torch.float32)
-    scorer = LogprobJudge(model, tokenizer, spec, max_prompt_tokens=judge.max_prompt_tokens)
+    return LogprobJudge(model, tokenizer, spec, max_prompt_tokens=max_prompt_tokens)
+
+
+def judge_generations(run: RunDir, judge: JudgeConfig, home: str | None, precision: str) -> dict[str, Any]:
+    """Score generations.jsonl with the configured judge; write judgments.jsonl and metrics.json."""
+    generations = read_jsonl(run / "generations.jsonl")
+    scorer = load_logprob_judge(judge.judges_dir, judge.judge, judge.model, home, precision,
+                                judge.max_prompt_tokens)
     items = [{"id": g["id"], "instruction": g["instruction"], "reference": g["reference"], "answer": g["text"]}
              for g in generations]
     judgments = scorer.score(items, batch_size=judge.batch_size)
-    del model, scorer
+    del scorer
     gc.collect()
     rows, cheap_rows = [], []
     for gen, judgment in zip(generations, judgments):

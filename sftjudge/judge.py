@@ -38,12 +38,15 @@ class JudgeSpec(BaseModel):
     scale: Scale = Field(default_factory=Scale)
     system_file: str | None = None
     prompt_file: str
+    inputs: list[str] = Field(default_factory=lambda: ["instruction", "reference", "answer"],
+                              description="item fields the prompt uses; each must appear as {field} in it")
     answer_prefix: str = Field("", description="text opening the judge's turn, right before the score token")
     system: str = ""
     prompt: str = ""
 
-    def render_messages(self, instruction: str, reference: str, answer: str) -> list[dict[str, str]]:
-        user = self.prompt.format(instruction=instruction, reference=reference, answer=answer)
+    def render_messages(self, item: dict[str, str]) -> list[dict[str, str]]:
+        """The judge chat for one item; `item` must hold every field named in `inputs`."""
+        user = self.prompt.format(**{name: item[name] for name in self.inputs})
         messages = [{"role": "system", "content": self.system}] if self.system.strip() else []
         return messages + [{"role": "user", "content": user}]
 
@@ -63,7 +66,7 @@ def load_judge(judges_dir: Path, name: str) -> JudgeSpec:
     spec.prompt = (folder / spec.prompt_file).read_text(encoding="utf-8")
     if spec.system_file:
         spec.system = (folder / spec.system_file).read_text(encoding="utf-8").strip()
-    for placeholder in ("{instruction}", "{reference}", "{answer}"):
+    for placeholder in (f"{{{name}}}" for name in spec.inputs):
         if placeholder not in spec.prompt:
             raise JudgeError(f"{folder / spec.prompt_file}: prompt must contain {placeholder}")
     return spec
@@ -137,7 +140,7 @@ class Judgment:
 
 
 class LogprobJudge:
-    """Scores (instruction, reference, answer) items with a causal LM's score-label probabilities."""
+    """Scores items (dicts holding the judge's `inputs` fields) with a causal LM's score-label probabilities."""
 
     def __init__(self, model, tokenizer, spec: JudgeSpec, *, max_prompt_tokens: int = 1024):
         self.model = model.eval()
@@ -146,8 +149,8 @@ class LogprobJudge:
         self.labels = label_tokens(tokenizer, spec.scale)
         self.max_prompt_tokens = max_prompt_tokens
 
-    def encode(self, instruction: str, reference: str, answer: str) -> tuple[list[int], bool]:
-        messages = self.spec.render_messages(instruction, reference, answer)
+    def encode(self, item: dict[str, str]) -> tuple[list[int], bool]:
+        messages = self.spec.render_messages(item)
         text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         text += self.spec.answer_prefix
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -156,10 +159,10 @@ class LogprobJudge:
         return (ids[-self.max_prompt_tokens:] if truncated else ids), truncated
 
     def score_batch(self, items: list[dict[str, str]]) -> list[Judgment]:
-        """Score items (dicts with id, instruction, reference, answer) in one forward pass."""
+        """Score items (dicts with an id and the judge's input fields) in one forward pass."""
         import torch
 
-        encoded = [self.encode(it["instruction"], it["reference"], it["answer"]) for it in items]
+        encoded = [self.encode(it) for it in items]
         shared = self.labels.shared_first
         seqs = [ids + ([shared] if shared is not None else []) for ids, _ in encoded]
         width = max(len(s) for s in seqs)
@@ -185,7 +188,8 @@ class LogprobJudge:
     def score(self, items: list[dict[str, str]], batch_size: int = 4) -> list[Judgment]:
         from sftjudge.progress import progress
 
-        order = sorted(range(len(items)), key=lambda i: len(items[i]["answer"]) + len(items[i]["instruction"]))
+        # Similar lengths together: less padding per forward pass.
+        order = sorted(range(len(items)), key=lambda i: sum(len(items[i][k]) for k in self.spec.inputs))
         results: dict[int, Judgment] = {}
         bar = progress(total=len(items), desc="judge", unit="item")
         for start in range(0, len(order), batch_size):

@@ -60,6 +60,33 @@ def _table(headers: list[str], rows: list[list[Any]]) -> str:
     return "\n".join(lines)
 
 
+def data_report_markdown(data: dict[str, Any]) -> str:
+    lines = [
+        f"Input `{data['input']}` (sha256 {data['input_sha256'][:12]}): {data['rows_in']} rows in = "
+        f"{data['rows_kept']} kept {data['splits']} + {data['rows_dropped']} dropped (each with its reason in "
+        f"data/quarantine.jsonl); {data['blank_lines_skipped']} blank lines skipped."
+        + (" Curation reused from cache." if data.get("cache", {}).get("hit") else ""),
+        _table(["step", "in", "kept", "dropped", "reasons"],
+               [[s["step"], s["in"], s["kept"], s["dropped"], "; ".join(f"{k}: {v}" for k, v in s["reasons"].items())]
+                for s in data["steps"]]),
+    ]
+    if data.get("pii_counts"):
+        lines.append("PII found: " + ", ".join(f"{k} {v}" for k, v in data["pii_counts"].items()))
+    if data.get("cluster_sizes"):
+        lines.append("Near-duplicate cluster sizes (size: clusters): "
+                     + ", ".join(f"{k}: {v}" for k, v in data["cluster_sizes"].items()))
+    lengths = data.get("token_lengths") or {}
+    if lengths.get("total_tokens"):
+        lines.append(f"Tokens per kept row (prompt + answer, chat template applied): mean {lengths['mean_total']}, "
+                     f"max {lengths['max_total']}")
+        lines.append(_table(["tokens", "rows"], [[f"{b['from']}-{b['to']}", b["count"]]
+                                                 for b in lengths["total_tokens"]]))
+    flagged = data.get("contamination") or []
+    lines.append(f"Contamination: {len(flagged)} val/test rows overlap train or the regression suite"
+                 + (": " + ", ".join(f"{f['id']} ({f['overlap']:.2f})" for f in flagged[:10]) if flagged else "."))
+    return "\n\n".join(lines)
+
+
 def write_report(run: RunDir, sample_items: int = 8) -> Path:
     """Write report.md (decision, losses, judge, data books, sample answers) and score_hist.png."""
     manifest = run.manifest()
@@ -89,12 +116,7 @@ def write_report(run: RunDir, sample_items: int = 8) -> Path:
                + [[k, v] for k, v in metrics["cheap"].items()]),
         "![judge score histogram](score_hist.png)",
         "## Data",
-        f"Input `{data['input']}` (sha256 {data['input_sha256'][:12]}): {data['rows_in']} rows in, "
-        f"{sum(data['splits'].values())} kept ({data['splits']}), {data['dropped']} dropped "
-        f"(see data/quarantine.jsonl); {data['blank_lines_skipped']} blank lines skipped.",
-        _table(["step", "in", "kept", "dropped", "reasons"],
-               [[s["step"], s["in"], s["kept"], s["dropped"], "; ".join(f"{k}: {v}" for k, v in s["reasons"].items())]
-                for s in data["steps"]]),
+        data_report_markdown(data),
         f"## Sample test items (first {sample_items})",
         _table(["id", "score", "exact", "answer", "reference"],
                [[j["id"], j["score"], j["metrics"]["exact_match"], j["answer"][:160], j["reference"][:160]]

@@ -24,6 +24,8 @@ class Example(BaseModel):
     id: str
     messages: tuple[ChatMessage, ...]
     source: str = Field("", description="file:line the row came from, for error messages and quarantine")
+    meta: dict[str, str | int | float | bool] = Field(
+        default_factory=dict, description="other scalar top-level fields of the row (e.g. a category to stratify by)")
 
     @property
     def prompt_messages(self) -> list[dict[str, str]]:
@@ -39,7 +41,11 @@ class Example(BaseModel):
         return next(m.content for m in reversed(self.messages) if m.role == "user")
 
     def to_json(self) -> dict[str, Any]:
-        return {"id": self.id, "messages": [m.model_dump() for m in self.messages], "source": self.source}
+        return {"id": self.id, "messages": [m.model_dump() for m in self.messages], "source": self.source,
+                "meta": self.meta}
+
+
+ROW_FIELDS = {"id", "prompt", "completion", "instruction", "input", "output", "messages", "system"}
 
 
 class RowError(ValueError):
@@ -126,5 +132,7 @@ def example_from_obj(obj: Any, *, row_id: str, source: str, fmt: str = "auto") -
     if isinstance(system, str) and system.strip() and messages[0].role != "system":
         messages.insert(0, ChatMessage(role="system", content=system))
     explicit_id = obj.get("id")
+    meta = {k: v for k, v in obj.items()
+            if k not in ROW_FIELDS and isinstance(v, (str, int, float, bool))}
     return Example(id=str(explicit_id) if explicit_id not in (None, "") else row_id,
-                   messages=tuple(messages), source=source)
+                   messages=tuple(messages), source=source, meta=meta)

@@ -237,7 +237,7 @@ def _train_one_epoch(model, optimizer, scheduler, examples, settings, rng, pad_i
             optimizer.zero_grad(set_to_none=True)
         losses.append(loss.item())
         tokens += int(mask.sum())
-        bar.set_postfix(loss=f"{losses[-1]:.3f}", tok_s=f"{tokens / max(time.time() - started, 1e-9):.0f}")
+        bar.set_postfix(loss=f"{losses[-1]:.3f}", tok_s=f"{tokens / max(time.time() - started, 1e-9):.0f}", refresh=False)
     return sum(losses) / len(losses), len(batches), tokens
 
 

@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import gc
 import json
+import shutil
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from sftjudge.config import DataConfig, GenerateConfig, JudgeConfig, RunConfig, SFTConfig, dump_config
-from sftjudge.curate import curate, split_fingerprint
 from sftjudge.device import set_threads
+from sftjudge.models import resolve_model, sftjudge_home
 from sftjudge.rows import Example
-from sftjudge.rundir import RunDir, atomic_write_json, read_jsonl, write_jsonl
+from sftjudge.rundir import RunDir, atomic_directory, atomic_write_json, read_jsonl, write_jsonl
 
 
 def start_run(config: RunConfig, run_id: str | None = None) -> str:
@@ -34,34 +35,78 @@ def load_split(run: RunDir, split: str) -> list[Example]:
     return [Example.model_validate(row) for row in read_jsonl(run / f"data/{split}.jsonl")]
 
 
-def curate_stage(run_path: str, data: DataConfig) -> dict[str, Any]:
-    """Load, validate, dedup and split the data into `data/`; invalid and dropped rows go to quarantine.jsonl."""
+def curate_stage(run_path: str, data: DataConfig, sft: SFTConfig, judge: JudgeConfig,
+                 home: str | None) -> dict[str, Any]:
+    """Curate and split the data into `data/`; every dropped row goes to data/quarantine.jsonl with its reason.
+
+    Results are cached under $SFTJUDGE_HOME/curation/ by (input content, data settings, tokenizer), so an
+    unchanged dataset is not processed again.
+    """
+    from sftjudge.dataset import curation_cache_key, source_sha256
+
     run = RunDir(Path(run_path))
     if done := _done(run, "curate"):
         return done
     with run.stage("curate") as record:
-        result = curate(Path(data.path), fmt=data.format, strict=data.strict, val_ratio=data.val_ratio,
-                        test_ratio=data.test_ratio, seed=data.seed)
-        for name, rows in (("train", result.splits.train), ("val", result.splits.val), ("test", result.splits.test)):
-            write_jsonl(run / f"data/{name}.jsonl", [r.to_json() for r in rows])
-        write_jsonl(run / "data/quarantine.jsonl", [d.to_json() for d in result.dropped])
-        report = {
-            "input": data.path, "input_sha256": result.input_sha256, "rows_in": result.rows_in,
-            "blank_lines_skipped": result.blank_lines, "steps": result.steps,
-            "splits": result.splits.sizes(), "dropped": len(result.dropped),
-            "test_fingerprint": split_fingerprint(result.splits.test),
-        }
+        quality_id = f"{data.quality.judge}@{judge.model}" if data.quality.enabled else None
+        key = curation_cache_key(data, source_sha256(data.path), sft.base_model, sft.max_seq_len, quality_id)
+        cache_dir = sftjudge_home(home) / "curation" / key
+        if data.cache and (cache_dir / "report.json").is_file():
+            shutil.copytree(cache_dir, run / "data", dirs_exist_ok=True)
+            report = json.loads((run / "data/report.json").read_text())
+            report["cache"] = {"key": key, "hit": True}
+        else:
+            report = _curate_into(run / "data", data, sft, judge, home)
+            report["cache"] = {"key": key, "hit": False}
+            if data.cache:
+                with atomic_directory(cache_dir) as tmp:
+                    shutil.copytree(run / "data", tmp, dirs_exist_ok=True)
         atomic_write_json(run / "data/report.json", report)
         record.outputs = {s: f"data/{s}.jsonl" for s in ("train", "val", "test", "quarantine")}
         record.outputs["report"] = "data/report.json"
-        record.counts = {"rows_in": result.rows_in, "dropped": len(result.dropped), **result.splits.sizes(),
-                         "input_sha256": result.input_sha256, "test_fingerprint": report["test_fingerprint"]}
+        record.counts = {"rows_in": report["rows_in"], "dropped": report["rows_dropped"], **report["splits"],
+                         "input_sha256": report["input_sha256"], "test_fingerprint": report["test_fingerprint"],
+                         "cache_hit": report["cache"]["hit"]}
     return run.stage_info("curate")
+
+
+def _curate_into(out: Path, data: DataConfig, sft: SFTConfig, judge: JudgeConfig, home: str | None) -> dict:
+    from transformers import AutoTokenizer
+
+    from sftjudge.dataset import build_dataset
+
+    base = resolve_model(sft.base_model, sftjudge_home(home))
+    tokenizer = AutoTokenizer.from_pretrained(base, trust_remote_code=sft.trust_remote_code)
+    scorer = _quality_scorer(data, judge, home) if data.quality.enabled else None
+    suite = None
+    if data.contamination.regression_suite:
+        from sftjudge.curate import load_rows
+
+        suite = load_rows(data.contamination.regression_suite)[0].kept
+    result = build_dataset(data, tokenizer=tokenizer, max_seq_len=sft.max_seq_len, quality_scorer=scorer,
+                           regression_rows=suite)
+    for name, rows in (("train", result.splits.train), ("val", result.splits.val), ("test", result.splits.test)):
+        write_jsonl(out / f"{name}.jsonl", [r.to_json() for r in rows])
+    write_jsonl(out / "quarantine.jsonl", [d.to_json() for d in result.dropped])
+    return result.report
+
+
+def _quality_scorer(data: DataConfig, judge: JudgeConfig, home: str | None):
+    """The judge model scoring training rows with the quality judge definition."""
+    from sftjudge.evaluate import load_logprob_judge
+
+    scorer = load_logprob_judge(judge.judges_dir, data.quality.judge, judge.model, home, "auto",
+                                judge.max_prompt_tokens)
+
+    def score(rows: list[Example]) -> list[float | None]:
+        items = [{"id": r.id, "instruction": r.instruction, "answer": r.completion} for r in rows]
+        return [j.score for j in scorer.score(items, batch_size=judge.batch_size)]
+
+    return score
 
 
 def sft_stage(run_path: str, sft: SFTConfig, home: str | None, threads: int | None = None) -> dict[str, Any]:
     """Fine-tune the student on data/train.jsonl; per-epoch train and val loss to metrics.jsonl, checkpoints/."""
-    from sftjudge.models import resolve_model, sftjudge_home
     from sftjudge.report import plot_losses
     from sftjudge.sft import EpochMetrics, TrainSettings, load_causal_lm, train
 
@@ -102,7 +147,6 @@ def generate_stage(run_path: str, gen: GenerateConfig, sft: SFTConfig, home: str
                    threads: int | None = None) -> dict[str, Any]:
     """Answer every test prompt with the best checkpoint; one record per item in generations.jsonl."""
     from sftjudge.generate import GenerationParams, generate_answers, make_generator
-    from sftjudge.models import resolve_model, sftjudge_home
 
     run = RunDir(Path(run_path))
     if done := _done(run, "generate"):
@@ -147,17 +191,20 @@ def judge_stage(run_path: str, judge: JudgeConfig, home: str | None, threads: in
 
 
 def decide_stage(run_path: str, config: RunConfig) -> dict[str, Any]:
-    """Compare with the champion, record the run and (maybe) the new champion, and write report.md."""
+    """Compare with the champion, record the run and (maybe) the new champion, then write report.md.
+
+    The report is rebuilt from the run directory after the stage is recorded, so it shows the finished run and a
+    failure while writing it is retried without deciding twice.
+    """
     from sftjudge.evaluate import decide_and_record
     from sftjudge.report import write_report
 
     run = RunDir(Path(run_path))
-    if done := _done(run, "decide"):
-        return done
-    with run.stage("decide") as record:
-        decision = decide_and_record(run, config)
-        write_report(run)
-        record.outputs = {"decision": "decision.json", "report": "report.md"}
-        record.counts = {"action": decision.action, "champion_before": decision.champion_before}
-    run.update_manifest(decision=decision.to_json())
+    if not run.is_completed("decide"):
+        with run.stage("decide") as record:
+            decision = decide_and_record(run, config)
+            run.update_manifest(decision=decision.to_json())
+            record.outputs = {"decision": "decision.json", "report": "report.md"}
+            record.counts = {"action": decision.action, "champion_before": decision.champion_before}
+    write_report(run)
     return run.stage_info("decide")

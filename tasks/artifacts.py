@@ -7,6 +7,7 @@ from pathlib import Path
 
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
+from sftjudge.report import data_report_markdown
 from sftjudge.rundir import read_jsonl
 
 
@@ -17,9 +18,8 @@ def _key(run_path: str, what: str) -> str:
 
 def data_report(run_path: str) -> None:
     report = json.loads((Path(run_path) / "data/report.json").read_text())
-    create_table_artifact(key=_key(run_path, "data"), description=f"Curation books: {report['splits']}",
-                          table=[{k: v for k, v in step.items()} | {"reasons": json.dumps(step["reasons"])}
-                                 for step in report["steps"]])
+    create_markdown_artifact(key=_key(run_path, "data"), markdown="# Data report\n\n" + data_report_markdown(report),
+                             description=f"Curation books: {report['splits']}")
 
 
 def losses(run_path: str) -> None:

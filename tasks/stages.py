@@ -18,8 +18,9 @@ def start_run(config: RunConfig) -> str:
 
 
 @task(name="curate", **STAGE_TASK_OPTIONS)
-def curate(run_path: str, data: DataConfig) -> dict[str, Any]:
-    info = stages.curate_stage(run_path, data)
+def curate(run_path: str, data: DataConfig, sft_config: SFTConfig, judge_config: JudgeConfig,
+           home: str | None) -> dict[str, Any]:
+    info = stages.curate_stage(run_path, data, sft_config, judge_config, home)
     artifacts.data_report(run_path)
     return info
 

@@ -1,13 +1,8 @@
-import json
-
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
-from conftest import SAMPLE
 from helpers import example, write_lines
-from sftjudge.curate import (DataError, curate, drop_duplicate_ids, drop_exact_duplicates, load_jsonl_rows,
-                             split_rows)
+from sftjudge.curate import DataError, drop_duplicate_ids, drop_exact_duplicates, load_rows
+from sftjudge.split import split_rows
 from sftjudge.rows import RowError, example_from_obj
 
 
@@ -40,7 +35,7 @@ def test_load_quarantines_with_file_line_and_reason(tmp_path):
     path = write_lines(tmp_path / "d.jsonl", [
         {"prompt": "a", "completion": "b"}, '{"prompt": "broken', "", [1, 2], {"prompt": "p", "completion": 3}])
     path.write_bytes(path.read_bytes() + b'{"prompt": "\xff", "completion": "x"}\n')
-    result, blank = load_jsonl_rows(path)
+    result, blank = load_rows(path)
     assert len(result.kept) == 1 and blank == 1
     sources = {d.source.rsplit(":", 1)[1]: d.reason for d in result.dropped}
     assert sources == {"2": "invalid JSON", "4": "field '(row)' must be a JSON object, got list",
@@ -50,7 +45,7 @@ def test_load_quarantines_with_file_line_and_reason(tmp_path):
 def test_strict_mode_fails_on_first_bad_row(tmp_path):
     path = write_lines(tmp_path / "d.jsonl", [{"prompt": "a", "completion": "b"}, {"prompt": "a"}])
     with pytest.raises(DataError, match=r"d\.jsonl:2: field 'completion' missing"):
-        load_jsonl_rows(path, strict=True)
+        load_rows(path, strict=True)
 
 
 @pytest.mark.parametrize("make", ["missing", "directory"])
@@ -59,7 +54,7 @@ def test_unusable_paths_raise_clear_errors(tmp_path, make):
     if make == "directory":
         path.mkdir()
     with pytest.raises(DataError, match="does not exist" if make == "missing" else "is a directory"):
-        load_jsonl_rows(path)
+        load_rows(path)
 
 
 def test_exact_dedup_normalises_case_whitespace_and_unicode():
@@ -82,45 +77,3 @@ def test_split_is_seeded_and_independent_of_file_order():
     assert [r.id for r in a.test] == [r.id for r in b.test]
     assert [r.id for r in a.test] != [r.id for r in c.test]
     assert a.sizes() == {"train": 35, "val": 5, "test": 10}
-
-
-def test_sample_data_books_balance_and_planted_mess_is_caught():
-    result = curate(SAMPLE, fmt="auto", strict=False, val_ratio=0.1, test_ratio=0.1, seed=13)
-    kept = sum(result.splits.sizes().values())
-    assert result.rows_in == kept + len(result.dropped)
-    reasons = {d.reason for d in result.dropped}
-    assert "invalid JSON" in reasons and "exact duplicate" in reasons
-    assert sum(d.step == "load" for d in result.dropped) == 7  # 8 planted, one is a blank line
-    assert result.blank_lines == 1
-    assert sum(d.reason == "exact duplicate" for d in result.dropped) >= 12
-    # no row appears in two splits
-    ids = [r.id for split in (result.splits.train, result.splits.val, result.splits.test) for r in split]
-    assert len(ids) == len(set(ids))
-
-
-def test_too_few_rows_is_an_error(tmp_path):
-    path = write_lines(tmp_path / "d.jsonl", [{"prompt": "a", "completion": "b"}])
-    with pytest.raises(DataError, match="only 1 usable rows"):
-        curate(path, fmt="auto", strict=False, val_ratio=0.1, test_ratio=0.1, seed=0)
-
-
-row_strategy = st.one_of(
-    st.fixed_dictionaries({"prompt": st.sampled_from(["a", "b", "c", "", "A  "]),
-                           "completion": st.sampled_from(["x", "y", 1, None])}),
-    st.just("not json"), st.just([1]), st.just(""),
-)
-
-
-@settings(max_examples=60, deadline=None)
-@given(st.lists(row_strategy, min_size=0, max_size=40))
-def test_property_rows_in_equal_kept_plus_dropped(tmp_path_factory, lines):
-    path = write_lines(tmp_path_factory.mktemp("p") / "d.jsonl", lines)
-    try:
-        result = curate(path, fmt="auto", strict=False, val_ratio=0.2, test_ratio=0.2, seed=0)
-    except DataError as exc:
-        assert "usable rows" in str(exc)
-        return
-    non_blank = sum(1 for line in lines if line != "")
-    assert result.rows_in == non_blank
-    assert result.rows_in == sum(result.splits.sizes().values()) + len(result.dropped)
-    assert all(json.dumps(d.to_json()) for d in result.dropped)

@@ -12,7 +12,7 @@ REPO = Path(__file__).resolve().parent.parent
 def test_shipped_judge_loads_with_prompts():
     spec = load_judge(REPO / "judges", "reference-score")
     assert spec.mode == "logprob" and spec.scale.max == 10
-    messages = spec.render_messages("Q?", '{"a": 1}', '{"a": 2}')
+    messages = spec.render_messages({"instruction": "Q?", "reference": '{"a": 1}', "answer": '{"a": 2}'})
     assert messages[0]["role"] == "system"
     assert '{"a": 1}' in messages[-1]["content"] and '{"a": 2}' in messages[-1]["content"]
 

@@ -1,0 +1,162 @@
+"""Read instruction data from JSONL, JSON, CSV, Parquet or a Hugging Face dataset into raw records.
+
+Every record carries where it came from (`file:line` for text formats, `file:row N` for tables) so that a bad
+row can be named precisely. Decoding problems become records with an error instead of exceptions: the caller
+quarantines them and the books still balance.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+class SourceError(ValueError):
+    """The data source as a whole cannot be read (missing, a directory that is not a dataset, bad format)."""
+
+
+@dataclass(frozen=True)
+class Record:
+    source: str  # "path:line" or "path:row N"
+    obj: Any = None  # the decoded row (dict for well-formed input)
+    error: tuple[str, str] | None = None  # (reason, detail) when the row could not be decoded
+    raw: str = ""  # the undecoded text, kept for the quarantine file
+
+
+TABLE_SUFFIXES = {".csv", ".tsv", ".parquet", ".pq"}
+TEXT_SUFFIXES = {".jsonl", ".ndjson", ".json"}
+
+
+def is_hf_dataset_dir(path: Path) -> bool:
+    """A directory written by `datasets.Dataset.save_to_disk` (single split or DatasetDict)."""
+    return (path / "dataset_info.json").is_file() or (path / "dataset_dict.json").is_file() or (
+        path / "state.json").is_file()
+
+
+def read_records(path: str | Path, *, split: str = "train") -> Iterator[Record]:
+    """Yield one Record per row of the file or dataset at `path`.
+
+    Blank lines in JSONL are yielded as Records with obj=None and error=None so the caller can count them.
+    Raises SourceError when the path does not exist, is an unsupported file type, or is an unreadable table.
+    """
+    p = Path(path).expanduser()
+    if p.is_dir():
+        if is_hf_dataset_dir(p):
+            yield from _hf_records(p, split)
+            return
+        raise SourceError(f"{p}: is a directory but not a saved Hugging Face dataset; data.path must name a "
+                          f"JSONL/JSON/CSV/Parquet file or a dataset saved with save_to_disk")
+    if not p.exists():
+        if "/" in str(path) and not str(path).startswith((".", "/", "~")) and p.suffix == "":
+            yield from _hub_records(str(path), split)
+            return
+        raise SourceError(f"{p}: file does not exist (set data.path to your instruction data)")
+    suffix = p.suffix.lower()
+    if suffix in (".jsonl", ".ndjson"):
+        yield from _jsonl_records(p)
+    elif suffix == ".json":
+        yield from _json_records(p)
+    elif suffix in TABLE_SUFFIXES:
+        yield from _table_records(p, suffix)
+    else:
+        raise SourceError(f"{p}: unsupported file type {suffix!r}; use .jsonl, .json, .csv, .tsv or .parquet")
+
+
+def _jsonl_records(path: Path) -> Iterator[Record]:
+    with path.open("rb") as handle:
+        for line_no, raw in enumerate(handle, start=1):
+            source = f"{path}:{line_no}"
+            if not raw.strip():
+                yield Record(source)
+                continue
+            text = raw.decode("utf-8", errors="replace").rstrip("\n")
+            try:
+                yield Record(source, obj=json.loads(raw.decode("utf-8")), raw=text)
+            except UnicodeDecodeError as exc:
+                yield Record(source, error=("not valid UTF-8", f"undecodable byte at offset {exc.start}"), raw=text)
+            except json.JSONDecodeError as exc:
+                yield Record(source, error=("invalid JSON", f"{exc.msg} at column {exc.colno}"), raw=text)
+
+
+def _json_records(path: Path) -> Iterator[Record]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise SourceError(f"{path}: not a valid JSON document ({exc}); for one object per line use .jsonl") from None
+    if isinstance(data, dict) and isinstance(data.get("data"), list):
+        data = data["data"]
+    if not isinstance(data, list):
+        raise SourceError(f"{path}: a .json file must hold a list of rows (or {{\"data\": [...]}})")
+    for i, obj in enumerate(data):
+        yield Record(f"{path}:row {i}", obj=obj, raw=json.dumps(obj, ensure_ascii=False, default=str)[:10000])
+
+
+def _table_records(path: Path, suffix: str) -> Iterator[Record]:
+    import pandas as pd
+
+    try:
+        if suffix in (".parquet", ".pq"):
+            frame = pd.read_parquet(path)
+            first_row = 0
+        else:
+            # Every cell as text: a CSV cannot say whether "1" was meant as a number, and rows are text anyway.
+            frame = pd.read_csv(path, dtype=str, keep_default_na=False, sep="\t" if suffix == ".tsv" else ",")
+            first_row = 2  # line 1 is the header
+    except Exception as exc:  # noqa: BLE001 - pandas raises many types; all mean "cannot read this table"
+        raise SourceError(f"{path}: cannot read as {suffix[1:]}: {exc}") from None
+    for i, row in enumerate(frame.to_dict(orient="records")):
+        label = f"{path}:line {i + first_row}" if first_row else f"{path}:row {i}"
+        obj = {k: _plain(v) for k, v in row.items()}
+        yield Record(label, obj=obj, raw=json.dumps(obj, ensure_ascii=False, default=str)[:10000])
+
+
+def _plain(value: Any) -> Any:
+    """Parquet cells arrive as numpy scalars/arrays; turn them into plain Python for validation."""
+    if hasattr(value, "tolist"):
+        return _plain(value.tolist())
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, float) and value != value:  # NaN: a missing cell
+        return None
+    return value
+
+
+def _hf_records(path: Path, split: str) -> Iterator[Record]:
+    from datasets import DatasetDict, load_from_disk
+
+    dataset = load_from_disk(str(path))
+    if isinstance(dataset, DatasetDict):
+        if split not in dataset:
+            raise SourceError(f"{path}: dataset has splits {sorted(dataset)}, not {split!r} (set data.split)")
+        dataset = dataset[split]
+    for i, row in enumerate(dataset):
+        yield Record(f"{path}[{split}]:row {i}", obj=row, raw=json.dumps(row, ensure_ascii=False, default=str)[:10000])
+
+
+def _hub_records(name: str, split: str) -> Iterator[Record]:
+    try:
+        from datasets import load_dataset
+
+        dataset = load_dataset(name, split=split)
+    except Exception as exc:  # noqa: BLE001 - offline, missing or private: all end the same way for the user
+        raise SourceError(f"{name}: not a local file, and loading it as a hub dataset failed ({exc}). "
+                          f"On a machine without a hub, point data.path at a local file.") from None
+    for i, row in enumerate(dataset):
+        yield Record(f"{name}[{split}]:row {i}", obj=row, raw=json.dumps(row, ensure_ascii=False, default=str)[:10000])
+
+
+def apply_field_map(obj: Any, field_map: dict[str, str]) -> Any:
+    """Rename the user's columns to ours: field_map maps our name → their name.
+
+    >>> apply_field_map({"question": "q", "answer": "a"}, {"prompt": "question", "completion": "answer"})
+    {'prompt': 'q', 'completion': 'a'}
+    """
+    if not field_map or not isinstance(obj, dict):
+        return obj
+    theirs_to_ours = {theirs: ours for ours, theirs in field_map.items()}
+    return {theirs_to_ours.get(key, key): value for key, value in obj.items()}
