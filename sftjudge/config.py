@@ -136,6 +136,15 @@ class SFTConfig(_Strict):
     precision: Literal["auto", "fp32", "bf16"] = Field(
         "auto", description="'auto' uses bf16 autocast when the device supports it, else fp32."
     )
+    early_stopping_patience: int | None = Field(
+        None, ge=1, description="Stop when val loss has not improved for this many epochs (None: never stop early)."
+    )
+    gradient_checkpointing: bool = Field(
+        False, description="Recompute activations in backward: less memory for long rows, ~30% slower."
+    )
+    keep_checkpoints: Literal["all", "best_and_last"] = Field(
+        "best_and_last", description="Epoch checkpoints to keep; the best epoch by val loss is never deleted."
+    )
     seed: int = Field(0, description="Seed for weight init of adapters, shuffling and dropout.")
     trust_remote_code: bool = Field(False, description="Allow model repos to run their own Python code.")
 

@@ -147,7 +147,8 @@ def load_finetuned(base_path: str, checkpoint: Path, *, precision: str = "auto",
     """
     import torch
 
-    from sftjudge.sft import checkpoint_meta, load_causal_lm
+    from sftjudge.checkpoints import checkpoint_meta
+    from sftjudge.sft import load_causal_lm
 
     meta = checkpoint_meta(checkpoint)
     if meta["method"] == "full":
@@ -170,7 +171,7 @@ def load_finetuned(base_path: str, checkpoint: Path, *, precision: str = "auto",
 def make_generator(backend: str, base_path: str, checkpoint: Path, *, batch_size: int, precision: str,
                    trust_remote_code: bool) -> tuple[Generator, Any]:
     """Build the configured backend for a checkpoint; returns (generator, tokenizer used to render prompts)."""
-    from sftjudge.sft import checkpoint_meta
+    from sftjudge.checkpoints import checkpoint_meta
 
     if backend == "vllm":
         from transformers import AutoTokenizer

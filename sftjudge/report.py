@@ -10,22 +10,28 @@ from sftjudge.rundir import RunDir, atomic_write_text, read_jsonl
 
 
 def plot_losses(epochs, out: Path) -> Path:
-    """Train and val loss per epoch (the overfitting picture) as a PNG."""
+    """Train and val loss per epoch (the overfitting picture), with the per-step training loss behind them."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     xs = [m.epoch for m in epochs]
-    fig, ax = plt.subplots(figsize=(5, 3.2), dpi=120)
+    fig, ax = plt.subplots(figsize=(6, 3.6), dpi=120)
+    steps = [(m.epoch - 1 + (i + 1) / len(m.step_losses), loss)
+             for m in epochs for i, loss in enumerate(m.step_losses)]
+    if steps:
+        ax.plot([x for x, _ in steps], [y for _, y in steps], color="lightgrey", linewidth=0.8,
+                label="training steps (dropout on)")
     ax.plot(xs, [m.train_loss for m in epochs], marker="o", label="train (eval mode)")
     ax.plot(xs, [m.val_loss for m in epochs], marker="o", label="validation")
     best = min(epochs, key=lambda m: m.val_loss)
     ax.axvline(best.epoch, color="grey", linestyle=":", label=f"best epoch {best.epoch}")
     ax.set_xlabel("epoch")
     ax.set_ylabel("completion-token loss")
+    ax.set_yscale("log")
     ax.set_xticks(xs)
-    ax.legend()
+    ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(out)

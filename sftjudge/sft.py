@@ -1,26 +1,26 @@
 """Supervised fine-tuning (LoRA via peft, or full) with train and validation loss measured after every epoch.
 
 Both losses are measured the same way - eval mode, no dropout, token-weighted mean over the whole split,
-completion tokens only - so the two curves are comparable and their gap means something.
+completion tokens only - so the two curves are comparable and their gap means something. Every epoch ends in
+a checkpoint holding what is needed to resume; a killed run continues from the last completed epoch.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import random
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sftjudge.chat import TokenizedExample, template_fingerprint, tokenize_for_training
+from sftjudge.batching import collate, length_grouped_batches, mean_loss, summed_token_loss
+from sftjudge.chat import template_fingerprint, tokenize_for_training
+from sftjudge.checkpoints import (epoch_checkpoints, load_training_state, prune_checkpoints, restore_weights,
+                                  save_checkpoint)
 from sftjudge.device import autocast, device, use_bf16
 from sftjudge.rows import Example
-from sftjudge.rundir import atomic_directory, atomic_write_json
-
-CHECKPOINT_META = "sftjudge-checkpoint.json"
 
 
 @dataclass
@@ -35,6 +35,8 @@ class EpochMetrics:
     target_tokens: int
     seconds: float
     checkpoint: str
+    step_losses: list[float] = field(default_factory=list)
+    tokens_per_second: float = 0.0
 
 
 @dataclass
@@ -42,6 +44,10 @@ class SFTResult:
     epochs: list[EpochMetrics]
     best_epoch: int
     best_checkpoint: str
+    selection: str  # why this epoch: written into the run so nobody has to guess
+    stopped_early: bool
+    resumed_from_epoch: int | None
+    kept_checkpoints: list[str]
     template_fingerprint: str
     trainable_params: int
     total_params: int
@@ -69,6 +75,9 @@ class TrainSettings:
     target_modules: tuple[str, ...]
     precision: str
     seed: int
+    early_stopping_patience: int | None = None
+    gradient_checkpointing: bool = False
+    keep_checkpoints: str = "best_and_last"
 
 
 def load_causal_lm(path: str, *, dtype_name: str = "float32", trust_remote_code: bool = False):
@@ -90,66 +99,6 @@ def load_causal_lm(path: str, *, dtype_name: str = "float32", trust_remote_code:
     return model, tokenizer
 
 
-def length_grouped_batches(lengths: list[int], batch_size: int, rng: random.Random) -> list[list[int]]:
-    """Indices grouped into batches of similar length (little padding), batch order shuffled.
-
-    >>> length_grouped_batches([5, 1, 4, 2], 2, random.Random(0)) in ([[1, 3], [2, 0]], [[2, 0], [1, 3]])
-    True
-    """
-    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], rng.random()))
-    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
-    rng.shuffle(batches)
-    return batches
-
-
-def collate(batch: list[TokenizedExample], pad_id: int):
-    """Right-pad a batch into input_ids, attention_mask and labels tensors (-100 on padding)."""
-    import torch
-
-    width = max(len(ex.input_ids) for ex in batch)
-    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(batch), width), -100, dtype=torch.long)
-    mask = torch.zeros((len(batch), width), dtype=torch.long)
-    for row, ex in enumerate(batch):
-        n = len(ex.input_ids)
-        ids[row, :n] = torch.tensor(ex.input_ids)
-        labels[row, :n] = torch.tensor(ex.labels)
-        mask[row, :n] = 1
-    return ids, mask, labels
-
-
-def summed_token_loss(model, ids, mask, labels):
-    """(sum of token cross-entropies over target tokens, number of target tokens) for one batch."""
-    import torch.nn.functional as F
-
-    logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1, :]
-    targets = labels[:, 1:]
-    loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1),
-                           ignore_index=-100, reduction="sum")
-    return loss, int((targets != -100).sum())
-
-
-def mean_loss(model, examples: list[TokenizedExample], *, batch_size: int, pad_id: int, bf16: bool,
-              desc: str = "eval") -> float:
-    """Token-weighted mean completion loss over all `examples`, in eval mode (no dropout), no gradients."""
-    import torch
-    from sftjudge.progress import progress
-
-    was_training = model.training
-    model.eval()
-    total, count = 0.0, 0
-    batches = length_grouped_batches([len(e.input_ids) for e in examples], batch_size, random.Random(0))
-    with torch.no_grad():
-        for batch in progress(batches, desc=desc, leave=False, unit="batch"):
-            ids, mask, labels = (t.to(device()) for t in collate([examples[i] for i in batch], pad_id))
-            with autocast(bf16):
-                loss, n = summed_token_loss(model, ids, mask, labels)
-            total += float(loss)
-            count += n
-    model.train(was_training)
-    return total / max(count, 1)
-
-
 def attach_adapters(model, settings: TrainSettings):
     """Wrap the model for LoRA (only adapter weights train) or leave it whole for full fine-tuning."""
     if settings.method == "full":
@@ -167,53 +116,118 @@ def attach_adapters(model, settings: TrainSettings):
 
 
 def train(model, tokenizer, train_rows: list[Example], val_rows: list[Example], settings: TrainSettings,
-          checkpoints_dir: Path, on_epoch: Callable[[EpochMetrics], None] | None = None) -> SFTResult:
-    """Fine-tune `model` on `train_rows`; after each epoch measure train and val loss and save a checkpoint.
+          checkpoints_dir: Path, on_epoch: Callable[[EpochMetrics], None] | None = None,
+          resume: bool = True) -> SFTResult:
+    """Fine-tune `model`; after each epoch measure train and val loss and save a resumable checkpoint.
 
-    Returns per-epoch metrics and the epoch with the lowest validation loss. Raises ValueError on empty splits.
+    With `resume`, training continues after the newest complete checkpoint in `checkpoints_dir` (weights,
+    optimizer, scheduler and RNG states restored). Stops early when val loss has not improved for
+    `early_stopping_patience` epochs. Returns per-epoch metrics and the epoch with the lowest validation loss.
+    Raises ValueError on empty splits.
     """
     import torch
     from transformers import get_linear_schedule_with_warmup
 
     if not train_rows or not val_rows:
         raise ValueError(f"need rows in both train ({len(train_rows)}) and val ({len(val_rows)}) splits")
-    random.seed(settings.seed)
     torch.manual_seed(settings.seed)
     bf16 = use_bf16(settings.precision)
     fingerprint = template_fingerprint(tokenizer)
     train_tok = [tokenize_for_training(tokenizer, r, settings.max_seq_len) for r in train_rows]
     val_tok = [tokenize_for_training(tokenizer, r, settings.max_seq_len) for r in val_rows]
-    model = attach_adapters(model, settings).to(device())
+    model = _prepare_model(model, settings)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=settings.weight_decay)
-    micro_per_epoch = math.ceil(len(train_tok) / settings.batch_size)
-    steps_total = math.ceil(micro_per_epoch / settings.grad_accum) * settings.epochs
+    steps_total = math.ceil(math.ceil(len(train_tok) / settings.batch_size) / settings.grad_accum) * settings.epochs
     scheduler = get_linear_schedule_with_warmup(optimizer, int(settings.warmup_ratio * steps_total), steps_total)
     rng = random.Random(settings.seed)
-    history: list[EpochMetrics] = []
-    for epoch in range(1, settings.epochs + 1):
+    history = _resume(model, optimizer, scheduler, rng, checkpoints_dir, settings.method) if resume else []
+    resumed_from = history[-1].epoch if history else None
+    stopped_early = _should_stop(history, settings.early_stopping_patience)
+    pad = tokenizer.pad_token_id
+    for epoch in range(len(history) + 1, settings.epochs + 1):
+        if stopped_early:
+            break
         started = time.time()
-        step_loss, steps, tokens = _train_one_epoch(model, optimizer, scheduler, train_tok, settings, rng,
-                                                    tokenizer.pad_token_id, bf16, epoch)
-        eval_bs = settings.batch_size * 2
-        train_loss = mean_loss(model, train_tok, batch_size=eval_bs, pad_id=tokenizer.pad_token_id, bf16=bf16,
+        step_losses, tokens = _train_one_epoch(model, optimizer, scheduler, train_tok, settings, rng, pad, bf16, epoch)
+        seconds = time.time() - started
+        train_loss = mean_loss(model, train_tok, batch_size=settings.batch_size * 2, pad_id=pad, bf16=bf16,
                                desc=f"epoch {epoch} train loss")
-        val_loss = mean_loss(model, val_tok, batch_size=eval_bs, pad_id=tokenizer.pad_token_id, bf16=bf16,
+        val_loss = mean_loss(model, val_tok, batch_size=settings.batch_size * 2, pad_id=pad, bf16=bf16,
                              desc=f"epoch {epoch} val loss")
-        checkpoint = save_checkpoint(model, tokenizer, checkpoints_dir / f"epoch-{epoch}", epoch=epoch,
-                                     method=settings.method, fingerprint=fingerprint)
-        metrics = EpochMetrics(epoch, train_loss, val_loss, _ppl(train_loss), _ppl(val_loss), step_loss, steps,
-                               tokens, round(time.time() - started, 2), str(checkpoint))
+        metrics = EpochMetrics(epoch, train_loss, val_loss, _ppl(train_loss), _ppl(val_loss),
+                               sum(step_losses) / len(step_losses), len(step_losses), tokens,
+                               round(time.time() - started, 2), str(checkpoints_dir / f"epoch-{epoch}"),
+                               step_losses, round(tokens / max(seconds, 1e-9), 1))
         history.append(metrics)
+        state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                 "rng": rng.getstate(), "torch_rng": torch.get_rng_state(), "history": [asdict(m) for m in history]}
+        save_checkpoint(model, tokenizer, checkpoints_dir / f"epoch-{epoch}", epoch=epoch, method=settings.method,
+                        fingerprint=fingerprint, training_state=state)
+        best = min(history, key=lambda m: m.val_loss).epoch
+        if settings.keep_checkpoints == "best_and_last":
+            prune_checkpoints(checkpoints_dir, keep={best, epoch})
         if on_epoch:
             on_epoch(metrics)
+        stopped_early = _should_stop(history, settings.early_stopping_patience) and epoch < settings.epochs
     best = min(history, key=lambda m: m.val_loss)
-    trainable = sum(p.numel() for p in params)
-    total = sum(p.numel() for p in model.parameters())
-    return SFTResult(history, best.epoch, best.checkpoint, fingerprint, trainable, total, "bf16" if bf16 else "fp32")
+    return SFTResult(
+        history, best.epoch, best.checkpoint, _selection(history, best, stopped_early, settings), stopped_early,
+        resumed_from, [str(p) for p in epoch_checkpoints(checkpoints_dir).values()], fingerprint,
+        sum(p.numel() for p in params), sum(p.numel() for p in model.parameters()), "bf16" if bf16 else "fp32")
+
+
+def _prepare_model(model, settings: TrainSettings):
+    model = attach_adapters(model, settings)
+    if settings.gradient_checkpointing:
+        # Recompute activations in the backward pass: less memory for longer sequences, ~30% more compute.
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if hasattr(model, "enable_input_require_grads"):
+            model.enable_input_require_grads()
+    return model.to(device())
+
+
+def _resume(model, optimizer, scheduler, rng: random.Random, checkpoints_dir: Path, method: str):
+    """Restore the newest complete checkpoint into the live objects; return the epoch history so far."""
+    import torch
+
+    checkpoints = epoch_checkpoints(checkpoints_dir)
+    if not checkpoints:
+        return []
+    path = checkpoints[max(checkpoints)]
+    state = load_training_state(path)
+    if state is None:
+        raise ValueError(f"{path}: has no training_state.pt; cannot resume from it (delete the checkpoints "
+                         f"directory to start over)")
+    restore_weights(model, path, method)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    version, internal, gauss = state["rng"]
+    rng.setstate((version, tuple(internal), gauss))
+    torch.set_rng_state(state["torch_rng"])
+    return [EpochMetrics(**m) for m in state["history"]]
+
+
+def _should_stop(history: list[EpochMetrics], patience: int | None) -> bool:
+    """True when val loss has not improved for `patience` epochs since its best."""
+    if not patience or not history:
+        return False
+    best = min(history, key=lambda m: m.val_loss).epoch
+    return history[-1].epoch - best >= patience
+
+
+def _selection(history: list[EpochMetrics], best: EpochMetrics, stopped_early: bool, settings) -> str:
+    text = f"epoch {best.epoch} of {len(history)}: lowest validation loss ({best.val_loss:.4f})"
+    if stopped_early:
+        text += (f"; stopped early after epoch {history[-1].epoch} because val loss did not improve for "
+                 f"{settings.early_stopping_patience} epochs")
+    return text
 
 
 def _train_one_epoch(model, optimizer, scheduler, examples, settings, rng, pad_id, bf16, epoch):
+    """One pass over the training rows; returns the per-batch losses and the number of tokens seen."""
+    import torch
+
     from sftjudge.progress import progress
 
     model.train()
@@ -229,31 +243,16 @@ def _train_one_epoch(model, optimizer, scheduler, examples, settings, rng, pad_i
         loss = loss_sum / max(n, 1)
         (loss / settings.grad_accum).backward()
         if i % settings.grad_accum == 0 or i == len(batches):
-            import torch
-
             torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
-        losses.append(loss.item())
+        losses.append(round(loss.item(), 5))
         tokens += int(mask.sum())
-        bar.set_postfix(loss=f"{losses[-1]:.3f}", tok_s=f"{tokens / max(time.time() - started, 1e-9):.0f}", refresh=False)
-    return sum(losses) / len(losses), len(batches), tokens
+        rate = tokens / max(time.time() - started, 1e-9)
+        bar.set_postfix(loss=f"{losses[-1]:.3f}", tok_s=f"{rate:.0f}", refresh=False)
+    return losses, tokens
 
 
 def _ppl(loss: float) -> float:
     return math.exp(min(loss, 50.0))
-
-
-def save_checkpoint(model, tokenizer, out: Path, *, epoch: int, method: str, fingerprint: str) -> Path:
-    """Save adapter (LoRA) or full weights as safetensors, atomically, with the template fingerprint."""
-    with atomic_directory(out) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        atomic_write_json(tmp / CHECKPOINT_META,
-                          {"epoch": epoch, "method": method, "template_fingerprint": fingerprint})
-    return out
-
-
-def checkpoint_meta(path: Path) -> dict[str, Any]:
-    return json.loads((Path(path) / CHECKPOINT_META).read_text())

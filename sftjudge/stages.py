@@ -121,14 +121,15 @@ def sft_stage(run_path: str, sft: SFTConfig, home: str | None, threads: int | No
                                     if k in TrainSettings.__dataclass_fields__} | {
             "target_modules": tuple(sft.target_modules)})
         metrics_path = run / "metrics.jsonl"
-        metrics_path.unlink(missing_ok=True)
 
         def log_epoch(m: EpochMetrics) -> None:
+            # Appended as each epoch ends so progress is visible; rewritten whole below (a resumed run included).
             with metrics_path.open("a", encoding="utf-8") as handle:
                 handle.write(json.dumps(asdict(m)) + "\n")
 
         result = train(model, tokenizer, load_split(run, "train"), load_split(run, "val"), settings,
                        run / "checkpoints", on_epoch=log_epoch)
+        write_jsonl(metrics_path, [asdict(m) for m in result.epochs])
         summary = result.to_json() | {"base_model": sft.base_model, "base_model_path": base}
         atomic_write_json(run / "sft.json", summary)
         plot_losses(result.epochs, run / "loss_curve.png")
@@ -136,6 +137,7 @@ def sft_stage(run_path: str, sft: SFTConfig, home: str | None, threads: int | No
         record.outputs = {"metrics": "metrics.jsonl", "summary": "sft.json", "loss_curve": "loss_curve.png",
                           "best_checkpoint": str(Path(result.best_checkpoint).relative_to(run.path))}
         record.counts = {"epochs": len(result.epochs), "best_epoch": result.best_epoch,
+                         "stopped_early": result.stopped_early, "resumed_from_epoch": result.resumed_from_epoch,
                          "best_val_loss": round(best.val_loss, 4), "train_loss_at_best": round(best.train_loss, 4),
                          "trainable_params": result.trainable_params, "precision": result.precision}
         del model

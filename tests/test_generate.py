@@ -6,7 +6,8 @@ from helpers import example
 from sftjudge.chat import TemplateError
 from sftjudge.generate import (GenerationParams, TransformersGenerator, VLLMGenerator, check_template,
                                generate_answers, load_finetuned)
-from sftjudge.sft import load_causal_lm, save_checkpoint
+from sftjudge.checkpoints import save_checkpoint
+from sftjudge.sft import load_causal_lm
 
 pytestmark = pytest.mark.model
 

@@ -4,7 +4,9 @@ import pytest
 
 from helpers import example
 from sftjudge.chat import TemplateError, template_fingerprint, tokenize_for_training
-from sftjudge.sft import TrainSettings, checkpoint_meta, length_grouped_batches, mean_loss, train
+from sftjudge.batching import length_grouped_batches, mean_loss
+from sftjudge.checkpoints import checkpoint_meta
+from sftjudge.sft import TrainSettings, train
 
 pytestmark = pytest.mark.model
 
@@ -66,14 +68,16 @@ def test_training_logs_train_and_val_loss_every_epoch_and_saves_checkpoints(tiny
 
     model, tok = load_causal_lm(str(tiny_model_dir))
     seen = []
-    result = train(model, tok, rows(16), rows(4, offset=100), settings(epochs=3), tmp_path / "ckpt",
-                   on_epoch=seen.append)
+    result = train(model, tok, rows(16), rows(4, offset=100), settings(epochs=3, keep_checkpoints="all"),
+                   tmp_path / "ckpt", on_epoch=seen.append)
     assert [m.epoch for m in result.epochs] == [1, 2, 3] == [m.epoch for m in seen]
     for m in result.epochs:
         assert m.train_loss > 0 and m.val_loss > 0
         meta = checkpoint_meta(tmp_path / "ckpt" / f"epoch-{m.epoch}")
         assert meta["template_fingerprint"] == template_fingerprint(tok)
         assert (tmp_path / "ckpt" / f"epoch-{m.epoch}" / "adapter_model.safetensors").is_file()
+        assert (tmp_path / "ckpt" / f"epoch-{m.epoch}" / "training_state.pt").is_file()
+        assert len(m.step_losses) == m.steps == 4
     # the data is one repeated pattern at a high LR: the loss must fall
     assert result.epochs[-1].train_loss < result.epochs[0].train_loss
     assert result.best_epoch == min(result.epochs, key=lambda m: m.val_loss).epoch
@@ -100,3 +104,82 @@ def test_full_fine_tuning_saves_full_weights(tiny_model_dir, tmp_path):
     result = train(model, tok, rows(8), rows(2, offset=50), settings(method="full", epochs=1), tmp_path)
     assert (tmp_path / "epoch-1" / "model.safetensors").is_file()
     assert result.trainable_params == result.total_params
+
+
+KILL_SCRIPT = """
+import os, signal, sys
+from pathlib import Path
+sys.path.insert(0, {tests!r})
+from helpers import example
+from test_sft import rows, settings
+from sftjudge.sft import load_causal_lm, train
+
+model, tok = load_causal_lm({model!r})
+
+def die_after_first_epoch(metrics):
+    if metrics.epoch == 1:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+train(model, tok, rows(16), rows(4, offset=100), settings(epochs=3, lora_dropout=0.1), Path({ckpt!r}),
+      on_epoch=die_after_first_epoch)
+"""
+
+
+def test_sigkill_then_resume_matches_uninterrupted_run(tiny_model_dir, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from sftjudge.checkpoints import epoch_checkpoints
+    from sftjudge.sft import load_causal_lm
+
+    tests_dir = str(Path(__file__).parent)
+    killed_dir = tmp_path / "killed"
+    script = KILL_SCRIPT.format(tests=tests_dir, model=str(tiny_model_dir), ckpt=str(killed_dir))
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    assert list(epoch_checkpoints(killed_dir)) == [1]  # died right after epoch 1 was saved
+
+    model, tok = load_causal_lm(str(tiny_model_dir))
+    resumed = train(model, tok, rows(16), rows(4, offset=100), settings(epochs=3, lora_dropout=0.1), killed_dir)
+    model, tok = load_causal_lm(str(tiny_model_dir))
+    straight = train(model, tok, rows(16), rows(4, offset=100), settings(epochs=3, lora_dropout=0.1),
+                     tmp_path / "straight")
+    assert resumed.resumed_from_epoch == 1 and straight.resumed_from_epoch is None
+    assert [m.epoch for m in resumed.epochs] == [1, 2, 3]
+    for a, b in zip(resumed.epochs, straight.epochs):
+        assert a.train_loss == pytest.approx(b.train_loss, rel=1e-4)
+        assert a.val_loss == pytest.approx(b.val_loss, rel=1e-4)
+
+
+def test_early_stopping_keeps_the_best_epoch(tiny_model_dir, tmp_path):
+    from sftjudge.checkpoints import epoch_checkpoints
+    from sftjudge.sft import load_causal_lm
+
+    model, tok = load_causal_lm(str(tiny_model_dir))
+    # train on one pattern, validate on another: val loss gets worse as training goes on
+    train_rows = [example(i, f"router broken {i}", '{"intent": "bug_report"}') for i in range(16)]
+    val_rows = [example(100 + i, f"refund speaker {i}", "9 8 7 6 5 4 3 2 1") for i in range(4)]
+    all_modules = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    result = train(model, tok, train_rows, val_rows, settings(epochs=8, learning_rate=3e-2, lora_r=8,
+                                                              target_modules=all_modules,
+                                                              early_stopping_patience=2), tmp_path)
+    val = [m.val_loss for m in result.epochs]
+    best = result.best_epoch
+    assert val[best - 1] == min(val)
+    assert result.stopped_early and len(result.epochs) == best + 2 < 8
+    assert "stopped early" in result.selection
+    kept = list(epoch_checkpoints(tmp_path))
+    assert best in kept and len(result.epochs) in kept and len(kept) <= 2  # best survives pruning
+    assert result.best_checkpoint.endswith(f"epoch-{best}")
+
+
+def test_gradient_checkpointing_gives_the_same_losses(tiny_model_dir, tmp_path):
+    from sftjudge.sft import load_causal_lm
+
+    results = []
+    for flag in (False, True):
+        model, tok = load_causal_lm(str(tiny_model_dir))
+        results.append(train(model, tok, rows(8), rows(2, offset=50),
+                             settings(epochs=1, gradient_checkpointing=flag), tmp_path / str(flag)))
+    assert results[1].epochs[0].val_loss == pytest.approx(results[0].epochs[0].val_loss, rel=1e-4)
