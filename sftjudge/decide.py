@@ -21,6 +21,7 @@ class RunResult:
     val_loss: float
     test_fingerprint: str
     judge_key: str  # judge definition + judge model: scores from different judges are not comparable
+    judge_problems: tuple[str, ...] = ()  # judge health failures: the score cannot be trusted to decide
 
     @property
     def val_train_ratio(self) -> float:
@@ -85,6 +86,8 @@ def _gate_failures(run: RunResult, rules: DecideRules) -> list[str]:
     if run.val_train_ratio > rules.max_val_train_ratio:
         reasons.append(f"overfitting: val/train loss ratio {run.val_train_ratio:.2f} at the chosen epoch exceeds "
                        f"{rules.max_val_train_ratio:.2f} (val {run.val_loss:.4f}, train {run.train_loss:.4f})")
+    for problem in run.judge_problems:
+        reasons.append(f"judge signal invalid: {problem}")
     if run.judge_score is None:
         reasons.append("no judge score: the judge produced no usable score for this run")
     elif run.judge_score < rules.min_judge_score:

@@ -1,68 +1,14 @@
-"""Judge a run's generations and decide against the champion: the I/O around judge.py and decide.py."""
+"""Decide against the champion: the I/O around decide.py (reading the run, writing the registry)."""
 
 from __future__ import annotations
 
-import gc
 import json
-import statistics
-from pathlib import Path
 from typing import Any
 
-from sftjudge.config import JudgeConfig, RunConfig
+from sftjudge.config import RunConfig
 from sftjudge.decide import Decision, DecideRules, RunResult, decide
-from sftjudge.metrics import aggregate, item_metrics
 from sftjudge.registry import Registry
-from sftjudge.rundir import RunDir, atomic_write_json, read_jsonl, write_jsonl
-
-
-def judge_key(judge: JudgeConfig) -> str:
-    return f"{judge.judge}@{judge.model}"
-
-
-def load_logprob_judge(judges_dir: str, name: str, model_ref: str, home: str | None, precision: str,
-                       max_prompt_tokens: int):
-    """A LogprobJudge for judge definition `name` on model `model_ref` (bf16 when fast here)."""
-    import torch
-
-    from sftjudge.device import device, use_bf16
-    from sftjudge.judge import LogprobJudge, load_judge
-    from sftjudge.models import resolve_model, sftjudge_home
-    from sftjudge.sft import load_causal_lm
-
-    spec = load_judge(Path(judges_dir), name)
-    model, tokenizer = load_causal_lm(resolve_model(model_ref, sftjudge_home(home)))
-    model = model.to(device=device(), dtype=torch.bfloat16 if use_bf16(precision) else torch.float32)
-    return LogprobJudge(model, tokenizer, spec, max_prompt_tokens=max_prompt_tokens)
-
-
-def judge_generations(run: RunDir, judge: JudgeConfig, home: str | None, precision: str) -> dict[str, Any]:
-    """Score generations.jsonl with the configured judge; write judgments.jsonl and metrics.json."""
-    generations = read_jsonl(run / "generations.jsonl")
-    scorer = load_logprob_judge(judge.judges_dir, judge.judge, judge.model, home, precision,
-                                judge.max_prompt_tokens)
-    items = [{"id": g["id"], "instruction": g["instruction"], "reference": g["reference"], "answer": g["text"]}
-             for g in generations]
-    judgments = scorer.score(items, batch_size=judge.batch_size)
-    del scorer
-    gc.collect()
-    rows, cheap_rows = [], []
-    for gen, judgment in zip(generations, judgments):
-        cheap = item_metrics(gen["text"], gen["reference"])
-        cheap_rows.append(cheap)
-        rows.append(judgment.to_json() | {"judge": judge_key(judge), "answer": gen["text"],
-                                          "reference": gen["reference"], "metrics": cheap})
-    write_jsonl(run / "judgments.jsonl", rows)
-    scores = [j.score for j in judgments if j.score is not None]
-    metrics = {
-        "judge": judge_key(judge), "items": len(judgments), "scored": len(scores),
-        "judge_score_mean": round(statistics.fmean(scores), 4) if scores else None,
-        "judge_score_stdev": round(statistics.pstdev(scores), 4) if len(scores) > 1 else None,
-        "label_mass_mean": round(statistics.fmean(j.label_mass for j in judgments), 4) if judgments else None,
-        "truncated_prompts": sum(j.truncated for j in judgments),
-        "cheap": aggregate(cheap_rows),
-    }
-    atomic_write_json(run / "metrics.json", metrics)
-    return metrics
+from sftjudge.rundir import RunDir, atomic_write_json
 
 
 def run_result(run: RunDir) -> RunResult:
@@ -73,7 +19,7 @@ def run_result(run: RunDir) -> RunResult:
     return RunResult(run_id=run.run_id, judge_score=metrics["judge_score_mean"],
                      train_loss=sft["train_loss_at_best"], val_loss=sft["best_val_loss"],
                      test_fingerprint=manifest["stages"]["curate"]["counts"]["test_fingerprint"],
-                     judge_key=metrics["judge"])
+                     judge_key=metrics["judge"], judge_problems=tuple(metrics["health"]["problems"]))
 
 
 def _result_from_registry(row: dict[str, Any]) -> RunResult:

@@ -1,13 +1,17 @@
 """Answer generation behind one `Generator` protocol: batched transformers (CPU or GPU) or vLLM (GPU worker).
 
 Prompts are rendered with the same chat template the checkpoint was trained with; a fingerprint mismatch is
-refused rather than silently evaluating the model on a format it never saw.
+refused rather than silently evaluating the model on a format it never saw. Caching and resuming live in
+`sftjudge.generate_cache`; this module only turns prompts into generations.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -15,12 +19,31 @@ from sftjudge.chat import TemplateError, render_prompt, template_fingerprint
 from sftjudge.device import device, use_bf16
 from sftjudge.rows import Example
 
+# vLLM only accepts these LoRA ranks for `max_lora_rank`; the adapter's rank is rounded up to one of them.
+_VLLM_LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)
+
 
 @dataclass(frozen=True)
 class GenerationParams:
+    """Decoding settings: greedy when temperature is 0, else sampling seeded by `seed`.
+
+    `stop` strings end an answer early; the answer is cut before the first one and its finish reason is "stop".
+    """
+
     max_new_tokens: int = 96
     temperature: float = 0.0
     seed: int = 0
+    stop: tuple[str, ...] = field(default=())
+
+    def __post_init__(self):
+        # Configs hand over lists; a tuple keeps the dataclass hashable and its JSON form stable.
+        object.__setattr__(self, "stop", tuple(self.stop))
+        if any(not isinstance(s, str) or not s for s in self.stop):
+            raise ValueError(f"stop strings must be non-empty strings, got {self.stop!r}")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"max_new_tokens": self.max_new_tokens, "temperature": self.temperature, "seed": self.seed,
+                "stop": list(self.stop)}
 
 
 @dataclass
@@ -28,7 +51,7 @@ class Generation:
     text: str
     prompt_tokens: int
     completion_tokens: int
-    finish_reason: str  # "stop" (end-of-turn token) or "length" (hit max_new_tokens)
+    finish_reason: str  # "stop" (end-of-turn token or a stop string) or "length" (hit max_new_tokens)
     seconds: float
 
     def to_json(self) -> dict[str, Any]:
@@ -37,6 +60,35 @@ class Generation:
 
 class Generator(Protocol):
     def generate(self, prompts: list[str], params: GenerationParams) -> list[Generation]: ...
+
+
+def cut_at_stop(text: str, stop: tuple[str, ...]) -> tuple[str, bool]:
+    """`text` up to the earliest stop string, and whether one was found.
+
+    >>> cut_at_stop("a: 1\\nb: 2", ("\\n",))
+    ('a: 1', True)
+    >>> cut_at_stop("abc", ("x", "y"))
+    ('abc', False)
+    """
+    hits = [i for i in (text.find(s) for s in stop) if i >= 0]
+    return (text[:min(hits)], True) if hits else (text, False)
+
+
+class _StopOnStrings:
+    """A transformers stopping criterion that looks at the generated part only, per row.
+
+    transformers' own `stop_strings` also matches across the prompt/answer boundary (a prompt ending in "\\n"
+    stops at the first generated "\\n" for stop "\\n\\n"), which vLLM never does; the two backends must agree.
+    """
+
+    def __init__(self, tokenizer, stop: tuple[str, ...], prompt_width: int):
+        self.tokenizer, self.stop, self.prompt_width = tokenizer, stop, prompt_width
+
+    def __call__(self, input_ids, scores, **kwargs):
+        import torch
+
+        texts = self.tokenizer.batch_decode(input_ids[:, self.prompt_width:], skip_special_tokens=True)
+        return torch.tensor([any(s in t for s in self.stop) for t in texts], device=input_ids.device)
 
 
 class TransformersGenerator:
@@ -48,7 +100,7 @@ class TransformersGenerator:
         self.batch_size = batch_size
 
     def generate(self, prompts: list[str], params: GenerationParams) -> list[Generation]:
-        import torch
+        """One Generation per prompt, in the order given, whatever order the batches ran in."""
         from sftjudge.progress import progress
 
         tok = self.tokenizer
@@ -56,9 +108,8 @@ class TransformersGenerator:
         lengths = [len(tok(p, add_special_tokens=False)["input_ids"]) for p in prompts]
         order = sorted(range(len(prompts)), key=lambda i: lengths[i])
         results: list[Generation | None] = [None] * len(prompts)
-        if params.temperature > 0:
-            torch.manual_seed(params.seed)
-        bar = progress(total=len(prompts), desc="generate", unit="answer")
+        # A caller feeding one batch at a time (the resumable cache) shows its own bar; one per batch is noise.
+        bar = progress(total=len(prompts), desc="generate", unit="answer", disable=len(prompts) <= self.batch_size)
         for start in range(0, len(order), self.batch_size):
             idx = order[start:start + self.batch_size]
             for i, gen in zip(idx, self._generate_batch([prompts[i] for i in idx], params)):
@@ -69,55 +120,89 @@ class TransformersGenerator:
 
     def _generate_batch(self, prompts: list[str], params: GenerationParams) -> list[Generation]:
         import torch
+        from transformers import StoppingCriteriaList
 
         tok = self.tokenizer
         started = time.time()
         enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.model.device)
+        width = enc["input_ids"].shape[1]
         sampling = params.temperature > 0
+        if sampling:
+            # Seeded by the batch's content, not once per call: a resumed run that regenerates the same batch
+            # draws the same samples, and batches of one run do not share one noise sequence.
+            torch.manual_seed(_batch_seed(params.seed, prompts))
+        stopping = StoppingCriteriaList([_StopOnStrings(tok, params.stop, width)]) if params.stop else None
         with torch.no_grad():
             out = self.model.generate(
                 **enc, max_new_tokens=params.max_new_tokens, do_sample=sampling,
                 temperature=params.temperature if sampling else None, top_p=None, top_k=None,
-                eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+                eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, stopping_criteria=stopping,
             )
-        new_tokens = out[:, enc["input_ids"].shape[1]:]
         seconds = (time.time() - started) / len(prompts)
-        generations = []
-        for row, prompt_mask in zip(new_tokens.tolist(), enc["attention_mask"].tolist()):
-            stopped = tok.eos_token_id in row
-            kept = row[: row.index(tok.eos_token_id)] if stopped else row
-            generations.append(Generation(
-                text=tok.decode(kept, skip_special_tokens=True).strip(), prompt_tokens=int(sum(prompt_mask)),
-                completion_tokens=len(kept), finish_reason="stop" if stopped else "length", seconds=seconds,
-            ))
-        return generations
+        return [self._to_generation(row, int(sum(mask)), params.stop, seconds)
+                for row, mask in zip(out[:, width:].tolist(), enc["attention_mask"].tolist())]
+
+    def _to_generation(self, row: list[int], prompt_tokens: int, stop: tuple[str, ...],
+                       seconds: float) -> Generation:
+        tok = self.tokenizer
+        stopped = tok.eos_token_id in row
+        kept = row[: row.index(tok.eos_token_id)] if stopped else row
+        text = tok.decode(kept, skip_special_tokens=True)
+        if stop and cut_at_stop(text, stop)[1]:
+            # Count tokens up to the one that completed the stop string, as vLLM does; rows that stopped early
+            # are padded after it, so the padding must not be counted either.
+            n = next(k for k in range(1, len(kept) + 1)
+                     if cut_at_stop(tok.decode(kept[:k], skip_special_tokens=True), stop)[1])
+            kept, stopped = kept[:n], True
+            text = cut_at_stop(tok.decode(kept, skip_special_tokens=True), stop)[0]
+        return Generation(text=text.strip(), prompt_tokens=prompt_tokens, completion_tokens=len(kept),
+                          finish_reason="stop" if stopped else "length", seconds=seconds)
+
+
+def _batch_seed(seed: int, prompts: list[str]) -> int:
+    digest = hashlib.sha256(json.dumps([seed, sorted(prompts)]).encode()).digest()
+    return int.from_bytes(digest[:4], "big")
 
 
 class VLLMGenerator:
-    """vLLM on a GPU worker: the base model with the LoRA adapter applied per request (or a merged model).
+    """vLLM: the base model with the LoRA adapter applied per request (or a merged / full model).
 
     vllm is imported here, lazily, so CPU installs never need it (`pip install sftjudge[gpu]` on GPU workers).
+    With `tokenizer`, prompts go to vLLM as token ids encoded without special tokens, exactly as the
+    transformers backend encodes them (vLLM would otherwise add a BOS some templates already contain).
+    `engine_kwargs` pass through to `vllm.LLM` (e.g. max_model_len, enforce_eager).
     """
 
     def __init__(self, base_model: str, adapter: str | None = None, *, tensor_parallel_size: int = 1,
-                 gpu_memory_utilization: float = 0.85, max_lora_rank: int = 64, llm=None):
+                 gpu_memory_utilization: float = 0.85, max_lora_rank: int = 64, dtype: str = "auto",
+                 tokenizer=None, engine_kwargs: dict[str, Any] | None = None, llm=None):
         if llm is None:
             from vllm import LLM
 
-            llm = LLM(model=base_model, enable_lora=adapter is not None, max_lora_rank=max_lora_rank,
-                      tensor_parallel_size=tensor_parallel_size, gpu_memory_utilization=gpu_memory_utilization)
+            lora = {"enable_lora": True, "max_lora_rank": max_lora_rank} if adapter else {}
+            llm = LLM(model=base_model, tensor_parallel_size=tensor_parallel_size, dtype=dtype,
+                      gpu_memory_utilization=gpu_memory_utilization, **lora, **(engine_kwargs or {}))
         self.llm = llm
         self.adapter = adapter
+        self.tokenizer = tokenizer
 
     def generate(self, prompts: list[str], params: GenerationParams) -> list[Generation]:
+        """One Generation per prompt, in order; stop strings are cut by vLLM (not included in the text)."""
         from vllm import SamplingParams
         from vllm.lora.request import LoRARequest
 
+        if self.llm is None:
+            raise RuntimeError("this VLLMGenerator was closed; build a new one to generate again")
         sampling = SamplingParams(max_tokens=params.max_new_tokens, temperature=params.temperature,
-                                  seed=params.seed if params.temperature > 0 else None)
+                                  seed=params.seed if params.temperature > 0 else None,
+                                  stop=list(params.stop) or None)
         lora = LoRARequest("sftjudge", 1, self.adapter) if self.adapter else None
+        inputs: list[Any] = prompts
+        if self.tokenizer is not None:
+            inputs = [{"prompt_token_ids": self.tokenizer(p, add_special_tokens=False)["input_ids"]}
+                      for p in prompts]
         started = time.time()
-        outputs = self.llm.generate(prompts, sampling, lora_request=lora)
+        outputs = self.llm.generate(inputs, sampling, lora_request=lora)
         seconds = (time.time() - started) / max(len(prompts), 1)
         return [
             Generation(text=o.outputs[0].text.strip(), prompt_tokens=len(o.prompt_token_ids),
@@ -127,17 +212,53 @@ class VLLMGenerator:
         ]
 
     def close(self) -> None:
-        """Free the GPU so the judge can load after generation."""
+        """Shut the engine down and free the GPU, so the judge can load after generation."""
+        import contextlib
         import gc
 
-        del self.llm
+        llm, self.llm = self.llm, None
+        if llm is None:
+            return
+        # vLLM's V1 engine runs in a child process that holds the GPU; dropping the reference alone can leave it
+        # alive until interpreter exit. Each step is best effort: the names moved between vLLM versions.
+        with contextlib.suppress(Exception):
+            llm.llm_engine.engine_core.shutdown()
+        with contextlib.suppress(Exception):
+            from vllm.distributed.parallel_state import destroy_distributed_environment, destroy_model_parallel
+
+            destroy_model_parallel()
+            destroy_distributed_environment()
+        del llm
         gc.collect()
-        try:
+        with contextlib.suppress(Exception):
             import torch
 
-            torch.cuda.empty_cache()
-        except Exception:  # noqa: BLE001 - best effort cleanup on a machine without CUDA
-            pass
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+
+
+class LazyGenerator:
+    """A Generator built on first use and closed (GPU freed) by `close`: a fully cached stage loads no model."""
+
+    def __init__(self, build: Callable[[], Generator]):
+        self.build = build
+        self.generator: Generator | None = None
+
+    def generate(self, prompts: list[str], params: GenerationParams) -> list[Generation]:
+        if self.generator is None:
+            self.generator = self.build()
+        return self.generator.generate(prompts, params)
+
+    def close(self) -> None:
+        generator, self.generator = self.generator, None
+        if generator is not None and hasattr(generator, "close"):
+            generator.close()
+
+
+def generation_params(config) -> GenerationParams:
+    """GenerationParams from a GenerateConfig; `stop` is read only if the config has that field."""
+    return GenerationParams(max_new_tokens=config.max_new_tokens, temperature=config.temperature,
+                            seed=config.seed, stop=tuple(getattr(config, "stop", ()) or ()))
 
 
 def load_finetuned(base_path: str, checkpoint: Path, *, precision: str = "auto", trust_remote_code: bool = False):
@@ -145,8 +266,6 @@ def load_finetuned(base_path: str, checkpoint: Path, *, precision: str = "auto",
 
     Raises TemplateError when the checkpoint's tokenizer renders a different chat template than at training.
     """
-    import torch
-
     from sftjudge.checkpoints import checkpoint_meta
     from sftjudge.sft import load_causal_lm
 
@@ -157,37 +276,87 @@ def load_finetuned(base_path: str, checkpoint: Path, *, precision: str = "auto",
         from peft import PeftModel
 
         model, _ = load_causal_lm(base_path, trust_remote_code=trust_remote_code)
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+        tokenizer = checkpoint_tokenizer(checkpoint)
         model = PeftModel.from_pretrained(model, str(checkpoint)).merge_and_unload()
     check_template(tokenizer, meta["template_fingerprint"], checkpoint)
+    return _placed(model, precision), _with_pad(tokenizer)
+
+
+def _placed(model, precision: str):
+    import torch
+
+    return model.to(device=device(), dtype=torch.bfloat16 if use_bf16(precision) else torch.float32)
+
+
+def _with_pad(tokenizer):
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    dtype = torch.bfloat16 if use_bf16(precision) else torch.float32
-    return model.to(device=device(), dtype=dtype), tokenizer
+    return tokenizer
 
 
-def make_generator(backend: str, base_path: str, checkpoint: Path, *, batch_size: int, precision: str,
-                   trust_remote_code: bool) -> tuple[Generator, Any]:
-    """Build the configured backend for a checkpoint; returns (generator, tokenizer used to render prompts)."""
+def checkpoint_tokenizer(checkpoint: Path):
+    """The tokenizer saved with a checkpoint, checked against the template fingerprint recorded at training.
+
+    Cheap (no weights): the resumable stage renders prompts with it before deciding whether a model is needed.
+    Raises TemplateError on a mismatch.
+    """
+    from transformers import AutoTokenizer
+
     from sftjudge.checkpoints import checkpoint_meta
 
-    if backend == "vllm":
-        from transformers import AutoTokenizer
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    check_template(tokenizer, checkpoint_meta(checkpoint)["template_fingerprint"], checkpoint)
+    return _with_pad(tokenizer)
 
-        meta = checkpoint_meta(checkpoint)
-        tokenizer = AutoTokenizer.from_pretrained(checkpoint)
-        check_template(tokenizer, meta["template_fingerprint"], checkpoint)
-        if meta["method"] == "full":
-            return VLLMGenerator(str(checkpoint)), tokenizer
-        return VLLMGenerator(base_path, adapter=str(checkpoint)), tokenizer
-    model, tokenizer = load_finetuned(base_path, checkpoint, precision=precision,
-                                      trust_remote_code=trust_remote_code)
+
+def engine_id(backend: str, precision: str) -> str:
+    """What else, besides the weights, decides the numbers: backend and dtype (bf16 and fp32 greedy differ)."""
+    if backend == "vllm":
+        return "vllm/auto"
+    return f"transformers/{'bf16' if use_bf16(precision) else 'fp32'}"
+
+
+def make_generator(backend: str, base_path: str, checkpoint: Path | None, *, batch_size: int, precision: str,
+                   trust_remote_code: bool, tensor_parallel_size: int = 1,
+                   gpu_memory_utilization: float = 0.85) -> tuple[Generator, Any]:
+    """Build the configured backend for a checkpoint, or for the base model alone when `checkpoint` is None.
+
+    Returns (generator, tokenizer used to render prompts). Raises TemplateError on a template mismatch.
+    """
+    if backend == "vllm":
+        return _make_vllm(base_path, checkpoint, tensor_parallel_size, gpu_memory_utilization)
+    if checkpoint is None:
+        from sftjudge.sft import load_causal_lm
+
+        model, tokenizer = load_causal_lm(base_path, trust_remote_code=trust_remote_code)
+        model = _placed(model, precision)
+    else:
+        model, tokenizer = load_finetuned(base_path, checkpoint, precision=precision,
+                                          trust_remote_code=trust_remote_code)
     return TransformersGenerator(model, tokenizer, batch_size=batch_size), tokenizer
 
 
+def _make_vllm(base_path: str, checkpoint: Path | None, tensor_parallel_size: int,
+               gpu_memory_utilization: float) -> tuple[Generator, Any]:
+    from sftjudge.checkpoints import checkpoint_meta
+
+    engine = {"tensor_parallel_size": tensor_parallel_size, "gpu_memory_utilization": gpu_memory_utilization}
+    if checkpoint is None:
+        from transformers import AutoTokenizer
+
+        tokenizer = _with_pad(AutoTokenizer.from_pretrained(base_path))
+        return VLLMGenerator(base_path, tokenizer=tokenizer, **engine), tokenizer
+    tokenizer = checkpoint_tokenizer(checkpoint)
+    if checkpoint_meta(checkpoint)["method"] == "full":
+        return VLLMGenerator(str(checkpoint), tokenizer=tokenizer, **engine), tokenizer
+    rank = json.loads((Path(checkpoint) / "adapter_config.json").read_text()).get("r", 64)
+    max_rank = next((r for r in _VLLM_LORA_RANKS if r >= rank), rank)
+    return VLLMGenerator(base_path, adapter=str(checkpoint), max_lora_rank=max_rank, tokenizer=tokenizer,
+                         **engine), tokenizer
+
+
 def check_template(tokenizer, expected: str, checkpoint: Path) -> None:
+    """Raise TemplateError unless `tokenizer` renders the chat template the checkpoint was trained with."""
     actual = template_fingerprint(tokenizer)
     if actual != expected:
         raise TemplateError(
@@ -201,13 +370,16 @@ def prompts_for(tokenizer, rows: list[Example]) -> list[str]:
     return [render_prompt(tokenizer, row.prompt_messages) for row in rows]
 
 
+def answer_record(row: Example, prompt: str, generation: dict[str, Any], model_label: str) -> dict[str, Any]:
+    """One generations.jsonl record: the row's id, prompt and reference beside the generated answer."""
+    return {"id": row.id, "model": model_label, "instruction": row.instruction, "reference": row.completion,
+            "prompt": prompt, **generation}
+
+
 def generate_answers(generator: Generator, tokenizer, rows: list[Example], params: GenerationParams,
                      model_label: str) -> list[dict[str, Any]]:
-    """One record per test row: id, prompt, reference, generated answer and its token counts."""
+    """One record per test row: id, prompt, reference, generated answer and its token counts (no cache)."""
     prompts = prompts_for(tokenizer, rows)
     generations = generator.generate(prompts, params)
-    return [
-        {"id": row.id, "model": model_label, "instruction": row.instruction, "reference": row.completion,
-         "prompt": prompt, **gen.to_json()}
-        for row, prompt, gen in zip(rows, prompts, generations)
-    ]
+    return [answer_record(row, prompt, gen.to_json(), model_label)
+            for row, prompt, gen in zip(rows, prompts, generations)]

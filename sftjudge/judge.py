@@ -8,9 +8,9 @@ the distribution after it (causal attention keeps the first read-out unaffected)
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
@@ -34,8 +34,10 @@ class JudgeSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str
     description: str = ""
-    mode: str = Field("logprob", pattern="^logprob$")
+    mode: Literal["logprob", "text"] = Field("logprob", description="read label probabilities, or parse JSON text")
+    kind: Literal["score", "choice"] = Field("score", description="a 1-10 style score, or a choice among labels")
     scale: Scale = Field(default_factory=Scale)
+    choices: dict[str, str] = Field(default_factory=dict, description="choice label -> meaning (kind: choice)")
     system_file: str | None = None
     prompt_file: str
     inputs: list[str] = Field(default_factory=lambda: ["instruction", "reference", "answer"],
@@ -43,6 +45,13 @@ class JudgeSpec(BaseModel):
     answer_prefix: str = Field("", description="text opening the judge's turn, right before the score token")
     system: str = ""
     prompt: str = ""
+
+    @property
+    def labels(self) -> list[str]:
+        """The strings the judge may answer with: score values, or choice labels."""
+        if self.kind == "choice":
+            return list(self.choices)
+        return [str(v) for v in range(self.scale.min, self.scale.max + 1)]
 
     def render_messages(self, item: dict[str, str]) -> list[dict[str, str]]:
         """The judge chat for one item; `item` must hold every field named in `inputs`."""
@@ -69,15 +78,17 @@ def load_judge(judges_dir: Path, name: str) -> JudgeSpec:
     for placeholder in (f"{{{name}}}" for name in spec.inputs):
         if placeholder not in spec.prompt:
             raise JudgeError(f"{folder / spec.prompt_file}: prompt must contain {placeholder}")
+    if spec.kind == "choice" and len(spec.choices) < 2:
+        raise JudgeError(f"{settings}: a choice judge needs at least two entries under 'choices'")
     return spec
 
 
 @dataclass(frozen=True)
 class LabelTokens:
-    """Score labels as token ids: `single[score] = id`, `double[score] = (first, second)` sharing one first id."""
+    """Labels as token ids: `single[label] = id`, `double[label] = (first, second)` sharing one first id."""
 
-    single: dict[int, int]
-    double: dict[int, tuple[int, int]]
+    single: dict[str, int]
+    double: dict[str, tuple[int, int]]
 
     @property
     def shared_first(self) -> int | None:
@@ -85,58 +96,90 @@ class LabelTokens:
         return next(iter(firsts)) if firsts else None
 
 
-def label_tokens(tokenizer, scale: Scale) -> LabelTokens:
-    """Tokenise each score label; raise JudgeError for tokenizers where one forward pass cannot score them."""
-    single: dict[int, int] = {}
-    double: dict[int, tuple[int, int]] = {}
-    for score in range(scale.min, scale.max + 1):
-        ids = tokenizer(str(score), add_special_tokens=False)["input_ids"]
+def label_tokens(tokenizer, labels: list[str]) -> LabelTokens:
+    """Tokenise each label; raise JudgeError for tokenizers where one forward pass cannot read them."""
+    single: dict[str, int] = {}
+    double: dict[str, tuple[int, int]] = {}
+    for label in labels:
+        ids = tokenizer(label, add_special_tokens=False)["input_ids"]
         if len(ids) == 1:
-            single[score] = ids[0]
+            single[label] = ids[0]
         elif len(ids) == 2:
-            double[score] = (ids[0], ids[1])
+            double[label] = (ids[0], ids[1])
         else:
-            raise JudgeError(f"score label {score} is {len(ids)} tokens for this judge tokenizer; use a smaller scale")
+            raise JudgeError(f"label {label!r} is {len(ids)} tokens for this judge tokenizer; use shorter labels")
     firsts = {first for first, _ in double.values()}
     if len(firsts) > 1 or (firsts and next(iter(firsts)) not in single.values()):
-        raise JudgeError("multi-token score labels must share a first token that is itself a label (like '1','0')")
+        raise JudgeError("two-token labels must share a first token that is itself a label (like '1','0')")
+    if len(set(single.values())) < len(single):
+        raise JudgeError(f"labels {labels} do not map to distinct tokens for this judge tokenizer")
     return LabelTokens(single, double)
 
 
-def score_distribution(first_probs: list[float], second_probs: list[float] | None,
-                       labels: LabelTokens) -> dict[int, float]:
-    """Probability of each complete score label from the two read-outs (unnormalised).
+def label_distribution(first_probs: list[float], second_probs: list[float] | None,
+                       labels: LabelTokens) -> dict[str, float]:
+    """Probability of each complete label from the two read-outs (unnormalised).
 
-    >>> labels = LabelTokens(single={1: 0, 2: 1}, double={10: (0, 2)})
-    >>> dist = score_distribution([0.5, 0.3, 0.2], [0.0, 0.0, 0.4], labels)
+    >>> labels = LabelTokens(single={"1": 0, "2": 1}, double={"10": (0, 2)})
+    >>> dist = label_distribution([0.5, 0.3, 0.2], [0.0, 0.0, 0.4], labels)
     >>> {k: round(v, 3) for k, v in dist.items()}
-    {1: 0.3, 2: 0.3, 10: 0.2}
+    {'1': 0.3, '2': 0.3, '10': 0.2}
     """
-    dist: dict[int, float] = {}
+    dist: dict[str, float] = {}
     shared = labels.shared_first
     continue_mass = sum(second_probs[s] for _, s in labels.double.values()) if second_probs else 0.0
-    for score, token in labels.single.items():
+    for label, token in labels.single.items():
         p = first_probs[token]
         # "1" followed by "0" is the label 10, not the label 1.
-        dist[score] = p * (1.0 - continue_mass) if token == shared else p
-    for score, (first, second) in labels.double.items():
-        dist[score] = first_probs[first] * (second_probs[second] if second_probs else 0.0)
-    return dict(sorted(dist.items()))
+        dist[label] = p * (1.0 - continue_mass) if token == shared else p
+    for label, (first, second) in labels.double.items():
+        dist[label] = first_probs[first] * (second_probs[second] if second_probs else 0.0)
+    return dist
 
 
 @dataclass
 class Judgment:
+    """One judged item. Score judges set `score`, choice judges set `choice`; `unparseable` (text mode only)
+    holds why the reply could not be read, and then neither is set - a failure is never turned into a number."""
+
     id: str
-    score: float | None  # expected score over the labels, renormalised; None only if no mass at all (underflow)
-    label_mass: float  # probability the judge put on any valid label: low mass = the judge wanted to say else
-    distribution: dict[int, float]
-    prompt_tokens: int
-    truncated: bool
+    score: float | None = None  # expected score over the labels, renormalised
+    choice: str | None = None  # most probable (logprob) or stated (text) choice label
+    label_mass: float | None = None  # probability on any valid label (logprob mode): low = judge wanted to say else
+    distribution: dict[str, float] = field(default_factory=dict)
+    prompt_tokens: int = 0
+    truncated: bool = False
+    unparseable: str | None = None
+    raw: str | None = None  # the judge's text (text mode)
 
     def to_json(self) -> dict[str, Any]:
-        return {"id": self.id, "score": None if self.score is None else round(self.score, 4), "label_mass": round(self.label_mass, 4),
-                "distribution": {str(k): round(v, 4) for k, v in self.distribution.items()},
-                "prompt_tokens": self.prompt_tokens, "truncated": self.truncated}
+        return {"id": self.id, "score": None if self.score is None else round(self.score, 4), "choice": self.choice,
+                "label_mass": None if self.label_mass is None else round(self.label_mass, 4),
+                "distribution": {k: round(v, 4) for k, v in self.distribution.items()},
+                "prompt_tokens": self.prompt_tokens, "truncated": self.truncated,
+                "unparseable": self.unparseable, "raw": self.raw}
+
+
+def judgment_from_distribution(item_id: str, dist: dict[str, float], spec: JudgeSpec, prompt_tokens: int,
+                               truncated: bool) -> Judgment:
+    """Turn label probabilities into a Judgment: an expected score, or the most probable choice.
+
+    >>> spec = JudgeSpec(name="s", prompt_file="p", scale=Scale(min=1, max=3))
+    >>> j = judgment_from_distribution("x", {"1": 0.1, "2": 0.1, "3": 0.3}, spec, 5, False)
+    >>> round(j.score, 2), round(j.label_mass, 2)
+    (2.4, 0.5)
+    """
+    mass = sum(dist.values())
+    normalised = {k: v / mass for k, v in dist.items()} if mass > 0 else dict(dist)
+    judgment = Judgment(item_id, label_mass=mass, distribution=normalised, prompt_tokens=prompt_tokens,
+                        truncated=truncated)
+    if mass <= 0:
+        judgment.unparseable = "no probability on any label (numerical underflow)"
+    elif spec.kind == "choice":
+        judgment.choice = max(normalised, key=normalised.get)
+    else:
+        judgment.score = sum(int(k) * p for k, p in normalised.items())
+    return judgment
 
 
 class LogprobJudge:
@@ -146,7 +189,7 @@ class LogprobJudge:
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.spec = spec
-        self.labels = label_tokens(tokenizer, spec.scale)
+        self.labels = label_tokens(tokenizer, spec.labels)
         self.max_prompt_tokens = max_prompt_tokens
 
     def encode(self, item: dict[str, str]) -> tuple[list[int], bool]:
@@ -176,14 +219,9 @@ class LogprobJudge:
         offset = 2 if shared is not None else 1
         first = torch.softmax(logits[:, -offset, :], dim=-1).tolist()
         second = torch.softmax(logits[:, -1, :], dim=-1).tolist() if shared is not None else [None] * len(items)
-        judgments = []
-        for item, (prompt_ids, truncated), p1, p2 in zip(items, encoded, first, second):
-            dist = score_distribution(p1, p2, self.labels)
-            mass = sum(dist.values())
-            score = sum(s * p for s, p in dist.items()) / mass if mass > 0 else None
-            judgments.append(Judgment(item["id"], score, mass, {k: v / mass if mass else 0.0 for k, v in dist.items()},
-                                      len(prompt_ids), truncated))
-        return judgments
+        return [judgment_from_distribution(item["id"], label_distribution(p1, p2, self.labels), self.spec,
+                                           len(prompt_ids), truncated)
+                for item, (prompt_ids, truncated), p1, p2 in zip(items, encoded, first, second)]
 
     def score(self, items: list[dict[str, str]], batch_size: int = 4) -> list[Judgment]:
         from sftjudge.progress import progress

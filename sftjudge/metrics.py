@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
+from dataclasses import dataclass
 from statistics import mean
 from typing import Any
 
@@ -63,9 +65,70 @@ def json_metrics(answer: str, reference: str) -> dict[str, float] | None:
     return {"json_valid": 1.0, "json_field_accuracy": matched / len(ref) if ref else 1.0}
 
 
-def item_metrics(answer: str, reference: str) -> dict[str, float]:
-    metrics = {"exact_match": float(exact_match(answer, reference)), "token_f1": token_f1(answer, reference)}
+def rouge_l(answer: str, reference: str) -> float:
+    """ROUGE-L F-measure (rouge-score, the Google Research implementation).
+
+    >>> round(rouge_l("the cat sat", "the cat sat on the mat"), 3)
+    0.667
+    """
+    from rouge_score import rouge_scorer
+
+    return rouge_scorer.RougeScorer(["rougeL"]).score(reference, answer)["rougeL"].fmeasure
+
+
+def bleu(answer: str, reference: str) -> float:
+    """Sentence BLEU on a 0-1 scale (sacrebleu, with its standard 13a tokenisation and exponential smoothing).
+
+    >>> bleu("the cat sat on the mat", "the cat sat on the mat")
+    1.0
+    """
+    import sacrebleu
+
+    return round(sacrebleu.sentence_bleu(answer, [reference]).score / 100.0, 6)
+
+
+@dataclass(frozen=True)
+class FormatRule:
+    """What a well-formed answer looks like: any text, a JSON value (optionally matching a schema), or a regex."""
+
+    kind: str = "none"  # "none" | "json" | "regex"
+    regex: str | None = None
+    schema: dict[str, Any] | None = None
+
+
+def format_compliance(answer: str, rule: FormatRule) -> float | None:
+    """1.0 when the answer has the required form, 0.0 when not, None when no form is required.
+
+    >>> format_compliance('{"a": 1}', FormatRule("json", schema={"type": "object", "required": ["a"]}))
+    1.0
+    >>> format_compliance('{"b": 1}', FormatRule("json", schema={"type": "object", "required": ["a"]}))
+    0.0
+    >>> format_compliance("ORDER-12", FormatRule("regex", regex=r"ORDER-\\d+"))
+    1.0
+    """
+    if rule.kind == "none":
+        return None
+    if rule.kind == "regex":
+        return float(re.fullmatch(rule.regex or "", answer.strip()) is not None)
+    try:
+        value = json.loads(answer)
+    except (json.JSONDecodeError, TypeError):
+        return 0.0
+    if rule.schema is None:
+        return 1.0
+    import jsonschema
+
+    return float(jsonschema.Draft202012Validator(rule.schema).is_valid(value))
+
+
+def item_metrics(answer: str, reference: str, rule: FormatRule | None = None) -> dict[str, float]:
+    """Every cheap metric for one answer; JSON field metrics only when the reference is a JSON object."""
+    metrics = {"exact_match": float(exact_match(answer, reference)), "token_f1": token_f1(answer, reference),
+               "rouge_l": round(rouge_l(answer, reference), 6), "bleu": bleu(answer, reference)}
     metrics.update(json_metrics(answer, reference) or {})
+    compliance = format_compliance(answer, rule or FormatRule())
+    if compliance is not None:
+        metrics["format_compliance"] = compliance
     return metrics
 
 

@@ -93,6 +93,30 @@ def data_report_markdown(data: dict[str, Any]) -> str:
     return "\n\n".join(lines)
 
 
+def judge_report_markdown(metrics: dict[str, Any]) -> str:
+    """Judge scores, cheap metrics, pairwise result and judge health as markdown."""
+    health = metrics["health"]
+    rows = [["judge", metrics["judge"]], ["items", metrics["items"]],
+            ["judge score mean (1-10)", metrics["judge_score_mean"]],
+            ["judge score stdev", metrics["judge_score_stdev"]], ["unparseable", metrics["unparseable"]]]
+    rows += [[k, v] for k, v in metrics["cheap"].items()]
+    parts = [_table(["metric", "value"], rows)]
+    pairwise = metrics.get("pairwise")
+    if pairwise:
+        ci = pairwise["win_rate_ci95"]
+        parts.append(
+            f"Pairwise vs the champion ({pairwise['pairs']} items, both answer orders): {pairwise['wins']} wins, "
+            f"{pairwise['losses']} losses, {pairwise['ties']} ties; win rate {pairwise['win_rate']}"
+            + (f" (95% CI {ci[0]}-{ci[1]})" if ci else "")
+            + f"; swap consistency {pairwise['swap_consistency']}, judge picked position A "
+              f"{pairwise['first_position_rate']} of the time.")
+    verdict = "valid" if health["valid"] else "**INVALID** - the judge score does not decide this run"
+    parts.append(f"Judge health: {verdict}."
+                 + "".join(f"\n- problem: {p}" for p in health["problems"])
+                 + "".join(f"\n- warning: {w}" for w in health["warnings"]))
+    return "\n\n".join(parts)
+
+
 def write_report(run: RunDir, sample_items: int = 8) -> Path:
     """Write report.md (decision, losses, judge, data books, sample answers) and score_hist.png."""
     manifest = run.manifest()
@@ -115,11 +139,7 @@ def write_report(run: RunDir, sample_items: int = 8) -> Path:
                  e["val_ppl"], e["seconds"]] for e in epochs]),
         "![loss curve](loss_curve.png)",
         "## Judge and metrics",
-        _table(["metric", "value"], [["judge", metrics["judge"]], ["items", metrics["items"]],
-                                     ["judge score mean (1-10)", metrics["judge_score_mean"]],
-                                     ["judge score stdev", metrics["judge_score_stdev"]],
-                                     ["judge label mass mean", metrics["label_mass_mean"]]]
-               + [[k, v] for k, v in metrics["cheap"].items()]),
+        judge_report_markdown(metrics),
         "![judge score histogram](score_hist.png)",
         "## Data",
         data_report_markdown(data),

@@ -93,10 +93,10 @@ def _curate_into(out: Path, data: DataConfig, sft: SFTConfig, judge: JudgeConfig
 
 def _quality_scorer(data: DataConfig, judge: JudgeConfig, home: str | None):
     """The judge model scoring training rows with the quality judge definition."""
-    from sftjudge.evaluate import load_logprob_judge
+    from sftjudge.judge import load_judge
+    from sftjudge.judging import LoadedJudge
 
-    scorer = load_logprob_judge(judge.judges_dir, data.quality.judge, judge.model, home, "auto",
-                                judge.max_prompt_tokens)
+    scorer = LoadedJudge(judge, home, "auto").scorer(load_judge(Path(judge.judges_dir), data.quality.judge))
 
     def score(rows: list[Example]) -> list[float | None]:
         items = [{"id": r.id, "instruction": r.instruction, "answer": r.completion} for r in rows]
@@ -130,7 +130,9 @@ def sft_stage(run_path: str, sft: SFTConfig, home: str | None, threads: int | No
         result = train(model, tokenizer, load_split(run, "train"), load_split(run, "val"), settings,
                        run / "checkpoints", on_epoch=log_epoch)
         write_jsonl(metrics_path, [asdict(m) for m in result.epochs])
-        summary = result.to_json() | {"base_model": sft.base_model, "base_model_path": base}
+        base_params = result.total_params - (result.trainable_params if sft.method == "lora" else 0)
+        summary = result.to_json() | {"base_model": sft.base_model, "base_model_path": base, "method": sft.method,
+                                      "base_params": base_params}
         atomic_write_json(run / "sft.json", summary)
         plot_losses(result.epochs, run / "loss_curve.png")
         best = next(m for m in result.epochs if m.epoch == result.best_epoch)
@@ -147,8 +149,14 @@ def sft_stage(run_path: str, sft: SFTConfig, home: str | None, threads: int | No
 
 def generate_stage(run_path: str, gen: GenerateConfig, sft: SFTConfig, home: str | None,
                    threads: int | None = None) -> dict[str, Any]:
-    """Answer every test prompt with the best checkpoint; one record per item in generations.jsonl."""
-    from sftjudge.generate import GenerationParams, generate_answers, make_generator
+    """Answer every test prompt with the best checkpoint; one record per item in generations.jsonl.
+
+    Answers are appended as each batch finishes, keyed by (model fingerprint, prompt, params), so a retried
+    stage generates only what is missing and loads no model when nothing is; the file ends in test-split order.
+    """
+    from sftjudge.generate import (LazyGenerator, checkpoint_tokenizer, engine_id, generation_params,
+                                   make_generator, prompts_for)
+    from sftjudge.generate_cache import generate_cached, model_fingerprint
 
     run = RunDir(Path(run_path))
     if done := _done(run, "generate"):
@@ -158,37 +166,52 @@ def generate_stage(run_path: str, gen: GenerateConfig, sft: SFTConfig, home: str
         summary = json.loads((run / "sft.json").read_text())
         checkpoint = Path(summary["best_checkpoint"])
         base = resolve_model(sft.base_model, sftjudge_home(home))
-        params = GenerationParams(max_new_tokens=gen.max_new_tokens, temperature=gen.temperature, seed=gen.seed)
-        generator, tokenizer = make_generator(gen.backend, base, checkpoint, batch_size=gen.batch_size,
-                                              precision=sft.precision, trust_remote_code=sft.trust_remote_code)
-        records = generate_answers(generator, tokenizer, load_split(run, "test"), params,
-                                   model_label=f"{run.run_id}/epoch-{summary['best_epoch']}")
-        write_jsonl(run / "generations.jsonl", records)
+        rows = load_split(run, "test")
+        prompts = prompts_for(checkpoint_tokenizer(checkpoint), rows)  # refuses a template mismatch up front
+        fingerprint = model_fingerprint(base, checkpoint, engine=engine_id(gen.backend, sft.precision))
+        generator = LazyGenerator(lambda: make_generator(
+            gen.backend, base, checkpoint, batch_size=gen.batch_size, precision=sft.precision,
+            trust_remote_code=sft.trust_remote_code)[0])
+        # vLLM batches continuously inside one call, so it gets bigger chunks; transformers gets one batch each.
+        chunk = gen.batch_size if gen.backend == "transformers" else max(gen.batch_size, 256)
+        try:
+            result = generate_cached(rows, prompts, generation_params(gen), run / "generations.jsonl",
+                                     fingerprint, f"{run.run_id}/epoch-{summary['best_epoch']}", generator,
+                                     chunk_size=chunk)
+        finally:
+            generator.close()  # frees the GPU for the judge, also when generation failed
+            gc.collect()
+        records = result.records
         record.outputs = {"generations": "generations.jsonl"}
-        record.counts = {"items": len(records),
+        record.counts = {"items": len(records), **result.counts(), "model_fingerprint": fingerprint,
                          "hit_max_new_tokens": sum(r["finish_reason"] == "length" for r in records),
                          "completion_tokens": sum(r["completion_tokens"] for r in records)}
-        if hasattr(generator, "close"):
-            generator.close()
-        del generator
-        gc.collect()
     return run.stage_info("generate")
 
 
 def judge_stage(run_path: str, judge: JudgeConfig, home: str | None, threads: int | None = None,
-                precision: str = "auto") -> dict[str, Any]:
-    """Score every generation against its reference with the local judge, plus cheap metrics."""
-    from sftjudge.evaluate import judge_generations
+                precision: str = "auto", runs_dir: str | None = None) -> dict[str, Any]:
+    """Score every generation against its reference with the local judge (and pairwise against the champion's
+    answers when there is a champion), plus cheap metrics and the judge's health."""
+    from sftjudge.judging import run_judge_stage
+    from sftjudge.registry import Registry
 
     run = RunDir(Path(run_path))
     if done := _done(run, "judge"):
         return done
     set_threads(threads)
     with run.stage("judge") as record:
-        metrics = judge_generations(run, judge, home, precision)
+        champion = Registry.in_runs_dir(runs_dir).champion() if runs_dir else None
+        champion_dir = champion["run_dir"] if champion and champion["run_id"] != run.run_id else None
+        student_params = json.loads((run / "sft.json").read_text())["base_params"]
+        metrics = run_judge_stage(run, judge, home, precision, champion_dir, student_params)
         record.outputs = {"judgments": "judgments.jsonl", "metrics": "metrics.json"}
+        if metrics["pairwise"]:
+            record.outputs["pairwise"] = "pairwise.jsonl"
         record.counts = {"items": metrics["items"], "judge_score_mean": metrics["judge_score_mean"],
-                         "exact_match": metrics["cheap"].get("exact_match")}
+                         "exact_match": metrics["cheap"].get("exact_match"),
+                         "judge_valid": metrics["health"]["valid"],
+                         "win_rate_vs_champion": (metrics["pairwise"] or {}).get("win_rate")}
     return run.stage_info("judge")
 
 

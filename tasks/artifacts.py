@@ -7,7 +7,7 @@ from pathlib import Path
 
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from sftjudge.report import data_report_markdown
+from sftjudge.report import data_report_markdown, judge_report_markdown
 from sftjudge.rundir import read_jsonl
 
 
@@ -31,9 +31,8 @@ def losses(run_path: str) -> None:
 
 def judge_summary(run_path: str) -> None:
     metrics = json.loads((Path(run_path) / "metrics.json").read_text())
-    create_table_artifact(key=_key(run_path, "judge"), description=f"Judge {metrics['judge']}",
-                          table=[{"metric": k, "value": v} for k, v in metrics.items() if k != "cheap"]
-                          + [{"metric": k, "value": v} for k, v in metrics["cheap"].items()])
+    create_markdown_artifact(key=_key(run_path, "judge"), markdown="# Judge\n\n" + judge_report_markdown(metrics),
+                             description=f"Judge {metrics['judge']}")
 
 
 def report(run_path: str) -> None:

@@ -49,6 +49,7 @@ def test_every_test_item_generated_and_judged(two_runs):
     _, first, _ = two_runs
     run = Path(first["run_dir"])
     test_ids = [r["id"] for r in read_jsonl(run / "data/test.jsonl")]
+    assert len(test_ids) >= 30  # ~10% of the sample's ~380 clean rows: curation must not starve the test split
     assert [g["id"] for g in read_jsonl(run / "generations.jsonl")] == test_ids
     judgments = read_jsonl(run / "judgments.jsonl")
     assert [j["id"] for j in judgments] == test_ids
@@ -70,6 +71,8 @@ def test_first_promoted_second_compared_with_reasons(two_runs):
     decision = json.loads((Path(second["run_dir"]) / "decision.json").read_text())
     assert decision["champion_before"] == first["run_id"]
     assert any("judge score" in r for r in decision["reasons"])
+    pairwise = json.loads((Path(second["run_dir"]) / "metrics.json").read_text())["pairwise"]
+    assert pairwise["pairs"] == len(read_jsonl(Path(second["run_dir"]) / "data/test.jsonl"))
     registry = Registry.in_runs_dir(runs_dir)
     assert [r["run_id"] for r in registry.runs()] == [first["run_id"], second["run_id"]]
     expected = second["run_id"] if second["decision"] == "promote" else first["run_id"]

@@ -3,8 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from sftjudge.judge import (JudgeError, LabelTokens, LogprobJudge, Scale, label_tokens, load_judge,
-                            score_distribution)
+from sftjudge.judge import JudgeError, LabelTokens, LogprobJudge, label_distribution, label_tokens, load_judge
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -40,21 +39,21 @@ def test_unknown_judge_setting_is_named(tmp_path):
 
 
 def test_ten_splits_into_one_zero_and_is_read_in_the_same_pass():
-    labels = LabelTokens(single={s: s for s in range(1, 10)}, double={10: (1, 0)})
+    labels = LabelTokens(single={str(s): s for s in range(1, 10)}, double={"10": (1, 0)})
     first = [0.0] * 12
     first[1], first[9] = 0.6, 0.4          # "1" (which may continue to "10") and "9"
     second = [0.0] * 12
     second[0] = 0.5                        # after "1": "0" half the time
-    dist = score_distribution(first, second, labels)
-    assert dist[10] == pytest.approx(0.3) and dist[1] == pytest.approx(0.3) and dist[9] == pytest.approx(0.4)
+    dist = label_distribution(first, second, labels)
+    assert dist["10"] == pytest.approx(0.3) and dist["1"] == pytest.approx(0.3) and dist["9"] == pytest.approx(0.4)
 
 
 @pytest.mark.model
 def test_label_tokens_for_tiny_tokenizer(tiny_model):
     _, tok = tiny_model
-    labels = label_tokens(tok, Scale(min=1, max=10))
-    assert set(labels.single) == set(range(1, 10)) and set(labels.double) == {10}
-    assert labels.shared_first == labels.single[1]
+    labels = label_tokens(tok, [str(v) for v in range(1, 11)])
+    assert set(labels.single) == {str(v) for v in range(1, 10)} and set(labels.double) == {"10"}
+    assert labels.shared_first == labels.single["1"]
 
 
 @pytest.mark.model
@@ -79,3 +78,13 @@ def test_long_prompts_are_truncated_and_flagged(tiny_model):
     judge = LogprobJudge(model, tok, load_judge(REPO / "judges", "reference-score"), max_prompt_tokens=64)
     [j] = judge.score([{"id": "x", "instruction": "word " * 200, "reference": "a", "answer": "b"}])
     assert j.truncated and j.prompt_tokens == 64
+
+
+@pytest.mark.model
+def test_pairwise_judge_reads_a_choice(tiny_model):
+    model, tok = tiny_model
+    spec = load_judge(REPO / "judges", "pairwise")
+    judge = LogprobJudge(model, tok, spec)
+    [j] = judge.score([{"id": "p", "instruction": "Q", "reference": "r", "answer_a": "x", "answer_b": "y"}])
+    assert j.choice in {"A", "B", "C"} and j.score is None
+    assert sum(j.distribution.values()) == pytest.approx(1.0)

@@ -1,5 +1,5 @@
 from sftjudge.decide import DecideRules, RunResult, decide
-from sftjudge.metrics import aggregate, item_metrics
+from sftjudge.metrics import FormatRule, aggregate, item_metrics
 
 RULES = DecideRules(min_improvement=0.25, max_val_train_ratio=2.0, min_judge_score=3.0)
 
@@ -10,10 +10,14 @@ def result(run_id, score, train=0.5, val=0.6, test="t", judge="j"):
 
 def test_item_metrics_on_json_answers():
     ref = '{"intent": "refund", "priority": "high"}'
-    assert item_metrics(ref, ref) == {"exact_match": 1.0, "token_f1": 1.0, "json_valid": 1.0,
-                                      "json_field_accuracy": 1.0}
+    assert item_metrics(ref, ref) == {"exact_match": 1.0, "token_f1": 1.0, "rouge_l": 1.0, "bleu": 1.0,
+                                      "json_valid": 1.0, "json_field_accuracy": 1.0}
     partial = item_metrics('{"intent": "refund", "priority": "low"}', ref)
     assert partial["json_field_accuracy"] == 0.5 and partial["exact_match"] == 0.0
+    assert 0.5 < partial["rouge_l"] < 1.0 and 0.0 < partial["bleu"] < 1.0
+    rule = FormatRule("json", schema={"type": "object", "required": ["intent", "priority", "product"]})
+    assert item_metrics(ref, ref, rule)["format_compliance"] == 0.0
+    assert item_metrics("not json", ref, FormatRule("json"))["format_compliance"] == 0.0
     assert aggregate([{"a": 1.0}, {"a": 0.0, "b": 1.0}]) == {"a": 0.5, "b": 1.0}
 
 
