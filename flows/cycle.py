@@ -18,6 +18,7 @@ def fine_tune_then_judge(config: RunConfig = RunConfig()) -> dict[str, Any]:
     stages.curate(run, config.data, config.sft, config.judge, config.home)
     stages.sft(run, config.sft, config.home, config.threads)
     stages.generate(run, config.generate, config.sft, config.home, config.threads)
-    stages.judge(run, config.judge, config.home, config.threads, config.sft.precision, config.runs_dir)
+    stages.judge(run, config.judge, config.home, config.threads, config.sft.precision, config.runs_dir,
+                 config.decide.noise_items)
     stages.decide(run, config)
     return run_summary(run)

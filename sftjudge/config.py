@@ -215,6 +215,16 @@ class DecideConfig(_Strict):
         2.0, gt=1, description="Val/train loss ratio at the chosen epoch above which the run counts as overfitting."
     )
     min_judge_score: float = Field(1.0, ge=1, le=10, description="A run scoring below this is never promoted.")
+    max_contaminated: int = Field(
+        0, ge=0, description="Contaminated val/test rows tolerated (only non-zero when contamination.action=report)."
+    )
+    noise_items: int = Field(
+        20, ge=0, description="Champion answers re-judged each run to measure the judge's run-to-run noise."
+    )
+    min_noise_floor: float = Field(
+        0.0, ge=0, description="Lower bound on the noise floor (score points) whatever the measurement says."
+    )
+    ci_level: float = Field(0.95, gt=0.5, lt=1, description="Confidence level of the paired bootstrap interval.")
 
 
 class RunConfig(_Strict):

@@ -1,14 +1,19 @@
-"""Promote or roll back: a pure function of the challenger's and the champion's results and fixed rules.
+"""Promote, hold or roll back: a pure function of the challenger's and the champion's results and fixed rules.
 
-Rules follow the Iterative Training Workflow: training fit and answer quality are separate readings. A run that
-overfits (val/train loss ratio above the limit) is rolled back whatever its score; otherwise it must beat the
-champion's judge score by a stated margin on the same test split, judged by the same judge.
+Rules follow the Iterative Training Workflow: training fit and answer quality are separate readings.
+- gates: an overfitting run (val/train loss ratio above the limit), an invalid judge signal, a score below the
+  floor, too many unparseable judgments or contaminated test rows: never promoted;
+- quality: per-item paired judge-score differences against the champion on the same test items, with a
+  bootstrap confidence interval. Promote only when the whole interval clears the noise floor and the mean gain
+  reaches `min_improvement`; roll back when it is significantly worse; hold (keep the champion) otherwise.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
+
+from sftjudge.pairwise import bootstrap_ci
 
 
 @dataclass(frozen=True)
@@ -22,6 +27,13 @@ class RunResult:
     test_fingerprint: str
     judge_key: str  # judge definition + judge model: scores from different judges are not comparable
     judge_problems: tuple[str, ...] = ()  # judge health failures: the score cannot be trusted to decide
+    item_scores: dict[str, float] = field(default_factory=dict)  # per test item, for paired differences
+    train_losses: tuple[float, ...] = ()  # per epoch
+    val_losses: tuple[float, ...] = ()
+    unparseable_rate: float = 0.0
+    contaminated: int = 0
+    train_rows: int = 0
+    settings: dict[str, Any] = field(default_factory=dict)  # flattened config, for one-variable hygiene
 
     @property
     def val_train_ratio(self) -> float:
@@ -33,21 +45,27 @@ class DecideRules:
     min_improvement: float
     max_val_train_ratio: float
     min_judge_score: float
+    max_unparseable_rate: float = 0.1
+    max_contaminated: int = 0
+    noise_floor: float = 0.0  # measured run-to-run judge variance, in score points
+    ci_level: float = 0.95
 
 
 @dataclass
 class Decision:
-    action: Literal["promote", "rollback"]
+    action: Literal["promote", "hold", "rollback"]
     reasons: list[str]
     champion_before: str | None
     comparison: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    advice: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
 
 def decide(challenger: RunResult, champion: RunResult | None, rules: DecideRules) -> Decision:
-    """Return the decision and every reason behind it (all failing rules are listed, not just the first).
+    """Return the decision, every reason behind it, hygiene warnings and next-step advice.
 
     >>> rules = DecideRules(min_improvement=0.25, max_val_train_ratio=2.0, min_judge_score=1.0)
     >>> new = RunResult("b", 7.0, 0.5, 0.6, "t", "j")
@@ -55,44 +73,86 @@ def decide(challenger: RunResult, champion: RunResult | None, rules: DecideRules
     'promote'
     >>> decide(new, RunResult("a", 6.5, 0.5, 0.6, "t", "j"), rules).action
     'promote'
-    >>> decide(new, RunResult("a", 6.9, 0.5, 0.6, "t", "j"), rules).reasons[0]
-    'judge score 7.00 vs champion 6.90: +0.10 is below the required improvement of 0.25'
+    >>> decide(new, RunResult("a", 6.9, 0.5, 0.6, "t", "j"), rules).action
+    'hold'
     """
-    blockers = _gate_failures(challenger, rules)
-    comparison: dict[str, Any] = {"challenger": asdict(challenger) | {"val_train_ratio": challenger.val_train_ratio}}
+    blockers = gate_failures(challenger, rules)
+    comparison: dict[str, Any] = {"challenger": _summary(challenger)}
     if champion is None:
         if blockers:
-            return Decision("rollback", blockers + ["no champion yet; this run does not qualify to become one"],
-                            None, comparison)
-        return Decision("promote", ["first qualifying run: becomes the champion"], None, comparison)
-    comparison["champion"] = asdict(champion) | {"val_train_ratio": champion.val_train_ratio}
-    reasons = blockers + _comparability_failures(challenger, champion)
-    if reasons:
-        return Decision("rollback", reasons + [f"keeping champion {champion.run_id}"], champion.run_id, comparison)
-    delta = challenger.judge_score - champion.judge_score  # both set: gates and comparability passed
-    comparison["judge_score_delta"] = round(delta, 4)
-    ratio_note = (f"val/train loss ratio {challenger.val_train_ratio:.2f} "
-                  f"(champion {champion.val_train_ratio:.2f}, limit {rules.max_val_train_ratio:.2f})")
-    score_note = f"judge score {challenger.judge_score:.2f} vs champion {champion.judge_score:.2f}: {delta:+.2f}"
-    if delta >= rules.min_improvement:
-        return Decision("promote", [f"{score_note} meets the required improvement of {rules.min_improvement}",
-                                    ratio_note], champion.run_id, comparison)
-    return Decision("rollback", [f"{score_note} is below the required improvement of {rules.min_improvement}",
-                                 ratio_note, f"keeping champion {champion.run_id}"], champion.run_id, comparison)
+            decision = Decision("rollback", blockers + ["no champion yet; this run does not qualify to become one"],
+                                None, comparison)
+        else:
+            decision = Decision("promote", ["first qualifying run: becomes the champion"], None, comparison)
+        decision.advice = advice(challenger, None, decision, rules)
+        return decision
+    comparison["champion"] = _summary(champion)
+    not_comparable = _comparability_failures(challenger, champion)
+    if not_comparable:
+        decision = Decision("hold", not_comparable + [f"keeping champion {champion.run_id}"], champion.run_id,
+                            comparison)
+    elif blockers:
+        decision = Decision("rollback", blockers + [f"keeping champion {champion.run_id}"], champion.run_id,
+                            comparison)
+    else:
+        decision = _quality_decision(challenger, champion, rules, comparison)
+    decision.warnings = hygiene_warnings(challenger, champion)
+    decision.advice = advice(challenger, champion, decision, rules)
+    return decision
 
 
-def _gate_failures(run: RunResult, rules: DecideRules) -> list[str]:
+def gate_failures(run: RunResult, rules: DecideRules) -> list[str]:
+    """Every gate the run fails; any failure means it cannot be promoted."""
     reasons = []
     if run.val_train_ratio > rules.max_val_train_ratio:
         reasons.append(f"overfitting: val/train loss ratio {run.val_train_ratio:.2f} at the chosen epoch exceeds "
                        f"{rules.max_val_train_ratio:.2f} (val {run.val_loss:.4f}, train {run.train_loss:.4f})")
-    for problem in run.judge_problems:
-        reasons.append(f"judge signal invalid: {problem}")
+    reasons += [f"judge signal invalid: {problem}" for problem in run.judge_problems]
     if run.judge_score is None:
         reasons.append("no judge score: the judge produced no usable score for this run")
     elif run.judge_score < rules.min_judge_score:
         reasons.append(f"judge score {run.judge_score:.2f} is below the floor of {rules.min_judge_score:.2f}")
+    if run.unparseable_rate > rules.max_unparseable_rate:
+        reasons.append(f"unparseable judgments {run.unparseable_rate:.0%} exceed {rules.max_unparseable_rate:.0%}")
+    if run.contaminated > rules.max_contaminated:
+        reasons.append(f"{run.contaminated} contaminated test/val rows exceed the allowed {rules.max_contaminated}")
     return reasons
+
+
+def paired_difference(challenger: RunResult, champion: RunResult, level: float = 0.95):
+    """(mean per-item score difference, its bootstrap CI, items paired) over items both runs scored.
+
+    Falls back to the difference of means with no interval when the runs share no per-item scores.
+    """
+    shared = sorted(set(challenger.item_scores) & set(champion.item_scores))
+    if not shared:
+        return challenger.judge_score - champion.judge_score, None, 0
+    diffs = [challenger.item_scores[i] - champion.item_scores[i] for i in shared]
+    return sum(diffs) / len(diffs), bootstrap_ci(diffs, level=level), len(shared)
+
+
+def _quality_decision(challenger: RunResult, champion: RunResult, rules: DecideRules,
+                      comparison: dict[str, Any]) -> Decision:
+    delta, ci, paired = paired_difference(challenger, champion, rules.ci_level)
+    comparison.update(judge_score_delta=round(delta, 4), delta_ci=None if ci is None else [round(c, 4) for c in ci],
+                      paired_items=paired, noise_floor=rules.noise_floor)
+    interval = f" (95% CI {ci[0]:+.2f} to {ci[1]:+.2f} over {paired} paired items)" if ci else " (no paired items)"
+    score_note = (f"judge score {challenger.judge_score:.2f} vs champion {champion.judge_score:.2f}: "
+                  f"{delta:+.2f}{interval}")
+    ratio_note = (f"val/train loss ratio {challenger.val_train_ratio:.2f} (champion {champion.val_train_ratio:.2f}, "
+                  f"limit {rules.max_val_train_ratio:.2f})")
+    low, high = ci if ci else (delta, delta)
+    keep = f"keeping champion {champion.run_id}"
+    if low > rules.noise_floor and delta >= rules.min_improvement:
+        return Decision("promote", [f"{score_note}: better beyond the noise floor of {rules.noise_floor:.2f} and "
+                                    f"by at least {rules.min_improvement}", ratio_note], champion.run_id, comparison)
+    if high < -rules.noise_floor:
+        return Decision("rollback", [f"{score_note}: significantly worse than the champion", ratio_note, keep],
+                        champion.run_id, comparison)
+    why = ("the gain is below the required improvement of " f"{rules.min_improvement}" if low > rules.noise_floor
+           else f"the difference is within the noise (interval reaches {low:+.2f}, noise floor "
+                f"{rules.noise_floor:.2f})")
+    return Decision("hold", [f"{score_note}: {why}", ratio_note, keep], champion.run_id, comparison)
 
 
 def _comparability_failures(run: RunResult, champion: RunResult) -> list[str]:
@@ -103,3 +163,56 @@ def _comparability_failures(run: RunResult, champion: RunResult) -> list[str]:
     if run.judge_key != champion.judge_key:
         reasons.append(f"not comparable: judged by {run.judge_key}, the champion by {champion.judge_key}")
     return reasons
+
+
+IGNORED_SETTINGS = ("name", "runs_dir", "home", "threads")
+
+
+def hygiene_warnings(run: RunResult, champion: RunResult) -> list[str]:
+    """Warn when more than one variable changed against the champion: the result cannot be attributed."""
+    if not run.settings or not champion.settings:
+        return []
+    changed = sorted(k for k in set(run.settings) | set(champion.settings)
+                     if not k.startswith(IGNORED_SETTINGS) and run.settings.get(k) != champion.settings.get(k))
+    if len(changed) > 1:
+        return [f"{len(changed)} settings changed against the champion ({', '.join(changed[:8])}"
+                f"{', ...' if len(changed) > 8 else ''}): change one variable per experiment to know what helped"]
+    return []
+
+
+def _summary(run: RunResult) -> dict[str, Any]:
+    return {"run_id": run.run_id, "judge_score": run.judge_score, "train_loss": run.train_loss,
+            "val_loss": run.val_loss, "val_train_ratio": round(run.val_train_ratio, 4),
+            "test_fingerprint": run.test_fingerprint, "judge": run.judge_key}
+
+
+def val_rising_while_train_falls(run: RunResult) -> bool:
+    """The classic overfitting signature in the last epochs.
+
+    >>> val_rising_while_train_falls(RunResult("r", 5, 0.2, 0.5, "t", "j", train_losses=(0.5, 0.3, 0.2),
+    ...                                        val_losses=(0.6, 0.5, 0.55)))
+    True
+    """
+    t, v = run.train_losses, run.val_losses
+    return len(v) >= 2 and v[-1] > min(v) and t[-1] < t[-2]
+
+
+def advice(run: RunResult, champion: RunResult | None, decision: Decision, rules: DecideRules) -> list[str]:
+    """Next steps from the Iterative Training Workflow decision tree."""
+    ratio = run.val_train_ratio
+    overfit = ratio > rules.max_val_train_ratio or val_rising_while_train_falls(run)
+    if not overfit:
+        if decision.action == "promote":
+            return ["curves healthy and the eval improved: refine further, one variable at a time "
+                    "(e.g. learning rate, then epochs, then batch size)"]
+        return ["curves healthy but the eval did not improve: a data-quality issue is the likeliest cause - "
+                "filter contradicting or 'correct but not ideal' examples, or add examples of the inputs the model "
+                "fails on (see the lowest-scored items in judgments.jsonl)"]
+    if ratio > rules.max_val_train_ratio:
+        if run.train_rows and run.train_rows < 1000:
+            return [f"severe overfitting (val/train {ratio:.2f}) on a small dataset ({run.train_rows} training "
+                    f"rows): add more data before anything else"]
+        return [f"severe overfitting (val/train {ratio:.2f}): lower the learning rate dramatically (0.1-0.3x)"]
+    best = run.val_losses.index(min(run.val_losses)) + 1 if run.val_losses else None
+    return [f"overfitting in the last epochs (val loss rose after epoch {best} while train loss fell): the best "
+            f"epoch's checkpoint was used; next time train {best} epoch(s) or lower the learning rate"]

@@ -65,7 +65,7 @@ def load_judge(judges_dir: Path, name: str) -> JudgeSpec:
     folder = Path(judges_dir) / name
     settings = folder / "judge.yaml"
     if not settings.is_file():
-        known = sorted(p.parent.name for p in Path(judges_dir).glob("*/judge.yaml")) if Path(judges_dir).is_dir() else []
+        known = sorted(p.parent.name for p in Path(judges_dir).glob("*/judge.yaml"))
         raise JudgeError(f"{settings}: no such judge definition (judges in {judges_dir}: {known or 'none'})")
     try:
         data = yaml.safe_load(settings.read_text(encoding="utf-8")) or {}

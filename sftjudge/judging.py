@@ -115,7 +115,7 @@ def champion_answers(champion_dir: str | None, generations: list[dict[str, Any]]
 
 
 def run_judge_stage(run: RunDir, judge: JudgeConfig, home: str | None, precision: str,
-                    champion_dir: str | None, student_params: int | None) -> dict[str, Any]:
+                    champion_dir: str | None, student_params: int | None, noise_items: int = 0) -> dict[str, Any]:
     """Judge generations.jsonl pointwise (and pairwise vs the champion); write judgments, metrics and health."""
     generations = read_jsonl(run / "generations.jsonl")
     cache = JudgmentCache(run / "judgments.cache.jsonl")
@@ -125,6 +125,7 @@ def run_judge_stage(run: RunDir, judge: JudgeConfig, home: str | None, precision
              for g in generations]
     pointwise = judge_cached(loaded.scorer(spec), cache, items, f"{judge_key(judge)}|{spec.mode}", judge.batch_size)
     pairwise, outcomes = _pairwise(loaded, judge, cache, generations, champion_dir)
+    noise = measure_noise(loaded.scorer(spec), judge, champion_dir, noise_items)
     judge_params = loaded.params
     loaded.close()
     rule = _format_rule(judge)
@@ -146,11 +147,40 @@ def run_judge_stage(run: RunDir, judge: JudgeConfig, home: str | None, precision
         "judge_score_stdev": round(statistics.pstdev(scores), 4) if len(scores) > 1 else None,
         "unparseable": sum(1 for r in rows if r.get("unparseable")),
         "truncated_prompts": sum(1 for r in rows if r.get("truncated")),
-        "cheap": aggregate(cheap_rows), "pairwise": pairwise, "health": health.to_json(),
+        "cheap": aggregate(cheap_rows), "pairwise": pairwise, "noise": noise, "health": health.to_json(),
         "cache_torn_lines": cache.torn_lines,
     }
     atomic_write_json(run / "metrics.json", metrics)
     return metrics
+
+
+def measure_noise(scorer, judge: JudgeConfig, champion_dir: str | None, items: int) -> dict[str, Any] | None:
+    """Re-judge some of the champion's answers and compare with the scores it got in its own run.
+
+    The difference is the judge's run-to-run noise (batch composition, numerics, sampling); a challenger must
+    beat the champion by more than this. None when there is no comparable champion.
+    """
+    if not champion_dir or items <= 0 or not (Path(champion_dir) / "judgments.jsonl").is_file():
+        return None
+    earlier = [j for j in read_jsonl(Path(champion_dir) / "judgments.jsonl")
+               if j.get("judge") == judge_key(judge) and j.get("score") is not None]
+    earlier = sorted(earlier, key=lambda j: j["id"])[:items]
+    if not earlier:
+        return None
+    generations = {g["id"]: g for g in read_jsonl(Path(champion_dir) / "generations.jsonl")}
+    # Reversed order and batch size 1: a different batch composition than the champion's own run had.
+    again = scorer.score([{"id": j["id"], "instruction": generations[j["id"]]["instruction"],
+                           "reference": j["reference"], "answer": j["answer"]} for j in reversed(earlier)],
+                         batch_size=1)
+    new = {j.id: j.score for j in again if j.score is not None}
+    diffs = [new[j["id"]] - j["score"] for j in earlier if j["id"] in new]
+    if not diffs:
+        return None
+    # The decision compares mean scores, so the floor is on the mean shift: |mean| + 2 standard errors.
+    spread = statistics.stdev(diffs) if len(diffs) > 1 else 0.0
+    floor = abs(statistics.fmean(diffs)) + 2 * spread / len(diffs) ** 0.5
+    return {"items": len(diffs), "noise_floor": round(floor, 4), "mean_shift": round(statistics.fmean(diffs), 4),
+            "max_abs_diff": round(max(abs(d) for d in diffs), 4)}
 
 
 def _thresholds(judge: JudgeConfig) -> HealthThresholds:

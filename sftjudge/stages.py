@@ -190,7 +190,7 @@ def generate_stage(run_path: str, gen: GenerateConfig, sft: SFTConfig, home: str
 
 
 def judge_stage(run_path: str, judge: JudgeConfig, home: str | None, threads: int | None = None,
-                precision: str = "auto", runs_dir: str | None = None) -> dict[str, Any]:
+                precision: str = "auto", runs_dir: str | None = None, noise_items: int = 0) -> dict[str, Any]:
     """Score every generation against its reference with the local judge (and pairwise against the champion's
     answers when there is a champion), plus cheap metrics and the judge's health."""
     from sftjudge.judging import run_judge_stage
@@ -204,7 +204,7 @@ def judge_stage(run_path: str, judge: JudgeConfig, home: str | None, threads: in
         champion = Registry.in_runs_dir(runs_dir).champion() if runs_dir else None
         champion_dir = champion["run_dir"] if champion and champion["run_id"] != run.run_id else None
         student_params = json.loads((run / "sft.json").read_text())["base_params"]
-        metrics = run_judge_stage(run, judge, home, precision, champion_dir, student_params)
+        metrics = run_judge_stage(run, judge, home, precision, champion_dir, student_params, noise_items)
         record.outputs = {"judgments": "judgments.jsonl", "metrics": "metrics.json"}
         if metrics["pairwise"]:
             record.outputs["pairwise"] = "pairwise.jsonl"

@@ -40,8 +40,8 @@ def generate(run_path: str, config: GenerateConfig, sft_config: SFTConfig, home:
 
 @task(name="judge", **STAGE_TASK_OPTIONS)
 def judge(run_path: str, config: JudgeConfig, home: str | None, threads: int | None, precision: str,
-          runs_dir: str) -> dict[str, Any]:
-    info = stages.judge_stage(run_path, config, home, threads, precision, runs_dir)
+          runs_dir: str, noise_items: int) -> dict[str, Any]:
+    info = stages.judge_stage(run_path, config, home, threads, precision, runs_dir, noise_items)
     artifacts.judge_summary(run_path)
     return info
 

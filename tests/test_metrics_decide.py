@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 from sftjudge.decide import DecideRules, RunResult, decide
 from sftjudge.metrics import FormatRule, aggregate, item_metrics
 
@@ -21,28 +23,75 @@ def test_item_metrics_on_json_answers():
     assert aggregate([{"a": 1.0}, {"a": 0.0, "b": 1.0}]) == {"a": 0.5, "b": 1.0}
 
 
+def scored(run_id, per_item):
+    return RunResult(run_id, sum(per_item) / len(per_item), 0.5, 0.6, "t", "j",
+                     item_scores={str(i): v for i, v in enumerate(per_item)})
+
+
 def test_first_run_promoted():
     decision = decide(result("a", 6.0), None, RULES)
     assert decision.action == "promote" and decision.champion_before is None
 
 
-def test_better_run_promoted_worse_rolled_back():
-    champ = result("a", 6.0)
-    assert decide(result("b", 6.5), champ, RULES).action == "promote"
-    worse = decide(result("c", 5.0), champ, RULES)
-    assert worse.action == "rollback" and "below the required improvement" in worse.reasons[0]
+def test_paired_improvement_beyond_noise_is_promoted():
+    champ = scored("a", [5.0, 6.0, 7.0, 5.5] * 10)
+    better = scored("b", [6.0, 7.0, 7.5, 6.5] * 10)
+    decision = decide(better, champ, RULES)
+    assert decision.action == "promote"
+    assert decision.comparison["paired_items"] == 40 and decision.comparison["delta_ci"][0] > 0
 
 
-def test_overfitting_rolls_back_even_with_better_score():
+def test_noise_sized_difference_holds():
+    champ = scored("a", [5.0, 6.0, 7.0, 5.5] * 10)
+    noisy = scored("b", [5.5, 5.5, 7.5, 5.0] * 10)  # some up, some down: CI straddles zero
+    decision = decide(noisy, champ, RULES)
+    assert decision.action == "hold" and "within the noise" in decision.reasons[0]
+
+
+def test_large_noise_floor_blocks_a_small_gain():
+    champ = scored("a", [5.0, 6.0, 7.0, 5.5] * 10)
+    better = scored("b", [5.4, 6.4, 7.4, 5.9] * 10)
+    assert decide(better, champ, RULES).action == "promote"
+    assert decide(better, champ, replace(RULES, noise_floor=0.5)).action == "hold"
+
+
+def test_significantly_worse_rolls_back():
+    champ = scored("a", [6.0, 7.0, 8.0, 6.5] * 10)
+    worse = scored("b", [5.0, 6.0, 6.5, 5.0] * 10)
+    decision = decide(worse, champ, RULES)
+    assert decision.action == "rollback" and "significantly worse" in decision.reasons[0]
+
+
+def test_overfitting_rolls_back_even_with_better_score_and_advises():
     decision = decide(result("b", 9.0, train=0.1, val=0.5), result("a", 6.0), RULES)
     assert decision.action == "rollback"
     assert decision.reasons[0].startswith("overfitting: val/train loss ratio 5.00")
+    assert "severe overfitting" in decision.advice[0]
 
 
 def test_gates_and_comparability():
     assert decide(result("b", 2.0), None, RULES).action == "rollback"
     assert decide(result("b", None), None, RULES).action == "rollback"
+    invalid = RunResult("b", 9.0, 0.5, 0.6, "t", "j", judge_problems=("swap consistency 20% is below 60%",))
+    assert "judge signal invalid: swap consistency" in decide(invalid, None, RULES).reasons[0]
     other_split = decide(result("b", 9.0, test="other"), result("a", 6.0), RULES)
-    assert other_split.action == "rollback" and "test split differs" in other_split.reasons[0]
+    assert other_split.action == "hold" and "test split differs" in other_split.reasons[0]
     other_judge = decide(result("b", 9.0, judge="k"), result("a", 6.0), RULES)
     assert "not comparable: judged by k" in other_judge.reasons[0]
+    contaminated = RunResult("b", 9.0, 0.5, 0.6, "t", "j", contaminated=3)
+    assert "contaminated" in decide(contaminated, None, RULES).reasons[0]
+
+
+def test_one_variable_hygiene_warning():
+    a = RunResult("a", 6.0, 0.5, 0.6, "t", "j", settings={"sft.epochs": 2, "sft.learning_rate": 1e-3, "name": "x"})
+    one = RunResult("b", 6.0, 0.5, 0.6, "t", "j", settings={"sft.epochs": 3, "sft.learning_rate": 1e-3, "name": "y"})
+    two = RunResult("c", 6.0, 0.5, 0.6, "t", "j", settings={"sft.epochs": 3, "sft.learning_rate": 5e-4})
+    assert decide(one, a, RULES).warnings == []
+    assert "2 settings changed" in decide(two, a, RULES).warnings[0]
+
+
+def test_advice_follows_the_decision_tree():
+    healthy_same = decide(scored("b", [6.0] * 8), scored("a", [6.0] * 8), RULES)
+    assert "data-quality issue" in healthy_same.advice[0]
+    rising = RunResult("b", 6.0, 0.2, 0.3, "t", "j", train_losses=(0.5, 0.3, 0.2), val_losses=(0.4, 0.25, 0.3))
+    assert "train 2 epoch(s)" in decide(rising, None, RULES).advice[0]
