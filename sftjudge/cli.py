@@ -16,6 +16,9 @@ EPILOG = """examples:
   sftjudge runs                                # experiment table; --json for machines
   sftjudge show RUN_ID                         # one run's stages, losses, score and decision
   sftjudge champion                            # the current champion and how it got there
+  sftjudge diff RUN_A RUN_B                    # what changed in config and in results
+  sftjudge promote RUN_ID | sftjudge rollback  # move the champion by hand (recorded)
+  sftjudge report RUN_ID --html                # one shareable HTML file with the plots embedded
 """
 
 
@@ -42,6 +45,24 @@ def build_parser() -> argparse.ArgumentParser:
     champ = sub.add_parser("champion", help="the current champion and the promotion history")
     champ.add_argument("--runs-dir", default="runs")
     champ.add_argument("--json", action="store_true")
+
+    promote = sub.add_parser("promote", help="make a recorded run the champion by hand (recorded as manual)")
+    promote.add_argument("run_id")
+    promote.add_argument("--runs-dir", default="runs")
+
+    rollback = sub.add_parser("rollback", help="restore the champion before the current one")
+    rollback.add_argument("--runs-dir", default="runs")
+
+    diff = sub.add_parser("diff", help="what changed between two runs: config and results")
+    diff.add_argument("run_a")
+    diff.add_argument("run_b")
+    diff.add_argument("--runs-dir", default="runs")
+    diff.add_argument("--json", action="store_true")
+
+    report = sub.add_parser("report", help="rebuild a run's report; --html writes one shareable file")
+    report.add_argument("run_id")
+    report.add_argument("--runs-dir", default="runs")
+    report.add_argument("--html", action="store_true", help="also write report.html with the plots embedded")
 
     models = sub.add_parser("models", help="embedded models shipped inside PyPI packages")
     models_sub = models.add_subparsers(dest="models_command", required=True, metavar="ACTION")
@@ -153,7 +174,54 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "runs": cmd_runs, "show": cmd_show, "champion": cmd_champion, "models": cmd_models}
+def cmd_promote(args: argparse.Namespace) -> int:
+    from sftjudge.registry import Registry
+
+    run_id = _find_run(args.runs_dir, args.run_id).name
+    previous = Registry.in_runs_dir(args.runs_dir).set_champion(run_id, "manual")
+    print(f"champion: {previous or '(none)'} -> {run_id} (manual)")
+    return 0
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    from sftjudge.registry import Registry
+
+    demoted, restored = Registry.in_runs_dir(args.runs_dir).rollback()
+    print(f"champion: {demoted} -> {restored} (rollback)")
+    return 0
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    from sftjudge.report import run_diff
+
+    diff = run_diff(_find_run(args.runs_dir, args.run_a), _find_run(args.runs_dir, args.run_b))
+    if args.json:
+        print(dumps(diff))
+        return 0
+    print(f"config changes {diff['runs'][0]} -> {diff['runs'][1]}:")
+    for key, (a, b) in diff["config"].items():
+        print(f"  {key}: {a!r} -> {b!r}")
+    if not diff["config"]:
+        print("  (none)")
+    print("results:")
+    for key, (a, b) in diff["results"].items():
+        print(f"  {key}: {_fmt(key, a)} -> {_fmt(key, b)}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from sftjudge.report import write_html, write_report
+    from sftjudge.rundir import RunDir
+
+    run = RunDir(_find_run(args.runs_dir, args.run_id))
+    print(write_report(run))
+    if args.html:
+        print(write_html(run))
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "runs": cmd_runs, "show": cmd_show, "champion": cmd_champion, "models": cmd_models,
+            "promote": cmd_promote, "rollback": cmd_rollback, "diff": cmd_diff, "report": cmd_report}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -164,6 +232,9 @@ def main(argv: list[str] | None = None) -> int:
         return COMMANDS[args.command](args)
     except (ConfigError, ModelError) as exc:
         print(f"sftjudge: {exc}", file=sys.stderr)
+        return 2
+    except KeyError as exc:  # registry refusals: unknown run, nothing to roll back to
+        print(f"sftjudge: {exc.args[0]}", file=sys.stderr)
         return 2
 
 

@@ -84,7 +84,7 @@ class Registry:
                 if promote and current != row["run_id"]:
                     db.execute("INSERT INTO champion_history (run_id, previous_run_id, changed_at, how) "
                                "VALUES (?, ?, ?, ?)",
-                               (row["run_id"], current, datetime.now(timezone.utc).isoformat(timespec="seconds"), how))
+                               (row["run_id"], current, _now(), how))
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")
@@ -94,6 +94,40 @@ class Registry:
     def _champion_id(db: sqlite3.Connection) -> str | None:
         found = db.execute("SELECT run_id FROM champion_history ORDER BY seq DESC LIMIT 1").fetchone()
         return found["run_id"] if found else None
+
+    def set_champion(self, run_id: str, how: str) -> str | None:
+        """Point the champion at an already recorded run (manual promotion); returns the previous champion."""
+        with closing(self._connect()) as db:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                if not db.execute("SELECT 1 FROM runs WHERE run_id = ?", (run_id,)).fetchone():
+                    raise KeyError(f"run {run_id!r} is not in the registry")
+                current = self._champion_id(db)
+                if current != run_id:
+                    db.execute("INSERT INTO champion_history (run_id, previous_run_id, changed_at, how) "
+                               "VALUES (?, ?, ?, ?)", (run_id, current, _now(), how))
+                db.execute("COMMIT")
+                return current
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+
+    def rollback(self) -> tuple[str, str]:
+        """Restore the champion before the current one; returns (demoted, restored)."""
+        with closing(self._connect()) as db:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                rows = db.execute("SELECT run_id, previous_run_id FROM champion_history ORDER BY seq DESC LIMIT 1"
+                                  ).fetchone()
+                if not rows or not rows["previous_run_id"]:
+                    raise KeyError("there is no earlier champion to roll back to")
+                db.execute("INSERT INTO champion_history (run_id, previous_run_id, changed_at, how) "
+                           "VALUES (?, ?, ?, 'rollback')", (rows["previous_run_id"], rows["run_id"], _now()))
+                db.execute("COMMIT")
+                return rows["run_id"], rows["previous_run_id"]
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
 
     def champion(self) -> dict[str, Any] | None:
         with closing(self._connect()) as db:
@@ -120,3 +154,7 @@ class Registry:
     def champion_history(self) -> list[dict[str, Any]]:
         with closing(self._connect()) as db:
             return [dict(r) for r in db.execute("SELECT * FROM champion_history ORDER BY seq")]
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")

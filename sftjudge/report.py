@@ -132,6 +132,8 @@ def write_report(run: RunDir, sample_items: int = 8) -> Path:
         f"**Decision: {decision['action'].upper()}**" + (f" (champion before: {decision['champion_before']})"
                                                          if decision["champion_before"] else ""),
         "\n".join(f"- {reason}" for reason in decision["reasons"]),
+        *(["**Warnings**\n\n" + "\n".join(f"- {w}" for w in decision["warnings"])] if decision.get("warnings") else []),
+        *(["**Next steps**\n\n" + "\n".join(f"- {a}" for a in decision["advice"])] if decision.get("advice") else []),
         "## Stages", _table(["stage", "status", "seconds"], stages),
         "## Training (loss on completion tokens, train and val measured the same way)",
         _table(["epoch", "train loss", "val loss", "val/train", "train ppl", "val ppl", "seconds"],
@@ -150,4 +152,45 @@ def write_report(run: RunDir, sample_items: int = 8) -> Path:
     ]
     out = run / "report.md"
     atomic_write_text(out, "\n\n".join(parts) + "\n")
+    return out
+
+
+def run_diff(path_a: Path, path_b: Path) -> dict[str, Any]:
+    """Config keys that differ (flattened) and the headline results of both runs."""
+    import yaml
+
+    from sftjudge.evaluate import flatten
+    from sftjudge.summary import run_summary
+
+    cfg_a = flatten(yaml.safe_load((Path(path_a) / "config.yaml").read_text()))
+    cfg_b = flatten(yaml.safe_load((Path(path_b) / "config.yaml").read_text()))
+    changed = {k: (cfg_a.get(k), cfg_b.get(k)) for k in sorted(set(cfg_a) | set(cfg_b)) if cfg_a.get(k) != cfg_b.get(k)}
+    sa, sb = run_summary(path_a), run_summary(path_b)
+    keys = ("best_epoch", "best_val_loss", "train_loss_at_best", "judge_score", "exact_match", "decision")
+    return {"runs": [sa["run_id"], sb["run_id"]], "config": changed, "results": {k: (sa[k], sb[k]) for k in keys}}
+
+
+def write_html(run: RunDir) -> Path:
+    """report.md as one self-contained HTML file (plots inlined), to attach or share."""
+    import base64
+    import re
+
+    import markdown
+
+    text = (run / "report.md").read_text(encoding="utf-8")
+
+    def inline(match: re.Match) -> str:
+        image = run / match.group(2)
+        if not image.is_file():
+            return match.group(0)
+        data = base64.b64encode(image.read_bytes()).decode()
+        return f"![{match.group(1)}](data:image/png;base64,{data})"
+
+    body = markdown.markdown(re.sub(r"!\[([^\]]*)\]\(([^)]+\.png)\)", inline, text), extensions=["tables"])
+    style = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
+             "table{border-collapse:collapse;margin:1em 0;font-size:0.9em}td,th{border:1px solid #ccc;"
+             "padding:4px 8px;text-align:left;vertical-align:top}th{background:#f3f3f3}img{max-width:100%}")
+    out = run / "report.html"
+    atomic_write_text(out, f"<!doctype html><html><head><meta charset='utf-8'><title>sftjudge {run.run_id}</title>"
+                           f"<style>{style}</style></head><body>{body}</body></html>\n")
     return out

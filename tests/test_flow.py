@@ -97,3 +97,20 @@ def test_rerun_of_a_finished_stage_is_skipped(two_runs):
     config = load_config(REPO / "configs/tiny.yaml")
     assert stages.sft_stage(first["run_dir"], config.sft, None) == before
     assert run.stage_info("sft")["attempts"] == 1
+
+
+def test_cli_diff_report_promote_rollback(two_runs, capsys, tmp_path):
+    runs_dir, first, second = two_runs
+    assert main(["diff", first["run_id"], second["run_id"], "--runs-dir", str(runs_dir), "--json"]) == 0
+    diff = json.loads(capsys.readouterr().out)
+    assert diff["config"] == {} and diff["results"]["decision"] == ["promote", second["decision"]]
+    assert main(["report", second["run_id"], "--runs-dir", str(runs_dir), "--html"]) == 0
+    html = (Path(second["run_dir"]) / "report.html").read_text()
+    assert "data:image/png;base64," in html and "<table>" in html and "Decision" in html
+    registry = Registry.in_runs_dir(runs_dir)
+    before = registry.champion()["run_id"]
+    other = second["run_id"] if before == first["run_id"] else first["run_id"]
+    assert main(["promote", other, "--runs-dir", str(runs_dir)]) == 0
+    assert registry.champion()["run_id"] == other
+    assert main(["rollback", "--runs-dir", str(runs_dir)]) == 0
+    assert registry.champion()["run_id"] == before

@@ -52,3 +52,23 @@ def test_concurrent_promotions_serialise(tmp_path):
     assert len(history) == 8 and len(reg.runs()) == 8
     # each promotion saw the one before it: the chain of previous ids is unbroken
     assert [h["previous_run_id"] for h in history[1:]] == [h["run_id"] for h in history[:-1]]
+
+
+def test_manual_promotion_and_rollback_restore_the_previous_champion(tmp_path):
+    reg = Registry.in_runs_dir(tmp_path)
+    reg.record(row("a", created="1"), promote=True)
+    reg.record(row("b", created="2"), promote=False)
+    assert reg.set_champion("b", "manual") == "a"
+    assert reg.champion()["run_id"] == "b"
+    assert reg.champion_history()[-1]["how"] == "manual"
+    assert reg.rollback() == ("b", "a")
+    assert reg.champion()["run_id"] == "a"
+    with pytest.raises(KeyError):
+        reg.set_champion("nope", "manual")
+
+
+def test_rollback_without_history_is_refused(tmp_path):
+    reg = Registry.in_runs_dir(tmp_path)
+    reg.record(row("a"), promote=True)
+    with pytest.raises(KeyError, match="no earlier champion"):
+        reg.rollback()
