@@ -1,4 +1,4 @@
-"""The cycle: curate → sft → generate → judge → decide, one task per stage, all logic in the library."""
+"""The cycle: curate → (sft → generate → judge on the GPU) → decide; one task per stage, all logic in the library."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from prefect import flow
 from sftjudge.config import RunConfig
 from sftjudge.summary import run_summary
 from tasks import stages
+from tasks.routing import gpu_slot, on_gpu_worker
 
 
 @flow(name="fine-tune-then-judge", log_prints=True)
@@ -16,9 +17,19 @@ def fine_tune_then_judge(config: RunConfig = RunConfig()) -> dict[str, Any]:
     """Fine-tune the student on curated data, judge its test answers, and promote it or keep the champion."""
     run = stages.start_run(config)
     stages.curate(run, config.data, config.sft, config.judge, config.home)
-    stages.sft(run, config.sft, config.home, config.threads)
-    stages.generate(run, config.generate, config.sft, config.home, config.threads)
-    stages.judge(run, config.judge, config.home, config.threads, config.sft.precision, config.runs_dir,
-                 config.decide.noise_items)
+    if config.orchestration.gpu_deployment:
+        on_gpu_worker(config.orchestration.gpu_deployment, run, config)
+    else:
+        gpu_stages(run, config)
     stages.decide(run, config)
     return run_summary(run)
+
+
+@flow(name="gpu-stages", log_prints=True)
+def gpu_stages(run: str, config: RunConfig) -> None:
+    """The stages that want an accelerator; deployed on the `gpu` work pool, or run in-process on a CPU."""
+    with gpu_slot(config.orchestration.gpu_concurrency_limit):
+        stages.sft(run, config.sft, config.home, config.threads)
+        stages.generate(run, config.generate, config.sft, config.home, config.threads)
+        stages.judge(run, config.judge, config.home, config.threads, config.sft.precision, config.runs_dir,
+                     config.decide.noise_items)

@@ -227,6 +227,18 @@ class DecideConfig(_Strict):
     ci_level: float = Field(0.95, gt=0.5, lt=1, description="Confidence level of the paired bootstrap interval.")
 
 
+class OrchestrationConfig(_Strict):
+    """Where the GPU stages run. Empty means everything in this process (the CPU default, no server needed)."""
+
+    gpu_deployment: str | None = Field(
+        None, description="Deployment ('flow-name/deployment-name') of the gpu-stages flow on a GPU work pool; "
+                          "sft, generate and judge then run there via run_deployment. The run directory must be "
+                          "on storage both workers see.")
+    gpu_concurrency_limit: str | None = Field(
+        None, description="Global concurrency limit name held while the GPU stages run, so two runs do not "
+                          "fight over one card (create it with deployments/setup.py).")
+
+
 class RunConfig(_Strict):
     """One fine-tune → generate → judge → decide cycle."""
 
@@ -241,6 +253,8 @@ class RunConfig(_Strict):
     generate: GenerateConfig = Field(default_factory=GenerateConfig, description="Generation on the test split.")
     judge: JudgeConfig = Field(default_factory=JudgeConfig, description="Judging.")
     decide: DecideConfig = Field(default_factory=DecideConfig, description="Promotion rules.")
+    orchestration: OrchestrationConfig = Field(
+        default_factory=OrchestrationConfig, description="GPU routing (Prefect work pools).")
 
 
 class ConfigError(ValueError):

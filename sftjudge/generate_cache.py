@@ -94,8 +94,8 @@ class GenerationCache:
         self.records: dict[str, dict[str, Any]] = {}
         self.dropped_lines = 0
 
-    def load(self) -> GenerationCache:
-        """Read the file (if any) into `records`; return self."""
+    def load(self, *, repair: bool = True) -> GenerationCache:
+        """Read the file (if any) into `records`; return self. `repair=False` reads without cutting the file."""
         if not self.path.is_file():
             return self
         data = self.path.read_bytes()
@@ -104,7 +104,8 @@ class GenerationCache:
             self.dropped_lines += 1
             log.warning("%s: dropped a truncated last line (%d bytes) left by an interrupted write",
                         self.path, len(data) - complete)
-            os.truncate(self.path, complete)
+            if repair:
+                os.truncate(self.path, complete)
         for number, line in enumerate(data[:complete].decode("utf-8", errors="replace").splitlines(), 1):
             if not line.strip():
                 continue
@@ -206,7 +207,7 @@ def champion_generations(champion_run: Path | str | None, rows: list[Example], p
     found: dict[str, dict[str, Any]] = {}
     if path is not None and path.is_file():
         wanted = params.to_json()
-        for record in GenerationCache(path).load().records.values():
+        for record in GenerationCache(path).load(repair=False).records.values():  # another run's file
             if record.get("params") == wanted:
                 found.setdefault(record.get("prompt_hash") or prompt_hash(record.get("prompt", "")), record)
     records = {}

@@ -10,12 +10,13 @@ from __future__ import annotations
 import gc
 import json
 import shutil
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from sftjudge.config import DataConfig, GenerateConfig, JudgeConfig, RunConfig, SFTConfig, dump_config
 from sftjudge.device import set_threads
+from sftjudge.faults import maybe_fail
+from sftjudge.oom import with_smaller_batch_on_oom
 from sftjudge.models import resolve_model, sftjudge_home
 from sftjudge.rows import Example
 from sftjudge.rundir import RunDir, atomic_directory, atomic_write_json, read_jsonl, write_jsonl
@@ -48,6 +49,7 @@ def curate_stage(run_path: str, data: DataConfig, sft: SFTConfig, judge: JudgeCo
     if done := _done(run, "curate"):
         return done
     with run.stage("curate") as record:
+        maybe_fail("curate", run.path)
         quality_id = f"{data.quality.judge}@{judge.model}" if data.quality.enabled else None
         key = curation_cache_key(data, source_sha256(data.path), sft.base_model, sft.max_seq_len, quality_id)
         cache_dir = sftjudge_home(home) / "curation" / key
@@ -107,43 +109,23 @@ def _quality_scorer(data: DataConfig, judge: JudgeConfig, home: str | None):
 
 def sft_stage(run_path: str, sft: SFTConfig, home: str | None, threads: int | None = None) -> dict[str, Any]:
     """Fine-tune the student on data/train.jsonl; per-epoch train and val loss to metrics.jsonl, checkpoints/."""
-    from sftjudge.report import plot_losses
-    from sftjudge.sft import EpochMetrics, TrainSettings, load_causal_lm, train
+    from sftjudge.training import fine_tune
 
     run = RunDir(Path(run_path))
     if done := _done(run, "sft"):
         return done
     set_threads(threads)
     with run.stage("sft") as record:
-        base = resolve_model(sft.base_model, sftjudge_home(home))
-        model, tokenizer = load_causal_lm(base, trust_remote_code=sft.trust_remote_code)
-        settings = TrainSettings(**{k: v for k, v in sft.model_dump().items()
-                                    if k in TrainSettings.__dataclass_fields__} | {
-            "target_modules": tuple(sft.target_modules)})
-        metrics_path = run / "metrics.jsonl"
-
-        def log_epoch(m: EpochMetrics) -> None:
-            # Appended as each epoch ends so progress is visible; rewritten whole below (a resumed run included).
-            with metrics_path.open("a", encoding="utf-8") as handle:
-                handle.write(json.dumps(asdict(m)) + "\n")
-
-        result = train(model, tokenizer, load_split(run, "train"), load_split(run, "val"), settings,
-                       run / "checkpoints", on_epoch=log_epoch)
-        write_jsonl(metrics_path, [asdict(m) for m in result.epochs])
-        base_params = result.total_params - (result.trainable_params if sft.method == "lora" else 0)
-        summary = result.to_json() | {"base_model": sft.base_model, "base_model_path": base, "method": sft.method,
-                                      "base_params": base_params}
-        atomic_write_json(run / "sft.json", summary)
-        plot_losses(result.epochs, run / "loss_curve.png")
+        maybe_fail("sft", run.path)
+        result, summary = fine_tune(run, sft, resolve_model(sft.base_model, sftjudge_home(home)))
         best = next(m for m in result.epochs if m.epoch == result.best_epoch)
         record.outputs = {"metrics": "metrics.jsonl", "summary": "sft.json", "loss_curve": "loss_curve.png",
                           "best_checkpoint": str(Path(result.best_checkpoint).relative_to(run.path))}
         record.counts = {"epochs": len(result.epochs), "best_epoch": result.best_epoch,
                          "stopped_early": result.stopped_early, "resumed_from_epoch": result.resumed_from_epoch,
                          "best_val_loss": round(best.val_loss, 4), "train_loss_at_best": round(best.train_loss, 4),
-                         "trainable_params": result.trainable_params, "precision": result.precision}
-        del model
-        gc.collect()
+                         "trainable_params": result.trainable_params, "precision": result.precision,
+                         "batch_size": summary["batch_size"]}
     return run.stage_info("sft")
 
 
@@ -201,10 +183,13 @@ def judge_stage(run_path: str, judge: JudgeConfig, home: str | None, threads: in
         return done
     set_threads(threads)
     with run.stage("judge") as record:
+        maybe_fail("judge", run.path)
         champion = Registry.in_runs_dir(runs_dir).champion() if runs_dir else None
         champion_dir = champion["run_dir"] if champion and champion["run_id"] != run.run_id else None
         student_params = json.loads((run / "sft.json").read_text())["base_params"]
-        metrics = run_judge_stage(run, judge, home, precision, champion_dir, student_params, noise_items)
+        metrics = with_smaller_batch_on_oom(
+            lambda size: run_judge_stage(run, judge.model_copy(update={"batch_size": size}), home, precision,
+                                         champion_dir, student_params, noise_items), judge.batch_size)
         record.outputs = {"judgments": "judgments.jsonl", "metrics": "metrics.json"}
         if metrics["pairwise"]:
             record.outputs["pairwise"] = "pairwise.jsonl"
@@ -227,6 +212,7 @@ def decide_stage(run_path: str, config: RunConfig) -> dict[str, Any]:
     run = RunDir(Path(run_path))
     if not run.is_completed("decide"):
         with run.stage("decide") as record:
+            maybe_fail("decide", run.path)
             decision = decide_and_record(run, config)
             run.update_manifest(decision=decision.to_json())
             record.outputs = {"decision": "decision.json", "report": "report.md"}

@@ -268,9 +268,13 @@ def test_champion_answers_are_reused_for_matching_prompts_and_params(tiny_model,
     champion = tmp_path / "champion-run"
     generate_cached(rows[:4], prompts[:4], params, champion / "generations.jsonl", "champ-fp", "champion",
                     TransformersGenerator(model, tok))
+    with (champion / "generations.jsonl").open("a") as handle:  # the champion crashed mid-write once
+        handle.write('{"key": "x", "te')
+    champion_bytes = (champion / "generations.jsonl").read_bytes()
     # This run's test split: three of the champion's items (ids changed), one edited item and one new item.
     mine = [example("a", "q1"), example("b", "q2"), example("c", "q3"), example("d", "q0 edited"), example("e", "q9")]
     found = champion_generations(champion, mine, prompts_for(tok, mine), params)
+    assert (champion / "generations.jsonl").read_bytes() == champion_bytes  # another run's file: read only
     assert sorted(found.records) == ["a", "b", "c"] and found.missing == ["d", "e"]
     assert found.records["a"]["model"] == "champion" and found.records["a"]["model_fingerprint"] == "champ-fp"
     other = champion_generations(champion, mine, prompts_for(tok, mine), GenerationParams(max_new_tokens=9))

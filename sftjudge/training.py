@@ -1,0 +1,56 @@
+"""The sft stage's work: load the student, train with out-of-memory fallback, write metrics, summary and plot."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, replace
+from typing import Any
+
+from sftjudge.config import SFTConfig
+from sftjudge.oom import with_smaller_batch_on_oom
+from sftjudge.rundir import RunDir, atomic_write_json, read_jsonl, write_jsonl
+from sftjudge.sft import EpochMetrics, SFTResult, TrainSettings, load_causal_lm, train
+
+
+def settings_from_config(sft: SFTConfig) -> TrainSettings:
+    fields = {k: v for k, v in sft.model_dump().items() if k in TrainSettings.__dataclass_fields__}
+    return TrainSettings(**fields | {"target_modules": tuple(sft.target_modules)})
+
+
+def fine_tune(run: RunDir, sft: SFTConfig, base_path: str) -> tuple[SFTResult, dict[str, Any]]:
+    """Train on the run's splits into run/checkpoints; resume from the newest complete epoch if there is one.
+
+    On out-of-memory the batch is halved and gradient accumulation doubled, so the effective batch - and the
+    optimisation - stays the same. Writes metrics.jsonl, sft.json and loss_curve.png.
+    """
+    from sftjudge.report import plot_losses
+    from sftjudge.rows import Example
+
+    settings = settings_from_config(sft)
+    train_rows = [Example.model_validate(r) for r in read_jsonl(run / "data/train.jsonl")]
+    val_rows = [Example.model_validate(r) for r in read_jsonl(run / "data/val.jsonl")]
+    metrics_path = run / "metrics.jsonl"
+
+    def log_epoch(m: EpochMetrics) -> None:
+        # Appended as each epoch ends so progress is visible; rewritten whole below (a resumed run included).
+        with metrics_path.open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(asdict(m)) + "\n")
+
+    used = {"batch_size": settings.batch_size}
+
+    def attempt(batch_size: int) -> SFTResult:
+        used["batch_size"] = batch_size
+        accum = settings.grad_accum * max(1, settings.batch_size // batch_size)
+        model, tokenizer = load_causal_lm(base_path, trust_remote_code=sft.trust_remote_code)
+        return train(model, tokenizer, train_rows, val_rows, replace(settings, batch_size=batch_size,
+                                                                     grad_accum=accum),
+                     run / "checkpoints", on_epoch=log_epoch)
+
+    result = with_smaller_batch_on_oom(attempt, settings.batch_size)
+    write_jsonl(metrics_path, [asdict(m) for m in result.epochs])
+    base_params = result.total_params - (result.trainable_params if sft.method == "lora" else 0)
+    summary = result.to_json() | {"base_model": sft.base_model, "base_model_path": base_path, "method": sft.method,
+                                  "base_params": base_params, "batch_size": used["batch_size"]}
+    atomic_write_json(run / "sft.json", summary)
+    plot_losses(result.epochs, run / "loss_curve.png")
+    return result, summary
