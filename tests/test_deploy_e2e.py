@@ -114,3 +114,18 @@ def test_deployment_run_on_a_worker_retries_only_the_failed_stage(prefect_server
     attempts = {s: manifest["stages"][s]["attempts"] for s in STAGES}
     assert attempts == {"curate": 1, "sft": 1, "generate": 1, "judge": 2, "decide": 1}, attempts
     assert (run_dir / ".fault-injected-judge").exists()
+
+
+def test_setup_script_and_prefect_yaml_deploy_cleanly(prefect_server):
+    env = prefect_server["env"] | {"SFTJUDGE_CHECKOUT": str(REPO)}
+    for _ in range(2):  # idempotent: the second run changes nothing and does not fail
+        run([sys.executable, "deployments/setup.py", "--gpu-slots", "2"], env)
+    pools = run([PREFECT, "work-pool", "ls"], env).stdout
+    assert "cpu" in pools and "gpu" in pools
+    limits = run([PREFECT, "global-concurrency-limit", "inspect", "gpu", "--output", "json"], env).stdout
+    assert json.loads(limits)["limit"] == 2
+    run([PREFECT, "--no-prompt", "deploy", "--all", "--prefect-file", "deployments/prefect.yaml"], env)
+    for name in ("gpu-stages/gpu", "fine-tune-then-judge/on-demand", "fine-tune-then-judge/nightly"):
+        run([PREFECT, "deployment", "inspect", name], env)  # fails unless the deployment exists
+    nightly = run([PREFECT, "deployment", "inspect", "fine-tune-then-judge/nightly"], env).stdout
+    assert "0 2 * * *" in nightly
