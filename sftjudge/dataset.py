@@ -81,6 +81,8 @@ def build_dataset(data: DataConfig, *, tokenizer=None, max_seq_len: int | None =
     loaded, blank = load_rows(data.path, fmt=data.format, strict=data.strict, field_map=data.fields,
                               split=data.split)
     rows_in = len(loaded.kept) + len(loaded.dropped)
+    if rows_in == 0:
+        raise DataError(f"{data.path}: no rows to read (the file is empty or holds only blank lines)")
     rows = books.add("load", rows_in, loaded, started, blank_lines_skipped=blank)
     rows, pii_counts = _pii_step(books, rows, data)
     rows = _timed(books, "unique_ids", rows, drop_duplicate_ids)
@@ -146,13 +148,36 @@ def _length_step(books: Books, rows: list[Example], data: DataConfig, tokenizer,
     bounds = LengthBounds(min_prompt=cfg.min_prompt_tokens, max_prompt=cfg.max_prompt_tokens,
                           min_completion=cfg.min_completion_tokens, max_completion=cfg.max_completion_tokens,
                           max_total=max_seq_len if cfg.drop_over_max_seq_len else None)
-    lengths = token_lengths(tokenizer, rows)
-    result = drop_by_length(rows, lengths, bounds)
+    huge, sized = _too_long_for_any_tokenization(rows, tokenizer, bounds.max_total)
+    lengths = token_lengths(tokenizer, sized)
+    result = drop_by_length(sized, lengths, bounds)
+    result.dropped += [Dropped("length", "longer than max_seq_len", r.source, r,
+                               detail=f"{chars} characters: over {bounds.max_total} tokens with any tokenization")
+                       for r, chars in huge]
     kept_ids = {r.id for r in result.kept}
     totals = [sum(lengths[i]) for i in kept_ids]
     summary = {"total_tokens": histogram(totals), "max_total": max(totals, default=0),
                "mean_total": round(sum(totals) / max(len(totals), 1), 1)}
     return books.add("length", len(rows), result, started), summary
+
+
+def _too_long_for_any_tokenization(rows: list[Example], tokenizer, max_tokens: int | None):
+    """Split off rows with more characters than `max_tokens` of the vocabulary's longest entries can cover.
+
+    Tokenizing a multi-megabyte row takes tens of seconds, and such a row is over the limit whatever its exact
+    token count, so it is dropped without being tokenized. Returns ([(row, characters)], the other rows).
+    """
+    longest = max((len(token) for token in tokenizer.get_vocab()), default=0) if max_tokens else 0
+    if not longest:
+        return [], rows
+    huge, rest = [], []
+    for row in rows:
+        chars = sum(len(m.content) for m in row.messages)
+        if chars > longest * max_tokens:
+            huge.append((row, chars))
+        else:
+            rest.append(row)
+    return huge, rest
 
 
 def _quality_step(books: Books, rows: list[Example], data: DataConfig, scorer: QualityScorer | None):

@@ -8,7 +8,7 @@ from typing import Any
 
 from sftjudge.config import RunConfig
 from sftjudge.decide import Decision, DecideRules, RunResult, decide
-from sftjudge.registry import Registry
+from sftjudge.registry import ChampionChanged, Registry
 from sftjudge.rundir import RunDir, atomic_write_json, read_jsonl
 
 
@@ -67,10 +67,34 @@ def champion_result(row: dict[str, Any] | None, run_id: str) -> RunResult | None
 
 
 def decide_and_record(run: RunDir, config: RunConfig) -> Decision:
-    """Decide promote/rollback against the registry's champion; write decision.json; record both atomically."""
+    """Decide promote/hold/rollback against the registry's champion; write decision.json; record both atomically.
+
+    A run the registry already holds keeps the decision it was recorded with: after a crash that followed the
+    commit, deciding again would compare the run with itself. When another run moves the champion between this
+    decision and its record (two runs finishing at once), the decision is made again against the new champion.
+    """
     registry = Registry.in_runs_dir(config.runs_dir)
+    recorded = registry.get(run.run_id)
+    if recorded and (run / "decision.json").is_file():
+        earlier = json.loads((run / "decision.json").read_text())
+        if earlier.get("action") == recorded["decision"]:
+            return Decision(**earlier)
+    for _ in range(20):
+        champion_row = registry.champion()
+        decision, challenger = _decide(run, config, champion_row)
+        atomic_write_json(run / "decision.json", decision.to_json())
+        try:
+            registry.record(_registry_row(run, config, decision, challenger), promote=decision.action == "promote",
+                            expected_champion=champion_row["run_id"] if champion_row else None)
+            return decision
+        except ChampionChanged:
+            continue  # another run was promoted meanwhile: decide again, against it
+    raise RuntimeError(f"run {run.run_id}: the champion kept changing while deciding; run decide again")
+
+
+def _decide(run: RunDir, config: RunConfig, champion_row: dict[str, Any] | None) -> tuple[Decision, RunResult]:
     challenger = run_result(run)
-    champion = champion_result(registry.champion(), run.run_id)
+    champion = champion_result(champion_row, run.run_id)
     metrics = json.loads((run / "metrics.json").read_text())
     measured_noise = (metrics.get("noise") or {}).get("noise_floor") or 0.0
     d = config.decide
@@ -79,11 +103,14 @@ def decide_and_record(run: RunDir, config: RunConfig) -> Decision:
                         max_unparseable_rate=config.judge.health.max_unparseable_rate,
                         max_contaminated=d.max_contaminated, noise_floor=max(measured_noise, d.min_noise_floor),
                         ci_level=d.ci_level)
-    decision = decide(challenger, champion, rules)
-    atomic_write_json(run / "decision.json", decision.to_json())
+    return decide(challenger, champion, rules), challenger
+
+
+def _registry_row(run: RunDir, config: RunConfig, decision: Decision, challenger: RunResult) -> dict[str, Any]:
     manifest = run.manifest()
     sft = json.loads((run / "sft.json").read_text())
-    registry.record({
+    metrics = json.loads((run / "metrics.json").read_text())
+    return {
         "run_id": run.run_id, "name": manifest["name"], "created_at": manifest["created_at"],
         "base_model": config.sft.base_model, "method": config.sft.method,
         "dataset_sha256": manifest["stages"]["curate"]["counts"]["input_sha256"],
@@ -94,5 +121,4 @@ def decide_and_record(run: RunDir, config: RunConfig) -> Decision:
         "judge_score": challenger.judge_score, "exact_match": metrics["cheap"].get("exact_match"),
         "decision": decision.action, "reasons": decision.reasons, "checkpoint": sft["best_checkpoint"],
         "run_dir": str(run.path.resolve()),
-    }, promote=decision.action == "promote")
-    return decision
+    }

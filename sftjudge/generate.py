@@ -21,6 +21,8 @@ from sftjudge.rows import Example
 
 # vLLM only accepts these LoRA ranks for `max_lora_rank`; the adapter's rank is rounded up to one of them.
 _VLLM_LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)
+# The run's precision setting as vLLM's dtype ("auto": the checkpoint's own dtype).
+_VLLM_DTYPE = {"auto": "auto", "fp32": "float32", "bf16": "bfloat16"}
 
 
 @dataclass(frozen=True)
@@ -145,18 +147,22 @@ class TransformersGenerator:
     def _to_generation(self, row: list[int], prompt_tokens: int, stop: tuple[str, ...],
                        seconds: float) -> Generation:
         tok = self.tokenizer
-        stopped = tok.eos_token_id in row
-        kept = row[: row.index(tok.eos_token_id)] if stopped else row
-        text = tok.decode(kept, skip_special_tokens=True)
+        end = row.index(tok.eos_token_id) if tok.eos_token_id in row else len(row)
+        text = tok.decode(row[:end], skip_special_tokens=True)
         if stop and cut_at_stop(text, stop)[1]:
             # Count tokens up to the one that completed the stop string, as vLLM does; rows that stopped early
-            # are padded after it, so the padding must not be counted either.
-            n = next(k for k in range(1, len(kept) + 1)
-                     if cut_at_stop(tok.decode(kept[:k], skip_special_tokens=True), stop)[1])
-            kept, stopped = kept[:n], True
-            text = cut_at_stop(tok.decode(kept, skip_special_tokens=True), stop)[0]
-        return Generation(text=text.strip(), prompt_tokens=prompt_tokens, completion_tokens=len(kept),
-                          finish_reason="stop" if stopped else "length", seconds=seconds)
+            # are padded after it (often with the end-of-turn token), and the padding is not counted.
+            n = next(k for k in range(1, end + 1)
+                     if cut_at_stop(tok.decode(row[:k], skip_special_tokens=True), stop)[1])
+            text = cut_at_stop(tok.decode(row[:n], skip_special_tokens=True), stop)[0]
+            return Generation(text=text.strip(), prompt_tokens=prompt_tokens, completion_tokens=n,
+                              finish_reason="stop", seconds=seconds)
+        if end < len(row):
+            # The end-of-turn token was generated, so it counts, as in vLLM (checked by scripts/vllm_check.py).
+            return Generation(text=text.strip(), prompt_tokens=prompt_tokens, completion_tokens=end + 1,
+                              finish_reason="stop", seconds=seconds)
+        return Generation(text=text.strip(), prompt_tokens=prompt_tokens, completion_tokens=end,
+                          finish_reason="length", seconds=seconds)
 
 
 def _batch_seed(seed: int, prompts: list[str]) -> int:
@@ -312,7 +318,7 @@ def checkpoint_tokenizer(checkpoint: Path):
 def engine_id(backend: str, precision: str) -> str:
     """What else, besides the weights, decides the numbers: backend and dtype (bf16 and fp32 greedy differ)."""
     if backend == "vllm":
-        return "vllm/auto"
+        return f"vllm/{_VLLM_DTYPE[precision]}"
     return f"transformers/{'bf16' if use_bf16(precision) else 'fp32'}"
 
 
@@ -324,7 +330,9 @@ def make_generator(backend: str, base_path: str, checkpoint: Path | None, *, bat
     Returns (generator, tokenizer used to render prompts). Raises TemplateError on a template mismatch.
     """
     if backend == "vllm":
-        return _make_vllm(base_path, checkpoint, tensor_parallel_size, gpu_memory_utilization)
+        return _make_vllm(base_path, checkpoint, {"tensor_parallel_size": tensor_parallel_size,
+                                                  "gpu_memory_utilization": gpu_memory_utilization,
+                                                  "dtype": _VLLM_DTYPE[precision]})
     if checkpoint is None:
         from sftjudge.sft import load_causal_lm
 
@@ -336,11 +344,9 @@ def make_generator(backend: str, base_path: str, checkpoint: Path | None, *, bat
     return TransformersGenerator(model, tokenizer, batch_size=batch_size), tokenizer
 
 
-def _make_vllm(base_path: str, checkpoint: Path | None, tensor_parallel_size: int,
-               gpu_memory_utilization: float) -> tuple[Generator, Any]:
+def _make_vllm(base_path: str, checkpoint: Path | None, engine: dict[str, Any]) -> tuple[Generator, Any]:
     from sftjudge.checkpoints import checkpoint_meta
 
-    engine = {"tensor_parallel_size": tensor_parallel_size, "gpu_memory_utilization": gpu_memory_utilization}
     if checkpoint is None:
         from transformers import AutoTokenizer
 

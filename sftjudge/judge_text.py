@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ValidationError, field_validator
 
 from sftjudge.judge import Judgment, JudgeSpec
 
@@ -21,6 +21,14 @@ class Unparseable:
 
 class ScoreReply(BaseModel):
     score: int
+
+    @field_validator("score", mode="before")
+    @classmethod
+    def _not_a_boolean(cls, value):
+        # pydantic would read true as 1 and false as 0: a yes/no reply is not a score.
+        if isinstance(value, bool):
+            raise ValueError("a boolean is not a score")
+        return value
 
 
 class ChoiceReply(BaseModel):
@@ -74,6 +82,8 @@ def parse_reply(text: str, spec: JudgeSpec) -> int | str | Unparseable:
     True
     >>> parse_reply('{"result": {"score": 3}}', spec).reason.startswith('not the expected JSON')
     True
+    >>> parse_reply('{"score": true}', spec).reason
+    'not the expected JSON: Value error, a boolean is not a score'
     """
     if not text or not text.strip():
         return Unparseable("empty reply")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import gc
 import hashlib
 import json
+import os
 import statistics
 from pathlib import Path
 from typing import Any
@@ -32,12 +33,21 @@ class JudgmentCache:
         self.done: dict[str, dict[str, Any]] = {}
         self.torn_lines = 0
         if path.is_file():
-            for line in path.read_text(encoding="utf-8").splitlines():
+            data = path.read_bytes()
+            complete = data.rfind(b"\n") + 1
+            if complete < len(data):
+                # A crash mid-write left a last line without its newline. Cut it off: the next append would
+                # otherwise be glued onto it, and that good judgment would read as torn on every later retry.
+                self.torn_lines += 1
+                os.truncate(path, complete)
+            for line in data[:complete].decode("utf-8", errors="replace").splitlines():
+                if not line.strip():
+                    continue
                 try:
                     record = json.loads(line)
                     self.done[record["key"]] = record
-                except (json.JSONDecodeError, KeyError):
-                    self.torn_lines += 1  # a crash mid-write: that item is simply judged again
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    self.torn_lines += 1  # not a judgment record: that item is simply judged again
 
     @staticmethod
     def key(*parts: str) -> str:

@@ -11,6 +11,7 @@ import sqlite3
 from contextlib import closing
 from datetime import datetime, timezone
 from pathlib import Path
+from types import EllipsisType
 from typing import Any
 
 SCHEMA = """
@@ -52,6 +53,10 @@ RUN_COLUMNS = ("run_id", "name", "created_at", "base_model", "method", "dataset_
                "run_dir")
 
 
+class ChampionChanged(RuntimeError):
+    """Another run moved the champion pointer after this run's decision was made against the old champion."""
+
+
 class Registry:
     """Runs and champion in `<runs_dir>/registry.sqlite`; every method opens its own short connection."""
 
@@ -70,24 +75,36 @@ class Registry:
         db.row_factory = sqlite3.Row
         return db
 
-    def record(self, run: dict[str, Any], *, promote: bool, how: str = "decision") -> None:
-        """Insert or replace the run's row and, when `promote`, move the champion pointer - atomically."""
+    def record(self, run: dict[str, Any], *, promote: bool, how: str = "decision",
+               expected_champion: str | None | EllipsisType = ...) -> None:
+        """Insert or replace the run's row and, when `promote`, move the champion pointer - atomically.
+
+        `expected_champion` is the champion the decision was made against (None: there was none). If another
+        run has become champion since, nothing is written and ChampionChanged is raised: decide again.
+        """
         row = {k: run.get(k) for k in RUN_COLUMNS}
         if isinstance(row["reasons"], list):
             row["reasons"] = json.dumps(row["reasons"])
         with closing(self._connect()) as db:
             db.execute("BEGIN IMMEDIATE")
             try:
+                # Read under the write lock: two runs finishing at once cannot both promote over one champion.
+                current = self._champion_id(db)
+                if expected_champion is not ... and current != expected_champion:
+                    raise ChampionChanged(f"run {row['run_id']} was decided against champion {expected_champion}, "
+                                          f"but {current} is champion now")
                 db.execute(f"INSERT OR REPLACE INTO runs ({', '.join(RUN_COLUMNS)}) "
                            f"VALUES ({', '.join('?' for _ in RUN_COLUMNS)})", [row[k] for k in RUN_COLUMNS])
-                current = self._champion_id(db)
                 if promote and current != row["run_id"]:
                     db.execute("INSERT INTO champion_history (run_id, previous_run_id, changed_at, how) "
                                "VALUES (?, ?, ?, ?)",
                                (row["run_id"], current, _now(), how))
                 db.execute("COMMIT")
+            except sqlite3.OperationalError as exc:  # disk full, read-only, locked too long: say which file
+                _rollback(db)
+                raise sqlite3.OperationalError(f"run registry {self.path}: {exc}; nothing was recorded") from exc
             except BaseException:
-                db.execute("ROLLBACK")
+                _rollback(db)
                 raise
 
     @staticmethod
@@ -109,7 +126,7 @@ class Registry:
                 db.execute("COMMIT")
                 return current
             except BaseException:
-                db.execute("ROLLBACK")
+                _rollback(db)
                 raise
 
     def rollback(self) -> tuple[str, str]:
@@ -126,7 +143,7 @@ class Registry:
                 db.execute("COMMIT")
                 return rows["run_id"], rows["previous_run_id"]
             except BaseException:
-                db.execute("ROLLBACK")
+                _rollback(db)
                 raise
 
     def champion(self) -> dict[str, Any] | None:
@@ -154,6 +171,13 @@ class Registry:
     def champion_history(self) -> list[dict[str, Any]]:
         with closing(self._connect()) as db:
             return [dict(r) for r in db.execute("SELECT * FROM champion_history ORDER BY seq")]
+
+
+def _rollback(db: sqlite3.Connection) -> None:
+    # After some errors (SQLITE_FULL, SQLITE_IOERR) SQLite has already rolled the transaction back; a second
+    # ROLLBACK would raise "no transaction is active" and hide the error that matters.
+    if db.in_transaction:
+        db.execute("ROLLBACK")
 
 
 def _now() -> str:

@@ -33,9 +33,13 @@ def atomic_write_text(path: Path, text: str) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(exc, OSError) and exc.filename is None:
+            # ENOSPC from write or fsync names no file: say which one was not written (the old one is intact).
+            raise OSError(exc.errno, f"{exc.strerror or exc}: could not write {path} (disk full or not "
+                                     f"writable?); the previous version, if any, is unchanged") from exc
         raise
 
 

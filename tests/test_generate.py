@@ -59,6 +59,19 @@ def test_stop_strings_cut_the_answer_per_row(tiny_model):
     assert (out[2].text, out[2].completion_tokens, out[2].finish_reason) == ("", 2, "stop")
 
 
+def test_end_of_turn_token_counts_as_generated_and_padding_does_not(tiny_model):
+    model, tok = tiny_model
+    gen = TransformersGenerator(model, tok)
+    answer = tok("router refund", add_special_tokens=False)["input_ids"]
+    eos = tok.eos_token_id  # also the pad token of the tiny tokenizer
+    ended = gen._to_generation(answer + [eos, eos, eos], 9, (), 0.1)
+    assert (ended.text, ended.completion_tokens, ended.finish_reason) == ("router refund", len(answer) + 1, "stop")
+    cut = gen._to_generation(answer + [eos, eos], 9, (" ref",), 0.1)
+    assert (cut.text, cut.finish_reason) == ("router", "stop") and cut.completion_tokens < len(answer)
+    full = gen._to_generation(answer, 9, (), 0.1)
+    assert (full.completion_tokens, full.finish_reason) == (len(answer), "length")
+
+
 def test_seeded_sampling_repeats_and_stop_strings_are_validated(tiny_model):
     model, tok = tiny_model
     gen = TransformersGenerator(model, tok, batch_size=2)
@@ -181,10 +194,10 @@ def test_make_generator_builds_vllm_with_lora_rank_from_the_adapter(monkeypatch,
 
     monkeypatch.setitem(sys.modules, "vllm", SimpleNamespace(LLM=LLM))
     ckpt = _fake_lora_checkpoint(tok, tmp_path / "epoch-1", rank=12)
-    gen, _ = make_generator("vllm", "/models/base", ckpt, batch_size=4, precision="auto", trust_remote_code=False,
+    gen, _ = make_generator("vllm", "/models/base", ckpt, batch_size=4, precision="fp32", trust_remote_code=False,
                             tensor_parallel_size=2, gpu_memory_utilization=0.5)
     assert gen.adapter == str(ckpt)
-    assert engines == [{"model": "/models/base", "tensor_parallel_size": 2, "dtype": "auto",
+    assert engines == [{"model": "/models/base", "tensor_parallel_size": 2, "dtype": "float32",
                         "gpu_memory_utilization": 0.5, "enable_lora": True, "max_lora_rank": 16}]
     meta = json.loads((ckpt / CHECKPOINT_META).read_text()) | {"template_fingerprint": "0000"}
     (ckpt / CHECKPOINT_META).write_text(json.dumps(meta))

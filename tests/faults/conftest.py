@@ -108,3 +108,15 @@ def run_killed(script: str, timeout: float = 300) -> subprocess.CompletedProcess
                           timeout=timeout, cwd=REPO)
     assert proc.returncode == -9, f"expected death by SIGKILL, got {proc.returncode}:\n{proc.stderr[-3000:]}"
     return proc
+
+
+def set_scores(run_path: Path, scores: list[float]) -> None:
+    """Give a finished run's judgments these per-item scores (in test-split order) and the matching mean."""
+    from sftjudge.rundir import read_jsonl, write_jsonl
+
+    judgments = read_jsonl(run_path / "judgments.jsonl")
+    assert len(judgments) == len(scores)
+    write_jsonl(run_path / "judgments.jsonl", [j | {"score": s} for j, s in zip(judgments, scores)])
+    metrics = json.loads((run_path / "metrics.json").read_text())
+    metrics["judge_score_mean"] = round(sum(scores) / len(scores), 4)
+    (run_path / "metrics.json").write_text(json.dumps(metrics), encoding="utf-8")
