@@ -4,10 +4,10 @@
     .venv/bin/python bench/generate.py                  # SmolLM2-135M-Instruct, 32 prompts (a few minutes)
 
 Both sides answer the same chat-rendered prompts (the sample support tickets) with the same loaded model, in
-the same dtype (bf16 when this CPU does it fast; fp32 for the tiny model), greedily. Only generated tokens are counted, up to the end of
-turn token included. The tiny model's random weights never emit the end-of-turn token, so both sides generate exactly
---max-new-tokens per prompt there; the real model stops when its answer ends. The last line is ``ratio: X.XX``
-(batched tokens/s over one-by-one tokens/s).
+the same dtype (bf16 when this CPU does it fast; fp32 for the tiny model), greedily. Only generated tokens are
+counted, the end-of-turn token included. The tiny model's random weights never emit the end-of-turn token, so
+both sides generate exactly --max-new-tokens per prompt there; the real model stops when its answer ends. The
+last line is ``ratio: X.XX`` (batched tokens/s over one-by-one tokens/s).
 """
 
 from __future__ import annotations

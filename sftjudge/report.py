@@ -93,6 +93,15 @@ def data_report_markdown(data: dict[str, Any]) -> str:
     return "\n\n".join(lines)
 
 
+def _sft_note(run: RunDir) -> str:
+    sft = json.loads((run / "sft.json").read_text())
+    return (f"Chosen: {sft['selection']}. Perplexity of the test split's reference answers under it: "
+            f"{sft['test_ppl']} (loss {sft['test_loss']}), measured like the train and val losses. "
+            f"{sft['trainable_params']:,} trainable of {sft['total_params']:,} parameters, {sft['precision']}, "
+            f"batch {sft['batch_size']}" + (f", resumed after epoch {sft['resumed_from_epoch']}"
+                                            if sft.get("resumed_from_epoch") else "") + ".")
+
+
 def judge_report_markdown(metrics: dict[str, Any]) -> str:
     """Judge scores, cheap metrics, pairwise result and judge health as markdown."""
     health = metrics["health"]
@@ -139,6 +148,7 @@ def write_report(run: RunDir, sample_items: int = 8) -> Path:
         _table(["epoch", "train loss", "val loss", "val/train", "train ppl", "val ppl", "seconds"],
                [[e["epoch"], e["train_loss"], e["val_loss"], e["val_loss"] / e["train_loss"], e["train_ppl"],
                  e["val_ppl"], e["seconds"]] for e in epochs]),
+        _sft_note(run),
         "![loss curve](loss_curve.png)",
         "## Judge and metrics",
         judge_report_markdown(metrics),

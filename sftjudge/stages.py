@@ -125,7 +125,7 @@ def sft_stage(run_path: str, sft: SFTConfig, home: str | None, threads: int | No
                          "stopped_early": result.stopped_early, "resumed_from_epoch": result.resumed_from_epoch,
                          "best_val_loss": round(best.val_loss, 4), "train_loss_at_best": round(best.train_loss, 4),
                          "trainable_params": result.trainable_params, "precision": result.precision,
-                         "batch_size": summary["batch_size"]}
+                         "batch_size": summary["batch_size"], "test_ppl": summary["test_ppl"]}
     return run.stage_info("sft")
 
 

@@ -43,6 +43,8 @@ def test_losses_recorded_for_every_epoch(two_runs):
     epochs = read_jsonl(Path(first["run_dir"]) / "metrics.jsonl")
     assert [e["epoch"] for e in epochs] == [1, 2]
     assert all(e["train_loss"] > 0 and e["val_loss"] > 0 for e in epochs)
+    sft = json.loads((Path(first["run_dir"]) / "sft.json").read_text())
+    assert sft["test_loss"] > 0 and sft["test_ppl"] > 1
 
 
 def test_every_test_item_generated_and_judged(two_runs):

@@ -1,39 +1,19 @@
 """Fixtures for the fault suite: tiny data, and one real run directory built once and cloned per test.
 
 The base run goes through curate → sft → generate → judge with the library stage functions (no Prefect) on the
-tiny model and 60 rows; a test clones it, resets the stages it wants to break, and runs them again.
+tiny model and 60 rows; a test clones it (faultkit.clone_run), resets the stages it wants to break, and runs
+them again. tests/faults is a package so that this conftest does not shadow tests/conftest.py, which other
+test modules import as `conftest`.
 """
 
 from __future__ import annotations
 
 import json
-import random
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-TESTS = REPO / "tests"
-
-WORDS = ("router modem invoice refund parcel laptop screen battery charger account password login email "
-         "delivery courier warranty speaker headset camera printer cable adapter firmware update billing "
-         "subscription coupon discount order return exchange address phone tablet keyboard mouse monitor "
-         "desk chair lamp kettle blender toaster oven fridge freezer washer dryer vacuum drone watch ring").split()
-INTENTS = ("refund", "bug_report", "delivery", "account", "billing")
-
-
-def tiny_rows(n: int = 60, seed: int = 0) -> list[dict]:
-    """Distinct support messages (random words, so no near-duplicates) with a short JSON answer each."""
-    rng = random.Random(seed)
-    rows = []
-    for i in range(n):
-        words = " ".join(rng.sample(WORDS, 8))
-        rows.append({"id": f"t{i:03d}", "prompt": f"Ticket {i}: {words}",
-                     "completion": json.dumps({"intent": INTENTS[i % len(INTENTS)], "n": i})})
-    return rows
+from .faultkit import fault_config, tiny_rows
 
 
 @pytest.fixture(scope="session")
@@ -43,80 +23,34 @@ def tiny_data(tmp_path_factory) -> Path:
     return path
 
 
-def fault_config(runs_dir: Path, data: Path, *extra: str):
-    from sftjudge.config import load_config
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """The tiny model is far too small to gain from threads; on a shared 2-core machine they cost 5x."""
+    import torch
 
-    return load_config(REPO / "configs/tiny.yaml", [
-        f"runs_dir={runs_dir}", f"data.path={data}", f"judge.judges_dir={REPO / 'judges'}", "data.cache=false",
-        "decide.noise_items=0", "sft.epochs=2", *extra])
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")
 def base_run(tmp_path_factory, sftjudge_home, tiny_model_dir, tiny_data) -> Path:
     """A run with curate, sft, generate and judge completed (decide pending); clone it, never change it."""
+    import torch
+
     from sftjudge import stages
 
     runs_dir = tmp_path_factory.mktemp("fault-base-runs")
     config = fault_config(runs_dir, tiny_data)
-    run = stages.start_run(config, run_id="base")
-    stages.curate_stage(run, config.data, config.sft, config.judge, None)
-    stages.sft_stage(run, config.sft, None)
-    stages.generate_stage(run, config.generate, config.sft, None)
-    stages.judge_stage(run, config.judge, None, precision=config.sft.precision, runs_dir=None, noise_items=0)
+    threads = torch.get_num_threads()
+    try:
+        run = stages.start_run(config, run_id="base")
+        stages.curate_stage(run, config.data, config.sft, config.judge, None)
+        stages.sft_stage(run, config.sft, None, threads=1)
+        stages.generate_stage(run, config.generate, config.sft, None, threads=1)
+        stages.judge_stage(run, config.judge, None, threads=1, precision=config.sft.precision, runs_dir=None,
+                           noise_items=0)
+    finally:
+        torch.set_num_threads(threads)
     return Path(run)
-
-
-# What each stage writes, so a clone can be put back to "this stage never ran".
-STAGE_OUTPUTS = {
-    "sft": ("checkpoints", "metrics.jsonl", "sft.json", "loss_curve.png"),
-    "generate": ("generations.jsonl",),
-    "judge": ("judgments.jsonl", "judgments.cache.jsonl", "metrics.json", "pairwise.jsonl"),
-    "decide": ("decision.json", "report.md", "score_hist.png"),
-}
-
-
-def clone_run(src: Path, runs_dir: Path, run_id: str, *, reset: tuple[str, ...] = ()) -> Path:
-    """Copy a run directory under `runs_dir/run_id`, rewrite the paths recorded inside it, and reset stages."""
-    from sftjudge.rundir import RunDir
-
-    dst = Path(runs_dir) / run_id
-    shutil.copytree(src, dst)
-    for path in list(dst.rglob("*.json")) + list(dst.rglob("*.jsonl")):
-        text = path.read_text(encoding="utf-8")
-        if str(src) in text:
-            path.write_text(text.replace(str(src), str(dst)), encoding="utf-8")
-    run = RunDir(dst)
-    manifest = run.manifest()
-    manifest["run_id"] = run_id
-    for stage in reset:
-        manifest["stages"][stage] = {"status": "pending"}
-        for name in STAGE_OUTPUTS[stage]:
-            target = dst / name
-            if target.is_dir():
-                shutil.rmtree(target)
-            elif target.exists():
-                target.unlink()
-    manifest["status"] = "running"
-    (dst / "manifest.json").write_text(json.dumps(manifest, indent=2), encoding="utf-8")
-    return dst
-
-
-def run_killed(script: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    """Run a Python script that is expected to SIGKILL itself; fail the test if it did not die that way."""
-    prelude = f"import sys\nsys.path[:0] = [{str(TESTS)!r}, {str(TESTS / 'faults')!r}, {str(REPO)!r}]\n"
-    proc = subprocess.run([sys.executable, "-c", prelude + script], capture_output=True, text=True,
-                          timeout=timeout, cwd=REPO)
-    assert proc.returncode == -9, f"expected death by SIGKILL, got {proc.returncode}:\n{proc.stderr[-3000:]}"
-    return proc
-
-
-def set_scores(run_path: Path, scores: list[float]) -> None:
-    """Give a finished run's judgments these per-item scores (in test-split order) and the matching mean."""
-    from sftjudge.rundir import read_jsonl, write_jsonl
-
-    judgments = read_jsonl(run_path / "judgments.jsonl")
-    assert len(judgments) == len(scores)
-    write_jsonl(run_path / "judgments.jsonl", [j | {"score": s} for j, s in zip(judgments, scores)])
-    metrics = json.loads((run_path / "metrics.json").read_text())
-    metrics["judge_score_mean"] = round(sum(scores) / len(scores), 4)
-    (run_path / "metrics.json").write_text(json.dumps(metrics), encoding="utf-8")

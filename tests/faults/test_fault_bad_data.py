@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import fault_config, tiny_rows
+from .faultkit import fault_config, tiny_rows
 from sftjudge import stages
 from sftjudge.config import DataConfig
 from sftjudge.curate import DataError, load_rows
@@ -35,7 +35,9 @@ BAD_LINES = [
     (b"42", "must be a JSON object, got int"),
     (b'["prompt", "completion"]', "must be a JSON object, got list"),
     (b'{"prompt": "p", "completion": "c", "extra": {"nested": [1]}, "tag": "kept"}', None),
-    (json.dumps({"prompt": "word " * (TEN_MB // 5), "completion": "c"}).encode(), "longer than max_seq_len"),
+    # dropped without tokenizing it (that alone would take tens of seconds): its size already rules it out
+    (json.dumps({"prompt": "word " * (TEN_MB // 5), "completion": "c"}).encode(),
+     f"longer than max_seq_len: {TEN_MB + 1} characters"),
 ]
 
 

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from conftest import clone_run, set_scores
+from .faultkit import clone_run, set_scores
 from sftjudge import stages
 from sftjudge.config import load_config
 from sftjudge.generate import Generation

@@ -9,7 +9,7 @@ from types import ModuleType
 import pytest
 from pydantic import ValidationError
 
-from conftest import REPO
+from .faultkit import REPO
 from sftjudge.cli import main
 from sftjudge.config import ConfigError, RunConfig, load_config
 

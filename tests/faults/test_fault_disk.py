@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import clone_run, fault_config, set_scores
+from .faultkit import clone_run, fault_config, set_scores
 from sftjudge import stages
 from sftjudge.config import load_config
 from sftjudge.registry import Registry

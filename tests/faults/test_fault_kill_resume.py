@@ -12,7 +12,7 @@ import json
 
 import pytest
 
-from conftest import clone_run, run_killed
+from .faultkit import clone_run, run_killed
 from sftjudge import stages
 from sftjudge.config import load_config
 from sftjudge.rundir import RunDir, read_jsonl

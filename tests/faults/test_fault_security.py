@@ -8,6 +8,7 @@ import os
 import pickle
 import re
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +17,7 @@ from urllib.parse import urlparse
 import pytest
 import yaml
 
-from conftest import REPO, clone_run, fault_config
+from .faultkit import REPO, clone_run, fault_config
 from sftjudge import stages
 from sftjudge.config import load_config
 from sftjudge.models import ModelError
@@ -45,17 +46,25 @@ def test_model_weights_load_from_safetensors_only(tiny_model_dir, tmp_path):
         load_causal_lm(str(pickled))
 
 
-def lora_checkpoint(tiny_model_dir: Path, out: Path, training_state=None) -> Path:
-    from sftjudge.chat import template_fingerprint
-    from sftjudge.checkpoints import save_checkpoint
+LORA = dict(method="lora", epochs=2, learning_rate=1e-3, warmup_ratio=0.0, weight_decay=0.0, batch_size=2,
+            grad_accum=1, max_seq_len=64, lora_r=4, lora_alpha=8, lora_dropout=0.0,
+            target_modules=("q_proj", "v_proj"), precision="fp32", seed=0)
+
+
+def lora_model(tiny_model_dir: Path):
     from sftjudge.sft import TrainSettings, attach_adapters
 
     model, tok = load_causal_lm(str(tiny_model_dir))
-    settings = TrainSettings(method="lora", epochs=2, learning_rate=1e-3, warmup_ratio=0.0, weight_decay=0.0,
-                             batch_size=2, grad_accum=1, max_seq_len=64, lora_r=4, lora_alpha=8, lora_dropout=0.0,
-                             target_modules=("q_proj", "v_proj"), precision="fp32", seed=0)
-    return save_checkpoint(attach_adapters(model, settings), tok, out, epoch=1, method="lora",
-                           fingerprint=template_fingerprint(tok), training_state=training_state)
+    return attach_adapters(model, TrainSettings(**LORA)), tok
+
+
+def lora_checkpoint(tiny_model_dir: Path, out: Path, training_state=None) -> Path:
+    from sftjudge.chat import template_fingerprint
+    from sftjudge.checkpoints import save_checkpoint
+
+    model, tok = lora_model(tiny_model_dir)
+    return save_checkpoint(model, tok, out, epoch=1, method="lora", fingerprint=template_fingerprint(tok),
+                           training_state=training_state)
 
 
 def pickle_adapter(checkpoint: Path) -> None:
@@ -72,7 +81,7 @@ def test_adapter_restore_reads_safetensors_only(tiny_model_dir, tmp_path):
 
     checkpoint = lora_checkpoint(tiny_model_dir, tmp_path / "epoch-1")
     pickle_adapter(checkpoint)
-    model, _ = load_causal_lm(str(tiny_model_dir))
+    model, _ = lora_model(tiny_model_dir)
     with pytest.raises(FileNotFoundError, match="adapter_model.safetensors"):
         restore_weights(model, checkpoint, "lora")
 
@@ -118,12 +127,9 @@ def test_a_pickled_training_state_never_runs_code_on_resume(tiny_model_dir, tmp_
     checkpoints = tmp_path / "checkpoints"
     lora_checkpoint(tiny_model_dir, checkpoints / "epoch-1", training_state={"optimizer": WritesAFile(marker)})
     model, tok = load_causal_lm(str(tiny_model_dir))
-    settings = TrainSettings(method="lora", epochs=2, learning_rate=1e-3, warmup_ratio=0.0, weight_decay=0.0,
-                             batch_size=2, grad_accum=1, max_seq_len=64, lora_r=4, lora_alpha=8, lora_dropout=0.0,
-                             target_modules=("q_proj", "v_proj"), precision="fp32", seed=0)
     rows = [example(i, f"question {i}", "answer") for i in range(4)]
     with pytest.raises(pickle.UnpicklingError):
-        train(model, tok, rows, rows[:2], settings, checkpoints)
+        train(model, tok, rows, rows[:2], TrainSettings(**LORA), checkpoints)
     assert not marker.exists()
     torch.load(checkpoints / "epoch-1" / "training_state.pt", weights_only=False)  # the payload is live:
     assert marker.exists()  # a plain torch.load would have run it
@@ -202,6 +208,10 @@ def test_the_prefect_test_server_listens_on_loopback_only(prefect_harness):
     url = urlparse(PREFECT_API_URL.value())
     assert url.hostname == "127.0.0.1"
     assert listening_addresses(url.port) == {"0100007F"}  # 127.0.0.1; never 0.0.0.0 or ::
+    with socket.socket() as exposed:  # the check itself sees a server that listens on every interface
+        exposed.bind(("0.0.0.0", 0))
+        exposed.listen()
+        assert listening_addresses(exposed.getsockname()[1]) == {"00000000"}
 
 
 def test_compose_publishes_the_server_on_loopback_only():
