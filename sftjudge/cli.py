@@ -19,6 +19,7 @@ EPILOG = """examples:
   sftjudge diff RUN_A RUN_B                    # what changed in config and in results
   sftjudge promote RUN_ID | sftjudge rollback  # move the champion by hand (recorded)
   sftjudge report RUN_ID --html                # one shareable HTML file with the plots embedded
+  sftjudge judge calibrate --config configs/demo.yaml data/sample/calibration.jsonl
 """
 
 
@@ -63,6 +64,15 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("run_id")
     report.add_argument("--runs-dir", default="runs")
     report.add_argument("--html", action="store_true", help="also write report.html with the plots embedded")
+
+    judge = sub.add_parser("judge", help="judge tools")
+    judge_sub = judge.add_subparsers(dest="judge_command", required=True, metavar="ACTION")
+    calib = judge_sub.add_parser("calibrate", help="agreement of the configured judge with human labels")
+    calib.add_argument("file", help="JSONL: instruction, reference, answer, human_score (or answer_a, answer_b, "
+                                    "human_winner A/B/C)")
+    calib.add_argument("--config", help="run config whose judge is calibrated (default: built-in defaults); "
+                                        "give it before FILE")
+    calib.add_argument("overrides", nargs="*", metavar="key.sub=value")
 
     models = sub.add_parser("models", help="embedded models shipped inside PyPI packages")
     models_sub = models.add_subparsers(dest="models_command", required=True, metavar="ACTION")
@@ -220,8 +230,27 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_judge(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from sftjudge.calibrate import calibrate, save_calibration
+    from sftjudge.judge import load_judge
+    from sftjudge.judging import LoadedJudge, judge_key
+    from sftjudge.models import sftjudge_home
+
+    config = load_config(args.config, args.overrides)
+    j = config.judge
+    loaded = LoadedJudge(j, config.home, config.sft.precision)
+    result = calibrate(Path(args.file), loaded, load_judge(Path(j.judges_dir), j.judge),
+                       load_judge(Path(j.judges_dir), j.pairwise_judge), batch_size=j.batch_size)
+    path = save_calibration(sftjudge_home(config.home), judge_key(j), result)
+    print(dumps(result))
+    print(f"saved to {path}; reports using {judge_key(j)} will show it")
+    return 0
+
+
 COMMANDS = {"run": cmd_run, "runs": cmd_runs, "show": cmd_show, "champion": cmd_champion, "models": cmd_models,
-            "promote": cmd_promote, "rollback": cmd_rollback, "diff": cmd_diff, "report": cmd_report}
+            "judge": cmd_judge, "promote": cmd_promote, "rollback": cmd_rollback, "diff": cmd_diff, "report": cmd_report}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -231,6 +260,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except (ConfigError, ModelError) as exc:
+        print(f"sftjudge: {exc}", file=sys.stderr)
+        return 2
+    except ValueError as exc:  # calibration files, judge definitions: named file, line and field
+        if type(exc).__name__ not in ("CalibrationError", "JudgeError"):
+            raise
         print(f"sftjudge: {exc}", file=sys.stderr)
         return 2
     except KeyError as exc:  # registry refusals: unknown run, nothing to roll back to

@@ -13,10 +13,12 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from sftjudge.calibrate import load_calibration
 from sftjudge.config import JudgeConfig
 from sftjudge.health import HealthThresholds, judge_health
 from sftjudge.judge import JudgeSpec, load_judge
 from sftjudge.metrics import FormatRule, aggregate, item_metrics
+from sftjudge.models import sftjudge_home
 from sftjudge.pairwise import combine_orders, outcome_json, summarise
 from sftjudge.rundir import RunDir, atomic_write_json, read_jsonl, write_jsonl
 
@@ -159,6 +161,7 @@ def run_judge_stage(run: RunDir, judge: JudgeConfig, home: str | None, precision
         "truncated_prompts": sum(1 for r in rows if r.get("truncated")),
         "cheap": aggregate(cheap_rows), "pairwise": pairwise, "noise": noise, "health": health.to_json(),
         "cache_torn_lines": cache.torn_lines,
+        "calibration": load_calibration(sftjudge_home(home), judge_key(judge)),
     }
     atomic_write_json(run / "metrics.json", metrics)
     return metrics

@@ -119,6 +119,10 @@ def judge_report_markdown(metrics: dict[str, Any]) -> str:
             + (f" (95% CI {ci[0]}-{ci[1]})" if ci else "")
             + f"; swap consistency {pairwise['swap_consistency']}, judge picked position A "
               f"{pairwise['first_position_rate']} of the time.")
+    for kind, c in (metrics.get("calibration") or {}).items():
+        numbers = ", ".join(f"{k} {c[k]}" for k in ("spearman", "kendall", "mae", "within_1", "agreement",
+                                                   "swap_consistency") if c.get(k) is not None)
+        parts.append(f"Calibration against human labels ({kind}, {c['items']} items, {c['at']}): {numbers}.")
     verdict = "valid" if health["valid"] else "**INVALID** - the judge score does not decide this run"
     parts.append(f"Judge health: {verdict}."
                  + "".join(f"\n- problem: {p}" for p in health["problems"])
