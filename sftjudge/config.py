@@ -159,6 +159,12 @@ class GenerateConfig(_Strict):
     batch_size: int = Field(8, ge=1, description="Prompts generated together (transformers backend).")
     temperature: float = Field(0.0, ge=0, description="0 means greedy decoding.")
     seed: int = Field(0, description="Sampling seed when temperature > 0.")
+    stop: list[str] = Field(default_factory=list, description="An answer ends before the first of these strings.")
+    tensor_parallel_size: int = Field(1, ge=1, description="vLLM: GPUs per model.")
+    gpu_memory_utilization: float = Field(0.85, gt=0, le=1, description="vLLM: share of GPU memory it may take.")
+    baseline: bool = Field(
+        False, description="Also answer the test split with the base model (no fine-tune), once per split and "
+                           "params, shared across runs; judged as the baseline row of every comparison.")
 
 
 class JudgeHealthConfig(_Strict):

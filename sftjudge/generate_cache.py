@@ -187,37 +187,6 @@ def _record(row: Example, prompt: str, generation: dict[str, Any], fingerprint: 
         "params": params.to_json()}
 
 
-@dataclass
-class ChampionAnswers:
-    """The champion's records for this run's rows, by row id, and the ids it has no matching answer for."""
-
-    records: dict[str, dict[str, Any]]
-    missing: list[str]
-
-
-def champion_generations(champion_run: Path | str | None, rows: list[Example], prompts: list[str],
-                         params: GenerationParams) -> ChampionAnswers:
-    """The champion's cached answers to this run's items, for a pairwise judge, without regenerating them.
-
-    An answer is reused when the champion saw the same rendered prompt (same `prompt_hash`: same content and
-    template) with the same decoding params; anything else (new item, other template or params, no champion, a
-    run from before records carried hashes) is listed in `missing` for the caller to generate or leave out.
-    """
-    path = Path(champion_run) / "generations.jsonl" if champion_run else None
-    found: dict[str, dict[str, Any]] = {}
-    if path is not None and path.is_file():
-        wanted = params.to_json()
-        for record in GenerationCache(path).load(repair=False).records.values():  # another run's file
-            if record.get("params") == wanted:
-                found.setdefault(record.get("prompt_hash") or prompt_hash(record.get("prompt", "")), record)
-    records = {}
-    for row, prompt in zip(rows, prompts, strict=True):
-        match = found.get(prompt_hash(prompt))
-        if match is not None:
-            records[row.id] = match | {"id": row.id}
-    return ChampionAnswers(records=records, missing=[r.id for r in rows if r.id not in records])
-
-
 def baseline_path(home: Path, base: str, fingerprint: str, test_fingerprint: str,
                   params: GenerationParams) -> Path:
     """`$SFTJUDGE_HOME/baselines/<base name>-<key>.jsonl`; the key covers the model, the test split and params."""

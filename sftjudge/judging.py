@@ -118,12 +118,16 @@ def _format_rule(judge: JudgeConfig) -> FormatRule:
 
 
 def champion_answers(champion_dir: str | None, generations: list[dict[str, Any]]) -> dict[str, str]:
-    """The champion's answers to the same test items (same id and same prompt), from its run directory."""
+    """The champion's answers to the same test items, reused from its run directory, never regenerated.
+
+    An answer counts when the champion saw the same rendered prompt (content and chat template) with the same
+    decoding params, so the two answers differ only by the model that wrote them.
+    """
     if not champion_dir or not (Path(champion_dir) / "generations.jsonl").is_file():
         return {}
-    prompts = {g["id"]: g["prompt"] for g in generations}
+    mine = {g["id"]: (g["prompt"], g.get("params")) for g in generations}
     return {g["id"]: g["text"] for g in read_jsonl(Path(champion_dir) / "generations.jsonl")
-            if prompts.get(g["id"]) == g["prompt"]}
+            if mine.get(g["id"]) == (g["prompt"], g.get("params"))}
 
 
 def run_judge_stage(run: RunDir, judge: JudgeConfig, home: str | None, precision: str,
@@ -136,6 +140,7 @@ def run_judge_stage(run: RunDir, judge: JudgeConfig, home: str | None, precision
     items = [{"id": g["id"], "instruction": g["instruction"], "reference": g["reference"], "answer": g["text"]}
              for g in generations]
     pointwise = judge_cached(loaded.scorer(spec), cache, items, f"{judge_key(judge)}|{spec.mode}", judge.batch_size)
+    baseline = _judge_baseline(run, loaded.scorer(spec), cache, judge, spec)
     pairwise, outcomes = _pairwise(loaded, judge, cache, generations, champion_dir)
     noise = measure_noise(loaded.scorer(spec), judge, champion_dir, noise_items)
     judge_params = loaded.params
@@ -160,6 +165,7 @@ def run_judge_stage(run: RunDir, judge: JudgeConfig, home: str | None, precision
         "unparseable": sum(1 for r in rows if r.get("unparseable")),
         "truncated_prompts": sum(1 for r in rows if r.get("truncated")),
         "cheap": aggregate(cheap_rows), "pairwise": pairwise, "noise": noise, "health": health.to_json(),
+        "baseline": baseline,
         "cache_torn_lines": cache.torn_lines,
         "calibration": load_calibration(sftjudge_home(home), judge_key(judge)),
     }
@@ -194,6 +200,22 @@ def measure_noise(scorer, judge: JudgeConfig, champion_dir: str | None, items: i
     floor = abs(statistics.fmean(diffs)) + 2 * spread / len(diffs) ** 0.5
     return {"items": len(diffs), "noise_floor": round(floor, 4), "mean_shift": round(statistics.fmean(diffs), 4),
             "max_abs_diff": round(max(abs(d) for d in diffs), 4)}
+
+
+def _judge_baseline(run: RunDir, scorer, cache: JudgmentCache, judge: JudgeConfig,
+                    spec: JudgeSpec) -> dict[str, Any] | None:
+    """Judge the base model's answers (when the generate stage produced them): the row every run compares to."""
+    path = run / "baseline_generations.jsonl"
+    if not path.is_file():
+        return None
+    generations = read_jsonl(path)
+    items = [{"id": g["id"], "instruction": g["instruction"], "reference": g["reference"], "answer": g["text"]}
+             for g in generations]
+    judged = judge_cached(scorer, cache, items, f"{judge_key(judge)}|{spec.mode}", judge.batch_size)
+    scores = [j["score"] for j in judged if j.get("score") is not None]
+    return {"model": generations[0]["model"] if generations else None, "items": len(items),
+            "judge_score_mean": round(statistics.fmean(scores), 4) if scores else None,
+            "cheap": aggregate([item_metrics(g["text"], g["reference"], _format_rule(judge)) for g in generations])}
 
 
 def _thresholds(judge: JudgeConfig) -> HealthThresholds:

@@ -110,6 +110,11 @@ def judge_report_markdown(metrics: dict[str, Any]) -> str:
             ["judge score stdev", metrics["judge_score_stdev"]], ["unparseable", metrics["unparseable"]]]
     rows += [[k, v] for k, v in metrics["cheap"].items()]
     parts = [_table(["metric", "value"], rows)]
+    baseline = metrics.get("baseline")
+    if baseline:
+        parts.append(f"Baseline - the base model without fine-tuning ({baseline['model']}), same items and judge: "
+                     f"judge score {baseline['judge_score_mean']}, "
+                     + ", ".join(f"{k} {v}" for k, v in baseline["cheap"].items()) + ".")
     pairwise = metrics.get("pairwise")
     if pairwise:
         ci = pairwise["win_rate_ci95"]

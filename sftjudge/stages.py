@@ -145,6 +145,7 @@ def generate_stage(run_path: str, gen: GenerateConfig, sft: SFTConfig, home: str
         return done
     set_threads(threads)
     with run.stage("generate") as record:
+        maybe_fail("generate", run.path)
         summary = json.loads((run / "sft.json").read_text())
         checkpoint = Path(summary["best_checkpoint"])
         base = resolve_model(sft.base_model, sftjudge_home(home))
@@ -153,7 +154,8 @@ def generate_stage(run_path: str, gen: GenerateConfig, sft: SFTConfig, home: str
         fingerprint = model_fingerprint(base, checkpoint, engine=engine_id(gen.backend, sft.precision))
         generator = LazyGenerator(lambda: make_generator(
             gen.backend, base, checkpoint, batch_size=gen.batch_size, precision=sft.precision,
-            trust_remote_code=sft.trust_remote_code)[0])
+            trust_remote_code=sft.trust_remote_code, tensor_parallel_size=gen.tensor_parallel_size,
+            gpu_memory_utilization=gen.gpu_memory_utilization)[0])
         # vLLM batches continuously inside one call, so it gets bigger chunks; transformers gets one batch each.
         chunk = gen.batch_size if gen.backend == "transformers" else max(gen.batch_size, 256)
         try:
@@ -165,6 +167,14 @@ def generate_stage(run_path: str, gen: GenerateConfig, sft: SFTConfig, home: str
             gc.collect()
         records = result.records
         record.outputs = {"generations": "generations.jsonl"}
+        if gen.baseline:
+            from sftjudge.generate_cache import generate_baseline
+
+            baseline = generate_baseline(base, rows, generation_params(gen), sftjudge_home(home),
+                                         backend=gen.backend, batch_size=gen.batch_size, precision=sft.precision,
+                                         trust_remote_code=sft.trust_remote_code)
+            write_jsonl(run / "baseline_generations.jsonl", baseline.records)
+            record.outputs["baseline"] = "baseline_generations.jsonl"
         record.counts = {"items": len(records), **result.counts(), "model_fingerprint": fingerprint,
                          "hit_max_new_tokens": sum(r["finish_reason"] == "length" for r in records),
                          "completion_tokens": sum(r["completion_tokens"] for r in records)}

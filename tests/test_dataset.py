@@ -115,7 +115,7 @@ def test_property_rows_in_equal_kept_plus_dropped(tmp_path_factory, lines, near_
     try:
         result = build_dataset(cfg)
     except DataError as exc:
-        assert "usable rows" in str(exc)
+        assert "usable rows" in str(exc) or "no rows to read" in str(exc)
         return
     assert result.report["rows_in"] == sum(1 for line in lines if line != "")
     assert result.report["rows_in"] == sum(result.splits.sizes().values()) + len(result.dropped)

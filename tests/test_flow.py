@@ -56,6 +56,8 @@ def test_every_test_item_generated_and_judged(two_runs):
     judgments = read_jsonl(run / "judgments.jsonl")
     assert [j["id"] for j in judgments] == test_ids
     assert all(1.0 <= j["score"] <= 10.0 for j in judgments)
+    baseline = json.loads((run / "metrics.json").read_text())["baseline"]  # configs/tiny.yaml: baseline on
+    assert baseline["items"] == len(test_ids) and baseline["model"].startswith("base:")
 
 
 def test_rows_in_equal_kept_plus_dropped(two_runs):

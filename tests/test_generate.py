@@ -11,7 +11,7 @@ from sftjudge.checkpoints import CHECKPOINT_META, save_checkpoint
 from sftjudge.generate import (GenerationParams, LazyGenerator, TransformersGenerator, VLLMGenerator,
                                check_template, checkpoint_tokenizer, generate_answers,
                                load_finetuned, make_generator, prompts_for)
-from sftjudge.generate_cache import (GenerationCache, champion_generations, generate_baseline, generate_cached,
+from sftjudge.generate_cache import (GenerationCache, generate_baseline, generate_cached,
                                      model_fingerprint)
 from sftjudge.rundir import read_jsonl
 from sftjudge.sft import load_causal_lm
@@ -273,26 +273,19 @@ def test_model_fingerprint_follows_weight_content(tmp_path):
     assert model_fingerprint(str(base), adapter) == full  # full weights stand alone
 
 
-def test_champion_answers_are_reused_for_matching_prompts_and_params(tiny_model, tmp_path):
-    model, tok = tiny_model
-    rows = [example(i, f"q{i}") for i in range(5)]
-    prompts = prompts_for(tok, rows)
-    params = GenerationParams(max_new_tokens=2)
+def test_champion_answers_are_reused_only_for_the_same_prompt_and_params(tmp_path):
+    from sftjudge.judging import champion_answers
+    from sftjudge.rundir import write_jsonl
+
+    params = GenerationParams(max_new_tokens=2).to_json()
     champion = tmp_path / "champion-run"
-    generate_cached(rows[:4], prompts[:4], params, champion / "generations.jsonl", "champ-fp", "champion",
-                    TransformersGenerator(model, tok))
-    with (champion / "generations.jsonl").open("a") as handle:  # the champion crashed mid-write once
-        handle.write('{"key": "x", "te')
-    champion_bytes = (champion / "generations.jsonl").read_bytes()
-    # This run's test split: three of the champion's items (ids changed), one edited item and one new item.
-    mine = [example("a", "q1"), example("b", "q2"), example("c", "q3"), example("d", "q0 edited"), example("e", "q9")]
-    found = champion_generations(champion, mine, prompts_for(tok, mine), params)
-    assert (champion / "generations.jsonl").read_bytes() == champion_bytes  # another run's file: read only
-    assert sorted(found.records) == ["a", "b", "c"] and found.missing == ["d", "e"]
-    assert found.records["a"]["model"] == "champion" and found.records["a"]["model_fingerprint"] == "champ-fp"
-    other = champion_generations(champion, mine, prompts_for(tok, mine), GenerationParams(max_new_tokens=9))
-    assert other.records == {} and len(other.missing) == 5
-    assert champion_generations(None, mine, prompts_for(tok, mine), params).missing == [r.id for r in mine]
+    write_jsonl(champion / "generations.jsonl", [
+        {"id": "a", "prompt": "p-a", "params": params, "text": "champ a"},
+        {"id": "b", "prompt": "p-b (old template)", "params": params, "text": "champ b"},
+        {"id": "c", "prompt": "p-c", "params": GenerationParams(max_new_tokens=9).to_json(), "text": "champ c"}])
+    mine = [{"id": i, "prompt": f"p-{i}", "params": params} for i in ("a", "b", "c", "d")]
+    assert champion_answers(str(champion), mine) == {"a": "champ a"}
+    assert champion_answers(None, mine) == {}
 
 
 def test_baseline_is_generated_once_per_dataset_and_params(tiny_model, tiny_model_dir, tmp_path, monkeypatch):

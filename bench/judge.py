@@ -1,0 +1,61 @@
+"""Judging throughput: logprob mode (one forward pass per item) vs text mode (generate JSON, parse, repair).
+
+Same judge model, same items (the bundled calibration answers), same batch size, in one run. Also reports how
+each mode agrees with the rubric labels, since a faster judge that is wrong is no bargain.
+
+    python bench/judge.py [--quick] [--items N] [--batch-size B]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="tiny random judge: checks the plumbing in seconds")
+    parser.add_argument("--items", type=int, default=16, help="labelled items judged by each mode (default 16)")
+    parser.add_argument("--batch-size", type=int, default=4)
+    args = parser.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if args.quick:
+        os.environ.setdefault("SFTJUDGE_HOME", tempfile.mkdtemp(prefix="sftjudge-bench-"))
+
+    from sftjudge.calibrate import load_labels, pointwise_agreement
+    from sftjudge.config import JudgeConfig
+    from sftjudge.judge import load_judge
+    from sftjudge.judging import LoadedJudge
+
+    model = "tiny" if args.quick else "qwen2.5-coder-1.5b-instruct"
+    _, items = load_labels(REPO / "data/sample/calibration.jsonl")
+    items = items[:args.items]
+    spec = load_judge(REPO / "judges", "reference-score")
+    rows = []
+    for mode in ("logprob", "text"):
+        loaded = LoadedJudge(JudgeConfig(model=model, mode=mode, batch_size=args.batch_size), None, "auto")
+        scorer = loaded.scorer(spec)
+        scorer.score(items[:1], batch_size=1)  # warm-up: first-call overheads are not throughput
+        started = time.perf_counter()
+        judged = scorer.score(items, batch_size=args.batch_size)
+        seconds = time.perf_counter() - started
+        agreement = pointwise_agreement([float(i["human_score"]) for i in items], [j.score for j in judged])
+        rows.append((mode, len(items) / seconds, seconds, sum(j.unparseable is not None for j in judged),
+                     agreement["spearman"]))
+        loaded.close()
+    print(f"judge model: {model}, {len(items)} items, batch {args.batch_size}")
+    print(f"{'mode':10}{'items/s':>10}{'seconds':>10}{'unparseable':>13}{'spearman':>10}")
+    for mode, rate, seconds, bad, rho in rows:
+        print(f"{mode:10}{rate:>10.2f}{seconds:>10.1f}{bad:>13}{rho if rho is not None else '-':>10}")
+    print(f"ratio (logprob/text items/s): {rows[0][1] / rows[1][1]:.2f}")
+
+
+if __name__ == "__main__":
+    main()
