@@ -82,7 +82,7 @@ def build_dataset(data: DataConfig, *, tokenizer=None, max_seq_len: int | None =
                               split=data.split)
     rows_in = len(loaded.kept) + len(loaded.dropped)
     if rows_in == 0:
-        raise DataError(f"{data.path}: no rows to read (the file is empty or holds only blank lines)")
+        raise DataError(f"{data.path}: no usable rows: the file is empty or holds only blank lines")
     rows = books.add("load", rows_in, loaded, started, blank_lines_skipped=blank)
     rows, pii_counts = _pii_step(books, rows, data)
     rows = _timed(books, "unique_ids", rows, drop_duplicate_ids)

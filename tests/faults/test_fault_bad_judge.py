@@ -14,7 +14,7 @@ from sftjudge.generate import Generation
 from sftjudge.judge import JudgeSpec, Scale, judgment_from_distribution
 from sftjudge.judge_text import TextJudge
 from sftjudge.registry import Registry
-from sftjudge.rundir import RunDir, read_jsonl, write_jsonl
+from sftjudge.rundir import read_jsonl, write_jsonl
 
 # What the student "answered" for each test item, and what the scripted judge replies when it sees that answer.
 REPLIES = {
