@@ -88,11 +88,11 @@ def decide(challenger: RunResult, champion: RunResult | None, rules: DecideRules
         return decision
     comparison["champion"] = _summary(champion)
     not_comparable = _comparability_failures(challenger, champion)
-    if not_comparable:
+    if blockers:  # a gated run is rolled back whatever the comparison would have said
+        decision = Decision("rollback", blockers + not_comparable + [f"keeping champion {champion.run_id}"],
+                            champion.run_id, comparison)
+    elif not_comparable:
         decision = Decision("hold", not_comparable + [f"keeping champion {champion.run_id}"], champion.run_id,
-                            comparison)
-    elif blockers:
-        decision = Decision("rollback", blockers + [f"keeping champion {champion.run_id}"], champion.run_id,
                             comparison)
     else:
         decision = _quality_decision(challenger, champion, rules, comparison)
