@@ -72,6 +72,15 @@ def _fill(groups: list[list[Example]], result: Splits, *, val_ratio: float, test
             result.train.extend(members)
 
 
+def load_split(run_dir, split: str) -> list[Example]:
+    """The rows of one split written by the curate stage (`<run>/data/<split>.jsonl`)."""
+    from pathlib import Path
+
+    from sftjudge.rundir import read_jsonl
+
+    return [Example.model_validate(row) for row in read_jsonl(Path(run_dir) / f"data/{split}.jsonl")]
+
+
 def split_fingerprint(rows: list[Example]) -> str:
     """Hash of a split's ids and content: two runs are comparable only when their test fingerprints match."""
     digest = hashlib.sha256()

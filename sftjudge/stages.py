@@ -19,7 +19,8 @@ from sftjudge.faults import maybe_fail
 from sftjudge.oom import with_smaller_batch_on_oom
 from sftjudge.models import resolve_model, sftjudge_home
 from sftjudge.rows import Example
-from sftjudge.rundir import RunDir, atomic_directory, atomic_write_json, read_jsonl, write_jsonl
+from sftjudge.rundir import RunDir, atomic_directory, atomic_write_json, write_jsonl
+from sftjudge.split import load_split
 
 
 def start_run(config: RunConfig, run_id: str | None = None) -> str:
@@ -30,10 +31,6 @@ def start_run(config: RunConfig, run_id: str | None = None) -> str:
 
 def _done(run: RunDir, stage: str) -> dict[str, Any] | None:
     return run.stage_info(stage) if run.is_completed(stage) else None
-
-
-def load_split(run: RunDir, split: str) -> list[Example]:
-    return [Example.model_validate(row) for row in read_jsonl(run / f"data/{split}.jsonl")]
 
 
 def curate_stage(run_path: str, data: DataConfig, sft: SFTConfig, judge: JudgeConfig,
@@ -149,7 +146,7 @@ def generate_stage(run_path: str, gen: GenerateConfig, sft: SFTConfig, home: str
         summary = json.loads((run / "sft.json").read_text())
         checkpoint = Path(summary["best_checkpoint"])
         base = resolve_model(sft.base_model, sftjudge_home(home))
-        rows = load_split(run, "test")
+        rows = load_split(run.path, "test")
         prompts = prompts_for(checkpoint_tokenizer(checkpoint), rows)  # refuses a template mismatch up front
         fingerprint = model_fingerprint(base, checkpoint, engine=engine_id(gen.backend, sft.precision))
         generator = LazyGenerator(lambda: make_generator(

@@ -9,8 +9,9 @@ from typing import Any
 
 from sftjudge.config import SFTConfig
 from sftjudge.oom import with_smaller_batch_on_oom
-from sftjudge.rundir import RunDir, atomic_write_json, read_jsonl, write_jsonl
+from sftjudge.rundir import RunDir, atomic_write_json, write_jsonl
 from sftjudge.sft import EpochMetrics, SFTResult, TrainSettings, load_causal_lm, train
+from sftjudge.split import load_split
 
 
 def settings_from_config(sft: SFTConfig) -> TrainSettings:
@@ -30,15 +31,13 @@ def reference_loss(run: RunDir, sft: SFTConfig, base_path: str, checkpoint: str,
     from sftjudge.chat import tokenize_for_training
     from sftjudge.checkpoints import checkpoint_meta, restore_weights
     from sftjudge.device import use_bf16
-    from sftjudge.rows import Example
     from sftjudge.sft import attach_adapters
 
     model, tokenizer = load_causal_lm(base_path, trust_remote_code=sft.trust_remote_code)
     settings = settings_from_config(sft)
     model = attach_adapters(model, settings)
     restore_weights(model, Path(checkpoint), checkpoint_meta(Path(checkpoint))["method"])
-    rows = [Example.model_validate(r) for r in read_jsonl(run / "data/test.jsonl")]
-    examples = [tokenize_for_training(tokenizer, r, sft.max_seq_len) for r in rows]
+    examples = [tokenize_for_training(tokenizer, r, sft.max_seq_len) for r in load_split(run.path, "test")]
     return mean_loss(model, examples, batch_size=batch_size * 2, pad_id=tokenizer.pad_token_id,
                      bf16=use_bf16(sft.precision), desc="test reference loss")
 
@@ -50,11 +49,9 @@ def fine_tune(run: RunDir, sft: SFTConfig, base_path: str) -> tuple[SFTResult, d
     optimisation - stays the same. Writes metrics.jsonl, sft.json and loss_curve.png.
     """
     from sftjudge.report import plot_losses
-    from sftjudge.rows import Example
 
     settings = settings_from_config(sft)
-    train_rows = [Example.model_validate(r) for r in read_jsonl(run / "data/train.jsonl")]
-    val_rows = [Example.model_validate(r) for r in read_jsonl(run / "data/val.jsonl")]
+    train_rows, val_rows = load_split(run.path, "train"), load_split(run.path, "val")
     metrics_path = run / "metrics.jsonl"
 
     def log_epoch(m: EpochMetrics) -> None:
