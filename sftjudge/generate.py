@@ -281,6 +281,12 @@ def load_finetuned(base_path: str, checkpoint: Path, *, precision: str = "auto",
     else:
         from peft import PeftModel
 
+        from sftjudge.models import ModelError
+
+        # peft would fall back to a pickled adapter_model.bin; weights load from safetensors only.
+        if not (Path(checkpoint) / "adapter_model.safetensors").is_file():
+            raise ModelError(f"{checkpoint}: no adapter_model.safetensors; sftjudge loads adapters from "
+                             f"safetensors only (a pickled .bin can run code when loaded)")
         model, _ = load_causal_lm(base_path, trust_remote_code=trust_remote_code)
         tokenizer = checkpoint_tokenizer(checkpoint)
         model = PeftModel.from_pretrained(model, str(checkpoint)).merge_and_unload()

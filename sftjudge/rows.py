@@ -100,8 +100,11 @@ def _messages_from_chat(raw: Any) -> list[ChatMessage]:
         role = item.get("role")
         if role not in ("system", "user", "assistant"):
             raise RowError(f"messages[{i}].role", f"must be system, user or assistant, got {role!r}")
-        messages.append(ChatMessage(role=role, content=_text(item, "content") if role != "system"
-                                    else _text(item, "content", required=False)))
+        try:
+            content = _text(item, "content", required=role != "system")
+        except RowError as exc:
+            raise RowError(f"messages[{i}].content", exc.problem) from None
+        messages.append(ChatMessage(role=role, content=content))
     if messages[-1].role != "assistant":
         raise RowError("messages", "must end with an assistant message (the reference answer)")
     if not any(m.role == "user" for m in messages):

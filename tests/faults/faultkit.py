@@ -35,13 +35,14 @@ def fault_config(runs_dir: Path, data: Path, *extra: str):
 
     return load_config(REPO / "configs/tiny.yaml", [
         f"runs_dir={runs_dir}", f"data.path={data}", f"judge.judges_dir={REPO / 'judges'}", "data.cache=false",
-        "decide.noise_items=0", "sft.epochs=2", "threads=1", *extra])
+        "decide.noise_items=0", "sft.epochs=2", "threads=1",
+        "generate.baseline=false", *extra])
 
 
 # What each stage writes, so a clone can be put back to "this stage never ran".
 STAGE_OUTPUTS = {
     "sft": ("checkpoints", "metrics.jsonl", "sft.json", "loss_curve.png"),
-    "generate": ("generations.jsonl",),
+    "generate": ("generations.jsonl", "baseline_generations.jsonl"),
     "judge": ("judgments.jsonl", "judgments.cache.jsonl", "metrics.json", "pairwise.jsonl"),
     "decide": ("decision.json", "report.md", "score_hist.png"),
 }
@@ -75,7 +76,7 @@ def clone_run(src: Path, runs_dir: Path, run_id: str, *, reset: tuple[str, ...] 
 
 def run_killed(script: str, timeout: float = 300) -> subprocess.CompletedProcess:
     """Run a Python script that is expected to SIGKILL itself; fail the test if it did not die that way."""
-    prelude = (f"import sys\nsys.path[:0] = [{str(TESTS)!r}, {str(TESTS / 'faults')!r}, {str(REPO)!r}]\n"
+    prelude = (f"import sys\nsys.path[:0] = [{str(TESTS)!r}, {str(REPO)!r}]\n"
                f"import torch\ntorch.set_num_threads(1)\n")
     proc = subprocess.run([sys.executable, "-c", prelude + script], capture_output=True, text=True,
                           timeout=timeout, cwd=REPO)

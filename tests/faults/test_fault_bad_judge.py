@@ -44,7 +44,9 @@ class ScriptedGenerator:
 
 
 def pointwise_reply(prompt: str) -> str:
-    return next(reply for tag, reply in REPLIES.items() if tag in prompt)
+    replies = [reply for tag, reply in REPLIES.items() if tag in prompt]
+    assert replies, f"the judge was asked about an answer this test did not plant: {prompt[-200:]!r}"
+    return replies[0]
 
 
 class ScriptedJudge:
