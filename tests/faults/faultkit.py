@@ -94,3 +94,27 @@ def set_scores(run_path: Path, scores: list[float]) -> None:
     metrics = json.loads((run_path / "metrics.json").read_text())
     metrics["judge_score_mean"] = round(sum(scores) / len(scores), 4)
     (run_path / "metrics.json").write_text(json.dumps(metrics), encoding="utf-8")
+
+
+class AtPointerWrite:
+    """Wraps a registry sqlite3 connection; calls `action()` just before the champion pointer is written.
+
+    Used to crash (SIGKILL) or fill the disk at the worst moment: inside the transaction, after the run's row.
+    """
+
+    def __init__(self, db, action):
+        self.db, self.action = db, action
+
+    def execute(self, sql, *args):
+        if sql.lstrip().startswith("INSERT INTO champion_history"):
+            self.action()
+        return self.db.execute(sql, *args)
+
+    def __getattr__(self, name):
+        return getattr(self.db, name)
+
+    def __enter__(self):
+        return self.db.__enter__()
+
+    def __exit__(self, *exc):
+        return self.db.__exit__(*exc)

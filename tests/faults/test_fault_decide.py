@@ -25,26 +25,12 @@ BETTER = [7.0, 7.2, 6.8, 7.1, 6.9, 7.0]
 # Killed inside the registry transaction: after the run's row is inserted, at the champion-pointer write.
 KILL_AT_POINTER_WRITE = """
 import os, signal
+from faults.faultkit import AtPointerWrite
 from sftjudge.config import load_config
 from sftjudge.registry import Registry
 from sftjudge.stages import decide_stage
-
-class DiesAtPointerWrite:
-    def __init__(self, db):
-        self.db = db
-    def execute(self, sql, *args):
-        if sql.lstrip().startswith("INSERT INTO champion_history"):
-            os.kill(os.getpid(), signal.SIGKILL)
-        return self.db.execute(sql, *args)
-    def __getattr__(self, name):
-        return getattr(self.db, name)
-    def __enter__(self):
-        return self.db.__enter__()
-    def __exit__(self, *exc):
-        return self.db.__exit__(*exc)
-
 real_connect = Registry._connect
-Registry._connect = lambda self: DiesAtPointerWrite(real_connect(self))
+Registry._connect = lambda self: AtPointerWrite(real_connect(self), lambda: os.kill(os.getpid(), signal.SIGKILL))
 decide_stage({run!r}, load_config({run!r} + "/config.yaml", ["runs_dir={runs}"]))
 """
 

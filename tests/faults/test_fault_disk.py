@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from .faultkit import clone_run, fault_config, set_scores
+from .faultkit import AtPointerWrite, clone_run, fault_config, set_scores
 from sftjudge import stages
 from sftjudge.config import load_config
 from sftjudge.registry import Registry
@@ -120,25 +120,8 @@ def test_a_full_disk_under_the_registry_records_nothing_and_says_so(tmp_path, mo
     assert registry.champion()["run_id"] == "b"
 
 
-class FullAtPointerWrite:
-    """A registry connection whose disk fills up when the champion pointer is written."""
-
-    def __init__(self, db):
-        self.db = db
-
-    def execute(self, sql, *args):
-        if sql.lstrip().startswith("INSERT INTO champion_history"):
-            raise sqlite3.OperationalError("database or disk is full")
-        return self.db.execute(sql, *args)
-
-    def __getattr__(self, name):
-        return getattr(self.db, name)
-
-    def __enter__(self):
-        return self.db.__enter__()
-
-    def __exit__(self, *exc):
-        return self.db.__exit__(*exc)
+def disk_full():
+    raise sqlite3.OperationalError("database or disk is full")
 
 
 def test_disk_full_at_the_pointer_write_fails_decide_and_leaves_no_registry_row(base_run, tmp_path, monkeypatch):
@@ -151,7 +134,7 @@ def test_disk_full_at_the_pointer_write_fails_decide_and_leaves_no_registry_row(
     stages.decide_stage(str(a), config)
     real_connect = Registry._connect
     with monkeypatch.context() as patch:
-        patch.setattr(Registry, "_connect", lambda self: FullAtPointerWrite(real_connect(self)))
+        patch.setattr(Registry, "_connect", lambda self: AtPointerWrite(real_connect(self), disk_full))
         with pytest.raises(sqlite3.OperationalError, match="disk is full"):
             stages.decide_stage(str(b), config)
     registry = Registry.in_runs_dir(runs)
