@@ -129,3 +129,56 @@ def test_setup_script_and_prefect_yaml_deploy_cleanly(prefect_server):
         run([PREFECT, "deployment", "inspect", name], env)  # fails unless the deployment exists
     nightly = run([PREFECT, "deployment", "inspect", "fine-tune-then-judge/nightly"], env).stdout
     assert "0 2 * * *" in nightly
+
+
+LIST_RUNS = """
+import asyncio, json
+from prefect.client.orchestration import get_client
+
+async def main():
+    async with get_client() as client:
+        runs = await client.read_flow_runs()
+        out = [{"flow": (await client.read_flow(r.flow_id)).name, "pool": r.work_pool_name,
+                "state": r.state.type.value} for r in runs]
+    print(json.dumps(out))
+
+asyncio.run(main())
+"""
+
+DEPLOY_GPU = """
+from flows.cycle import fine_tune_then_judge, gpu_stages
+gpu_stages.from_source(source={repo!r}, entrypoint="flows/cycle.py:gpu_stages").deploy(
+    name="e2e-gpu", work_pool_name="e2e-gpu-pool")
+fine_tune_then_judge.from_source(source={repo!r}, entrypoint="flows/cycle.py:fine_tune_then_judge").deploy(
+    name="e2e-routed", work_pool_name="e2e-cpu-pool")
+"""
+
+
+def test_gpu_stages_are_routed_to_their_own_pool_under_the_gpu_limit(prefect_server, tmp_path):
+    env = prefect_server["env"] | {"SFTJUDGE_INJECT_FAULT": ""}
+    for pool in ("e2e-cpu-pool", "e2e-gpu-pool"):
+        run([PREFECT, "work-pool", "create", pool, "--type", "process"], env)
+    run([PREFECT, "global-concurrency-limit", "create", "e2e-gpu", "--limit", "1"], env)
+    run([sys.executable, "-c", DEPLOY_GPU.format(repo=str(REPO))], env)
+    for pool in ("e2e-cpu-pool", "e2e-gpu-pool"):
+        log = open(prefect_server["home"] / f"{pool}.log", "w")
+        prefect_server["procs"].append(subprocess.Popen(
+            [PREFECT, "worker", "start", "--pool", pool, "--limit", "1"], env=env, cwd=REPO, stdout=log,
+            stderr=subprocess.STDOUT, start_new_session=True))
+    runs_dir = tmp_path / "runs"
+    config = load_config(REPO / "configs/tiny.yaml", [
+        f"runs_dir={runs_dir}", f"data.path={REPO / 'data/sample/support_tickets.jsonl'}",
+        f"judge.judges_dir={REPO / 'judges'}", "orchestration.gpu_deployment=gpu-stages/e2e-gpu",
+        "orchestration.gpu_concurrency_limit=e2e-gpu"])
+    params = json.dumps({"config": config.model_dump(mode="json")})
+    done = subprocess.run([PREFECT, "deployment", "run", "fine-tune-then-judge/e2e-routed", "--params", params,
+                           "--watch", "--watch-timeout", "600"], env=env, cwd=REPO, capture_output=True, text=True,
+                          timeout=700)
+    gpu_log = (prefect_server["home"] / "e2e-gpu-pool.log").read_text()
+    assert done.returncode == 0, f"routed run failed:\n{done.stdout[-3000:]}\n{gpu_log[-3000:]}"
+    [run_dir] = [p for p in runs_dir.iterdir() if (p / "manifest.json").is_file()]
+    assert RunDir(run_dir).manifest()["status"] == "completed"
+    # The GPU stages ran as their own flow run on the gpu pool (picked up by its worker), not in-process.
+    flow_runs = json.loads(run([sys.executable, "-c", LIST_RUNS], env).stdout)
+    assert {"flow": "gpu-stages", "pool": "e2e-gpu-pool", "state": "COMPLETED"} in flow_runs, flow_runs
+    assert {"flow": "fine-tune-then-judge", "pool": "e2e-cpu-pool", "state": "COMPLETED"} in flow_runs, flow_runs
