@@ -13,19 +13,17 @@ import fcntl
 import functools
 import hashlib
 import json
-import logging
-import os
 import re
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sftjudge.jsonl_cache import KeyedJsonl
 from sftjudge.generate import Generation, GenerationParams, Generator, answer_record, engine_id, prompts_for
 from sftjudge.rows import Example
 from sftjudge.rundir import file_sha256, write_jsonl
 
-log = logging.getLogger(__name__)
 
 GENERATION_FIELDS = tuple(Generation.__dataclass_fields__)
 # Small files that change what the weights compute (architecture, LoRA scaling); hashed with the weights.
@@ -82,49 +80,8 @@ def model_fingerprint(base: str, checkpoint: Path | None = None, *, template: st
     return _sha256_json(parts)[:32]
 
 
-class GenerationCache:
-    """An append-only JSONL file of generation records, each carrying its `key`.
-
-    `load` tolerates a crash mid-write: a last line without its newline is cut off the file (so the next append
-    starts a fresh line) and counted, as is any line that is not a JSON object with a key.
-    """
-
-    def __init__(self, path: Path):
-        self.path = Path(path)
-        self.records: dict[str, dict[str, Any]] = {}
-        self.dropped_lines = 0
-
-    def load(self, *, repair: bool = True) -> GenerationCache:
-        """Read the file (if any) into `records`; return self. `repair=False` reads without cutting the file."""
-        if not self.path.is_file():
-            return self
-        data = self.path.read_bytes()
-        complete = data.rfind(b"\n") + 1
-        if complete < len(data):
-            self.dropped_lines += 1
-            log.warning("%s: dropped a truncated last line (%d bytes) left by an interrupted write",
-                        self.path, len(data) - complete)
-            if repair:
-                os.truncate(self.path, complete)
-        for number, line in enumerate(data[:complete].decode("utf-8", errors="replace").splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-                self.records[record["key"]] = record
-            except (ValueError, KeyError, TypeError):
-                self.dropped_lines += 1
-                log.warning("%s line %d: not a generation record, ignored", self.path, number)
-        return self
-
-    def append(self, records: list[dict[str, Any]]) -> None:
-        """Append records and fsync, so what was generated survives a crash right after."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("a", encoding="utf-8") as handle:
-            handle.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
-            handle.flush()
-            os.fsync(handle.fileno())
-        self.records.update((r["key"], r) for r in records)
+# Generation records are one kind of keyed JSONL record; the crash-tolerant file logic is shared with judgments.
+GenerationCache = KeyedJsonl
 
 
 @dataclass

@@ -8,7 +8,6 @@ from __future__ import annotations
 import gc
 import hashlib
 import json
-import os
 import statistics
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from sftjudge.calibrate import load_calibration
 from sftjudge.config import JudgeConfig
 from sftjudge.health import HealthThresholds, judge_health
 from sftjudge.judge import JudgeSpec, load_judge
+from sftjudge.jsonl_cache import KeyedJsonl
 from sftjudge.metrics import FormatRule, aggregate, item_metrics
 from sftjudge.models import sftjudge_home
 from sftjudge.pairwise import combine_orders, outcome_json, summarise
@@ -27,43 +27,12 @@ def judge_key(judge: JudgeConfig) -> str:
     return f"{judge.judge}@{judge.model}"
 
 
-class JudgmentCache:
-    """Append-only JSONL of finished judgments keyed by a hash of (judge, item); tolerates a torn last line."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self.done: dict[str, dict[str, Any]] = {}
-        self.torn_lines = 0
-        if path.is_file():
-            data = path.read_bytes()
-            complete = data.rfind(b"\n") + 1
-            if complete < len(data):
-                # A crash mid-write left a last line without its newline. Cut it off: the next append would
-                # otherwise be glued onto it, and that good judgment would read as torn on every later retry.
-                self.torn_lines += 1
-                os.truncate(path, complete)
-            for line in data[:complete].decode("utf-8", errors="replace").splitlines():
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                    self.done[record["key"]] = record
-                except (json.JSONDecodeError, KeyError, TypeError):
-                    self.torn_lines += 1  # not a judgment record: that item is simply judged again
+class JudgmentCache(KeyedJsonl):
+    """Finished judgments keyed by a hash of (judge, item): a retried judge stage only judges what is missing."""
 
     @staticmethod
     def key(*parts: str) -> str:
         return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:32]
-
-    def add(self, records: list[dict[str, Any]]) -> None:
-        import os
-
-        with self.path.open("a", encoding="utf-8") as handle:
-            for record in records:
-                handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-                self.done[record["key"]] = record
-            handle.flush()
-            os.fsync(handle.fileno())
 
 
 class LoadedJudge:
@@ -106,12 +75,12 @@ def judge_cached(scorer, cache: JudgmentCache, items: list[dict[str, Any]], tag:
                  batch_size: int) -> list[dict[str, Any]]:
     """Judge every item not yet in the cache (in batches, each appended when done); return all, in order."""
     keys = [cache.key(tag, *(str(item[k]) for k in sorted(item))) for item in items]
-    todo = [(key, item) for key, item in zip(keys, items) if key not in cache.done]
+    todo = [(key, item) for key, item in zip(keys, items) if key not in cache.records]
     for start in range(0, len(todo), batch_size * 4):
         chunk = todo[start:start + batch_size * 4]
         judged = scorer.score([item for _, item in chunk], batch_size=batch_size)
-        cache.add([{"key": key} | j.to_json() for (key, _), j in zip(chunk, judged)])
-    return [cache.done[key] for key in keys]
+        cache.append([{"key": key} | j.to_json() for (key, _), j in zip(chunk, judged)])
+    return [cache.records[key] for key in keys]
 
 
 def _format_rule(judge: JudgeConfig) -> FormatRule:
@@ -136,7 +105,7 @@ def run_judge_stage(run: RunDir, judge: JudgeConfig, home: str | None, precision
                     champion_dir: str | None, student_params: int | None, noise_items: int = 0) -> dict[str, Any]:
     """Judge generations.jsonl pointwise (and pairwise vs the champion); write judgments, metrics and health."""
     generations = read_jsonl(run / "generations.jsonl")
-    cache = JudgmentCache(run / "judgments.cache.jsonl")
+    cache = JudgmentCache(run / "judgments.cache.jsonl").load()
     loaded = LoadedJudge(judge, home, precision)
     spec = load_judge(Path(judge.judges_dir), judge.judge)
     items = [{"id": g["id"], "instruction": g["instruction"], "reference": g["reference"], "answer": g["text"]}
@@ -168,7 +137,7 @@ def run_judge_stage(run: RunDir, judge: JudgeConfig, home: str | None, precision
         "truncated_prompts": sum(1 for r in rows if r.get("truncated")),
         "cheap": aggregate(cheap_rows), "pairwise": pairwise, "noise": noise, "health": health.to_json(),
         "baseline": baseline,
-        "cache_torn_lines": cache.torn_lines,
+        "cache_torn_lines": cache.dropped_lines,
         "calibration": load_calibration(sftjudge_home(home), judge_key(judge)),
     }
     atomic_write_json(run / "metrics.json", metrics)

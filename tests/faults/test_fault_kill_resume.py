@@ -139,7 +139,7 @@ def test_sigkill_during_judging_resumes_and_matches(base_run, tmp_path, monkeypa
     straight = clone_run(base_run, tmp_path / "b", "r1", reset=("judge",))
     call = (f"stages.judge_stage({str(killed)!r}, config.judge.model_copy(update={{'batch_size': 1}}), None, "
             f"precision='fp32', runs_dir=None, noise_items=0)")
-    run_killed(TORN_WRITE_KILL.format(module="sftjudge.judging", cls="JudgmentCache", method="add",
+    run_killed(TORN_WRITE_KILL.format(module="sftjudge.judging", cls="JudgmentCache", method="append",
                                       run=str(killed), call=call))
     assert not (killed / "judgments.jsonl").exists()  # nothing half-done is presented as a result
     text = (killed / "judgments.cache.jsonl").read_text()
