@@ -38,7 +38,8 @@ def run_result(run: RunDir) -> RunResult:
     judgments = read_jsonl(run / "judgments.jsonl")
     data_report = json.loads((run / "data/report.json").read_text())
     flagged = data_report.get("contamination") or []
-    action = flatten(yaml.safe_load((run / "config.yaml").read_text())).get("data.contamination.action")
+    settings = flatten(yaml.safe_load((run / "config.yaml").read_text()))
+    action = settings.get("data.contamination.action")
     return RunResult(
         run_id=run.run_id, judge_score=metrics["judge_score_mean"], train_loss=sft["train_loss_at_best"],
         val_loss=sft["best_val_loss"], test_fingerprint=curate["test_fingerprint"], judge_key=metrics["judge"],
@@ -47,7 +48,7 @@ def run_result(run: RunDir) -> RunResult:
         train_losses=tuple(e["train_loss"] for e in epochs), val_losses=tuple(e["val_loss"] for e in epochs),
         unparseable_rate=metrics["unparseable"] / max(metrics["items"], 1),
         contaminated=len(flagged) if action == "report" else 0, train_rows=curate.get("train", 0),
-        settings=flatten(yaml.safe_load((run / "config.yaml").read_text())),
+        settings=settings,
     )
 
 
