@@ -110,10 +110,12 @@ def run_judge_stage(run: RunDir, judge: JudgeConfig, home: str | None, precision
     spec = load_judge(Path(judge.judges_dir), judge.judge)
     items = [{"id": g["id"], "instruction": g["instruction"], "reference": g["reference"], "answer": g["text"]}
              for g in generations]
-    pointwise = judge_cached(loaded.scorer(spec), cache, items, f"{judge_key(judge)}|{spec.mode}", judge.batch_size)
-    baseline = _judge_baseline(run, loaded.scorer(spec), cache, judge, spec)
+    # One scorer for every pointwise use: in text mode with vLLM, each scorer would start its own engine.
+    scorer = loaded.scorer(spec)
+    pointwise = judge_cached(scorer, cache, items, f"{judge_key(judge)}|{spec.mode}", judge.batch_size)
+    baseline = _judge_baseline(run, scorer, cache, judge, spec)
     pairwise, outcomes = _pairwise(loaded, judge, cache, generations, champion_dir)
-    noise = measure_noise(loaded.scorer(spec), judge, champion_dir, noise_items)
+    noise = measure_noise(scorer, judge, champion_dir, noise_items)
     judge_params = loaded.params
     loaded.close()
     rule = _format_rule(judge)
