@@ -73,6 +73,20 @@ def test_logprob_scores_are_finite_in_range_and_batch_independent(tiny_model):
 
 
 @pytest.mark.model
+def test_reading_only_the_last_logits_gives_the_same_scores(tiny_model):
+    model, tok = tiny_model
+    judge = LogprobJudge(model, tok, load_judge(REPO / "judges", "reference-score"))
+    assert judge._keeps_logits  # the tiny model's forward takes logits_to_keep, so the fast path is under test
+    items = [{"id": str(i), "instruction": "Q" * (i + 2), "reference": "yes", "answer": "no " * i} for i in range(4)]
+    fast = judge.score(items, batch_size=4)
+    judge._keeps_logits = False
+    full = judge.score(items, batch_size=4)
+    for a, b in zip(fast, full):
+        assert a.score == pytest.approx(b.score, abs=1e-5)
+        assert a.distribution == pytest.approx(b.distribution, abs=1e-6)
+
+
+@pytest.mark.model
 def test_long_prompts_are_truncated_and_flagged(tiny_model):
     model, tok = tiny_model
     judge = LogprobJudge(model, tok, load_judge(REPO / "judges", "reference-score"), max_prompt_tokens=64)
