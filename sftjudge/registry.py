@@ -1,56 +1,61 @@
-"""The run registry: an embedded SQLite database of runs plus the champion pointer and its history.
+"""The run registry: a database of runs plus the champion pointer and its history (SQLAlchemy Core).
 
-Recording a run's decision and moving the champion pointer happen in one transaction (`BEGIN IMMEDIATE`), so a
-crash in between leaves the old champion intact and two runs finishing at once are serialised by SQLite's lock.
+SQLite (`<runs_dir>/registry.sqlite`) is the default; `SFTJUDGE_REGISTRY_URL` points every process at a shared
+PostgreSQL instead. Recording a run's decision and moving the champion pointer happen in one transaction that
+holds the registry's write lock (SQLite `BEGIN IMMEDIATE`, PostgreSQL `pg_advisory_xact_lock`), so a crash in
+between leaves the old champion intact and two runs finishing at once are serialised.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
-from contextlib import closing
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from types import EllipsisType
 from typing import Any
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS runs (
-    run_id TEXT PRIMARY KEY,
-    name TEXT,
-    created_at TEXT,
-    base_model TEXT,
-    method TEXT,
-    dataset_sha256 TEXT,
-    test_fingerprint TEXT,
-    template_fingerprint TEXT,
-    epochs INTEGER,
-    learning_rate REAL,
-    batch_size INTEGER,
-    best_epoch INTEGER,
-    best_val_loss REAL,
-    train_loss_at_best REAL,
-    judge TEXT,
-    judge_score REAL,
-    exact_match REAL,
-    decision TEXT,
-    reasons TEXT,
-    checkpoint TEXT,
-    run_dir TEXT
-);
-CREATE TABLE IF NOT EXISTS champion_history (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    run_id TEXT NOT NULL REFERENCES runs(run_id),
-    previous_run_id TEXT,
-    changed_at TEXT NOT NULL,
-    how TEXT NOT NULL
-);
-"""
+import sqlalchemy as sa
+from sqlalchemy.pool import NullPool
 
-RUN_COLUMNS = ("run_id", "name", "created_at", "base_model", "method", "dataset_sha256", "test_fingerprint",
-               "template_fingerprint", "epochs", "learning_rate", "batch_size", "best_epoch", "best_val_loss",
-               "train_loss_at_best", "judge", "judge_score", "exact_match", "decision", "reasons", "checkpoint",
-               "run_dir")
+ENV_URL = "SFTJUDGE_REGISTRY_URL"
+# PostgreSQL advisory lock taken by every registry write: the bytes of "sftjudge" read as one signed bigint,
+# fixed so that every process and every version takes the same lock (advisory locks are per database).
+PG_LOCK_KEY = int.from_bytes(b"sftjudge", "big", signed=True)
+
+metadata = sa.MetaData()
+# REAL on SQLite keeps a new file's schema what it has always been; DOUBLE PRECISION elsewhere (REAL is 4 bytes).
+_REAL = sa.Double().with_variant(sa.REAL(), "sqlite")
+
+runs_table = sa.Table(
+    "runs", metadata,
+    sa.Column("run_id", sa.Text, primary_key=True),
+    *(sa.Column(name, sa.Text) for name in ("name", "created_at", "base_model", "method", "dataset_sha256",
+                                            "test_fingerprint", "template_fingerprint")),
+    sa.Column("epochs", sa.Integer), sa.Column("learning_rate", _REAL), sa.Column("batch_size", sa.Integer),
+    sa.Column("best_epoch", sa.Integer), sa.Column("best_val_loss", _REAL), sa.Column("train_loss_at_best", _REAL),
+    sa.Column("judge", sa.Text), sa.Column("judge_score", _REAL), sa.Column("exact_match", _REAL),
+    sa.Column("decision", sa.Text), sa.Column("reasons", sa.Text), sa.Column("checkpoint", sa.Text),
+    sa.Column("run_dir", sa.Text),
+)
+
+history_table = sa.Table(
+    "champion_history", metadata,
+    sa.Column("seq", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("run_id", sa.Text, sa.ForeignKey("runs.run_id"), nullable=False),
+    sa.Column("previous_run_id", sa.Text),
+    sa.Column("changed_at", sa.Text, nullable=False),
+    sa.Column("how", sa.Text, nullable=False),
+    sqlite_autoincrement=True,  # as the file was always created (AUTOINCREMENT: a deleted seq is never reused)
+)
+
+RUN_COLUMNS = tuple(runs_table.columns.keys())
+
+# The champion is the run of the latest history entry; there is no separate pointer row to keep in step.
+_CHAMPION_ID = sa.select(history_table.c.run_id).order_by(history_table.c.seq.desc()).limit(1)
 
 
 class ChampionChanged(RuntimeError):
@@ -58,22 +63,72 @@ class ChampionChanged(RuntimeError):
 
 
 class Registry:
-    """Runs and champion in `<runs_dir>/registry.sqlite`; every method opens its own short connection."""
+    """Runs and champion in one database; every method opens its own short connection (none is pooled).
 
-    def __init__(self, path: Path):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with closing(self._connect()) as db, db:
-            db.executescript(SCHEMA)
+    `target` is a SQLAlchemy URL (`postgresql+psycopg://user@host/db`, `sqlite:////abs/registry.sqlite`) or the
+    path of a SQLite file. Raises ValueError for a URL this registry cannot lock (only SQLite and PostgreSQL),
+    ModuleNotFoundError naming the extra to install when the PostgreSQL driver is missing.
+    """
+
+    def __init__(self, target: str | Path | sa.URL):
+        # A lambda, not the bound method: `_connect` is looked up on every connection, so patching the class
+        # after this registry was made still takes effect.
+        self.engine = create_registry_engine(target, lambda: self._connect())
+        self.url = self.engine.url
+        self.path = Path(self.url.database) if self.url.get_backend_name() == "sqlite" else None
+        # Where the registry is, for messages and logs: the file, or the URL without its password.
+        self.where = str(self.path) if self.path else self.url.render_as_string(hide_password=True)
+        if self.path:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._create_tables()
 
     @classmethod
     def in_runs_dir(cls, runs_dir: str | Path) -> "Registry":
-        return cls(Path(runs_dir) / "registry.sqlite")
+        """The registry of the runs in `runs_dir`: at $SFTJUDGE_REGISTRY_URL when set (read now, on every call),
+        else `<runs_dir>/registry.sqlite`. Every caller (stages, CLI) opens it through here, so all agree."""
+        return cls(registry_url(runs_dir))
 
-    def _connect(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
-        db.row_factory = sqlite3.Row
-        return db
+    def __repr__(self) -> str:
+        return f"Registry({self.where!r})"
+
+    def _connect(self):
+        """A new SQLite DBAPI connection (the engine's creator). Kept as a method: the fault tests wrap it to
+        crash or fill the disk at the pointer write."""
+        return connect_sqlite(self.path)
+
+    def _create_tables(self) -> None:
+        # Checked without the lock first: opening an existing registry (a read-only CLI listing) writes nothing.
+        with self._reading() as db:
+            inspector = sa.inspect(db)
+            if all(inspector.has_table(name) for name in metadata.tables):
+                return
+        with self._writing() as db:  # under the write lock: two workers starting at once do not race the DDL
+            metadata.create_all(db, checkfirst=True)
+
+    @contextmanager
+    def _reading(self) -> Iterator[sa.Connection]:
+        with self._named_errors(""), self.engine.connect() as db:
+            yield db
+
+    @contextmanager
+    def _writing(self) -> Iterator[sa.Connection]:
+        """One transaction holding the registry's write lock from its first statement until commit."""
+        with self._named_errors("; nothing was recorded"), self.engine.connect() as db:
+            take_write_lock(db)
+            try:
+                yield db
+                db.commit()
+            except BaseException:
+                db.rollback()
+                raise
+
+    @contextmanager
+    def _named_errors(self, consequence: str) -> Iterator[None]:
+        # Disk full, read-only file, lock held too long, server gone: the driver's own error, naming the registry.
+        try:
+            yield
+        except sa.exc.DBAPIError as exc:
+            raise driver_error(exc, f"run registry {self.where}: {exc.orig}{consequence}") from exc
 
     def record(self, run: dict[str, Any], *, promote: bool, how: str = "decision",
                expected_champion: str | None | EllipsisType = ...) -> None:
@@ -85,100 +140,195 @@ class Registry:
         row = {k: run.get(k) for k in RUN_COLUMNS}
         if isinstance(row["reasons"], list):
             row["reasons"] = json.dumps(row["reasons"])
-        with closing(self._connect()) as db:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                # Read under the write lock: two runs finishing at once cannot both promote over one champion.
-                current = self._champion_id(db)
-                if expected_champion is not ... and current != expected_champion:
-                    raise ChampionChanged(f"run {row['run_id']} was decided against champion {expected_champion}, "
-                                          f"but {current} is champion now")
-                db.execute(f"INSERT OR REPLACE INTO runs ({', '.join(RUN_COLUMNS)}) "
-                           f"VALUES ({', '.join('?' for _ in RUN_COLUMNS)})", [row[k] for k in RUN_COLUMNS])
-                if promote and current != row["run_id"]:
-                    db.execute("INSERT INTO champion_history (run_id, previous_run_id, changed_at, how) "
-                               "VALUES (?, ?, ?, ?)",
-                               (row["run_id"], current, _now(), how))
-                db.execute("COMMIT")
-            except sqlite3.OperationalError as exc:  # disk full, read-only, locked too long: say which file
-                _rollback(db)
-                raise sqlite3.OperationalError(f"run registry {self.path}: {exc}; nothing was recorded") from exc
-            except BaseException:
-                _rollback(db)
-                raise
-
-    @staticmethod
-    def _champion_id(db: sqlite3.Connection) -> str | None:
-        found = db.execute("SELECT run_id FROM champion_history ORDER BY seq DESC LIMIT 1").fetchone()
-        return found["run_id"] if found else None
+        with self._writing() as db:
+            # Read under the write lock: two runs finishing at once cannot both promote over one champion.
+            current = db.scalar(_CHAMPION_ID)
+            if expected_champion is not ... and current != expected_champion:
+                raise ChampionChanged(f"run {row['run_id']} was decided against champion {expected_champion}, "
+                                      f"but {current} is champion now")
+            # Update, else insert: portable, and unlike SQLite's INSERT OR REPLACE it never deletes a row that
+            # champion_history refers to (PostgreSQL enforces that foreign key).
+            updated = db.execute(sa.update(runs_table).where(runs_table.c.run_id == row["run_id"]).values(row))
+            if updated.rowcount == 0:
+                db.execute(sa.insert(runs_table).values(row))
+            if promote and current != row["run_id"]:
+                _append_history(db, row["run_id"], current, how)
 
     def set_champion(self, run_id: str, how: str) -> str | None:
-        """Point the champion at an already recorded run (manual promotion); returns the previous champion."""
-        with closing(self._connect()) as db:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                if not db.execute("SELECT 1 FROM runs WHERE run_id = ?", (run_id,)).fetchone():
-                    raise KeyError(f"run {run_id!r} is not in the registry")
-                current = self._champion_id(db)
-                if current != run_id:
-                    db.execute("INSERT INTO champion_history (run_id, previous_run_id, changed_at, how) "
-                               "VALUES (?, ?, ?, ?)", (run_id, current, _now(), how))
-                db.execute("COMMIT")
-                return current
-            except BaseException:
-                _rollback(db)
-                raise
+        """Point the champion at an already recorded run (manual promotion); returns the previous champion.
+
+        Raises KeyError when the registry has no such run."""
+        with self._writing() as db:
+            if db.scalar(sa.select(runs_table.c.run_id).where(runs_table.c.run_id == run_id)) is None:
+                raise KeyError(f"run {run_id!r} is not in the registry {self.where}")
+            current = db.scalar(_CHAMPION_ID)
+            if current != run_id:
+                _append_history(db, run_id, current, how)
+            return current
 
     def rollback(self) -> tuple[str, str]:
-        """Restore the champion before the current one; returns (demoted, restored)."""
-        with closing(self._connect()) as db:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                rows = db.execute("SELECT run_id, previous_run_id FROM champion_history ORDER BY seq DESC LIMIT 1"
-                                  ).fetchone()
-                if not rows or not rows["previous_run_id"]:
-                    raise KeyError("there is no earlier champion to roll back to")
-                db.execute("INSERT INTO champion_history (run_id, previous_run_id, changed_at, how) "
-                           "VALUES (?, ?, ?, 'rollback')", (rows["previous_run_id"], rows["run_id"], _now()))
-                db.execute("COMMIT")
-                return rows["run_id"], rows["previous_run_id"]
-            except BaseException:
-                _rollback(db)
-                raise
+        """Restore the champion before the current one; returns (demoted, restored).
+
+        Raises KeyError when there is no earlier champion."""
+        with self._writing() as db:
+            latest = db.execute(sa.select(history_table.c.run_id, history_table.c.previous_run_id)
+                                .order_by(history_table.c.seq.desc()).limit(1)).first()
+            if not latest or not latest.previous_run_id:
+                raise KeyError("there is no earlier champion to roll back to")
+            _append_history(db, latest.previous_run_id, latest.run_id, "rollback")
+            return latest.run_id, latest.previous_run_id
 
     def champion(self) -> dict[str, Any] | None:
-        with closing(self._connect()) as db:
-            run_id = self._champion_id(db)
-            return self._run(db, run_id) if run_id else None
+        """The champion's run row, or None before the first promotion."""
+        with self._reading() as db:
+            found = db.execute(sa.select(runs_table).where(runs_table.c.run_id == _CHAMPION_ID.scalar_subquery()))
+            return _run_row(found.first())
 
     def get(self, run_id: str) -> dict[str, Any] | None:
-        with closing(self._connect()) as db:
-            return self._run(db, run_id)
-
-    def _run(self, db: sqlite3.Connection, run_id: str) -> dict[str, Any] | None:
-        found = db.execute("SELECT * FROM runs WHERE run_id = ?", (run_id,)).fetchone()
-        if not found:
-            return None
-        run = dict(found)
-        run["reasons"] = json.loads(run["reasons"]) if run["reasons"] else []
-        return run
+        """One run's row (reasons as a list), or None when it was never recorded."""
+        with self._reading() as db:
+            return _run_row(db.execute(sa.select(runs_table).where(runs_table.c.run_id == run_id)).first())
 
     def runs(self) -> list[dict[str, Any]]:
-        with closing(self._connect()) as db:
-            ids = [r["run_id"] for r in db.execute("SELECT run_id FROM runs ORDER BY created_at, run_id")]
-            return [self._run(db, run_id) for run_id in ids]
+        """Every recorded run, oldest first."""
+        with self._reading() as db:
+            found = db.execute(sa.select(runs_table).order_by(runs_table.c.created_at, runs_table.c.run_id))
+            return [_run_row(r) for r in found]
 
     def champion_history(self) -> list[dict[str, Any]]:
-        with closing(self._connect()) as db:
-            return [dict(r) for r in db.execute("SELECT * FROM champion_history ORDER BY seq")]
+        """Every move of the champion pointer, oldest first: seq, run_id, previous_run_id, changed_at, how."""
+        with self._reading() as db:
+            return [dict(r._mapping) for r in db.execute(sa.select(history_table).order_by(history_table.c.seq))]
 
 
-def _rollback(db: sqlite3.Connection) -> None:
-    # After some errors (SQLITE_FULL, SQLITE_IOERR) SQLite has already rolled the transaction back; a second
-    # ROLLBACK would raise "no transaction is active" and hide the error that matters.
-    if db.in_transaction:
-        db.execute("ROLLBACK")
+def _append_history(db: sa.Connection, run_id: str, previous: str | None, how: str) -> None:
+    db.execute(sa.insert(history_table).values(run_id=run_id, previous_run_id=previous, changed_at=_now(), how=how))
+
+
+def _run_row(found: sa.Row | None) -> dict[str, Any] | None:
+    if found is None:
+        return None
+    run = dict(found._mapping)
+    run["reasons"] = json.loads(run["reasons"]) if run["reasons"] else []
+    return run
 
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def registry_url(runs_dir: str | Path) -> sa.URL:
+    """The registry for the runs in `runs_dir`: $SFTJUDGE_REGISTRY_URL when set, else `<runs_dir>/registry.sqlite`.
+
+    The variable is read on every call, never at import, so a worker's environment decides. Raises ValueError
+    when it is set but is not a database URL (the message does not repeat it: it may hold a password).
+    """
+    configured = os.environ.get(ENV_URL, "").strip()
+    if configured:
+        return _parse_url(configured, f"${ENV_URL}")
+    return sa.URL.create("sqlite", database=str(Path(runs_dir) / "registry.sqlite"))
+
+
+def _parse_url(text: str, source: str) -> sa.URL:
+    try:
+        return sa.make_url(text)
+    except sa.exc.ArgumentError:
+        raise ValueError(f"{source} is not a database URL: expected dialect+driver://user@host/database, e.g. "
+                         f"postgresql+psycopg://sftjudge@db/sftjudge or sqlite:////abs/registry.sqlite") from None
+
+
+def _as_url(target: str | Path | sa.URL) -> sa.URL:
+    if isinstance(target, sa.URL):
+        url = target
+    elif isinstance(target, Path) or "://" not in target:
+        url = sa.URL.create("sqlite", database=str(target))  # a plain path: the SQLite file
+    else:
+        url = _parse_url(target, "the run registry URL")
+    if url.drivername in ("postgresql", "postgres"):  # psycopg 3 is the driver the `postgres` extra installs
+        url = url.set(drivername="postgresql+psycopg")
+    return url
+
+
+def create_registry_engine(target: str | Path | sa.URL, sqlite_connect: Callable[[], Any]) -> sa.Engine:
+    """An engine for the registry at `target`; SQLite connections come from `sqlite_connect()`.
+
+    No pool: every registry method opens and closes its own connection, as a Registry is made per call and
+    never disposed. Raises ValueError for a database whose writes this module cannot serialise, and
+    ModuleNotFoundError naming the extra when the PostgreSQL driver is not installed.
+    """
+    url = _as_url(target)
+    backend = url.get_backend_name()
+    shown = url.render_as_string(hide_password=True)
+    if backend == "sqlite":
+        if url.database in (None, "", ":memory:"):
+            raise ValueError(f"run registry {shown}: an in-memory SQLite registry would be empty on every "
+                             f"connection; give a file, e.g. sqlite:////abs/path/registry.sqlite")
+        return sa.create_engine(url, creator=lambda: _StatementsThroughConnection(sqlite_connect()),
+                                poolclass=NullPool)
+    if backend != "postgresql":
+        raise ValueError(f"run registry {shown}: {backend} is not supported (promotions are serialised with "
+                         f"SQLite's or PostgreSQL's locks); use postgresql+psycopg://... or a SQLite file")
+    try:
+        # READ COMMITTED whatever the server's default: a statement after the advisory lock then sees every
+        # promotion committed before the lock was granted (a repeatable-read snapshot could predate it).
+        return sa.create_engine(url, poolclass=NullPool, isolation_level="READ COMMITTED")
+    except ModuleNotFoundError as exc:
+        raise ModuleNotFoundError(f"run registry {shown} needs the PostgreSQL driver psycopg: "
+                                  f"pip install 'sftjudge[postgres]' ({exc})") from exc
+
+
+def connect_sqlite(path: Path) -> sqlite3.Connection:
+    """A SQLite connection that waits up to 60 s for another writer's lock.
+
+    isolation_level=None: sqlite3 opens no transaction of its own, so `BEGIN IMMEDIATE` (take_write_lock) is
+    the first statement of every write transaction and the lock is held before the champion is read.
+    """
+    return sqlite3.connect(path, timeout=60, isolation_level=None)
+
+
+def take_write_lock(db: sa.Connection) -> None:
+    """Start the write transaction holding the registry-wide lock until commit or rollback."""
+    if db.dialect.name == "sqlite":
+        db.exec_driver_sql("BEGIN IMMEDIATE")
+    else:
+        db.execute(sa.select(sa.func.pg_advisory_xact_lock(sa.cast(PG_LOCK_KEY, sa.BigInteger))))
+
+
+def driver_error(exc: sa.exc.DBAPIError, message: str) -> Exception:
+    """The driver's own exception class (sqlite3.OperationalError, psycopg.OperationalError, ...) with
+    `message`: callers and tests that catch the driver's errors keep working behind SQLAlchemy."""
+    try:
+        return type(exc.orig)(message) if exc.orig is not None else RuntimeError(message)
+    except Exception:  # noqa: BLE001 - an exception class that will not take a message
+        return RuntimeError(message)
+
+
+class _StatementsThroughConnection:
+    """A sqlite3 connection handed to SQLAlchemy, whose cursors run every statement through the connection's
+    own `execute`.
+
+    Why: `Registry._connect` is the seam where tests wrap the connection (tests/faults/faultkit.py AtPointerWrite
+    kills the process or fills the disk just before the pointer write); SQLAlchemy only ever calls
+    `cursor().execute`, which would bypass such a wrapper. Production runs the same path.
+    """
+
+    def __init__(self, db):
+        self._db = db
+
+    def cursor(self, *args):
+        return _ConnectionCursor(self._db)
+
+    def __getattr__(self, name):
+        return getattr(self._db, name)
+
+
+class _ConnectionCursor:
+    def __init__(self, db):
+        self._db, self._cursor = db, db.cursor()
+
+    def execute(self, statement, parameters=()):
+        self._cursor = self._db.execute(statement, parameters)
+        return self
+
+    def __getattr__(self, name):  # fetchone, description, rowcount, lastrowid, close: the last statement's
+        return getattr(self._cursor, name)

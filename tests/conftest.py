@@ -16,6 +16,8 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# A developer's exported registry URL must not receive the test runs (tests that want one set it themselves).
+os.environ.pop("SFTJUDGE_REGISTRY_URL", None)
 
 
 def pytest_collection_modifyitems(config, items):
