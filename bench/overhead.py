@@ -37,9 +37,9 @@ def direct(config) -> float:
     run = stages.start_run(config)
     stages.curate_stage(run, config.data, config.sft, config.judge, config.home)
     stages.sft_stage(run, config.sft, config.home, config.threads)
-    stages.generate_stage(run, config.generate, config.sft, config.home, config.threads)
+    stages.generate_stage(run, config.generate, config.sft, config.home, config.threads, config.regression)
     stages.judge_stage(run, config.judge, config.home, config.threads, config.sft.precision, config.runs_dir,
-                       config.decide.noise_items)
+                       config.decide.noise_items, config.regression)
     stages.decide_stage(run, config)
     return time.perf_counter() - started
 

@@ -30,6 +30,6 @@ def gpu_stages(run: str, config: RunConfig) -> None:
     """The stages that want an accelerator; deployed on the `gpu` work pool, or run in-process on a CPU."""
     with gpu_slot(config.orchestration.gpu_concurrency_limit):
         stages.sft(run, config.sft, config.home, config.threads)
-        stages.generate(run, config.generate, config.sft, config.home, config.threads)
+        stages.generate(run, config.generate, config.sft, config.home, config.threads, config.regression)
         stages.judge(run, config.judge, config.home, config.threads, config.sft.precision, config.runs_dir,
-                     config.decide.noise_items)
+                     config.decide.noise_items, config.regression)

@@ -20,6 +20,7 @@ EPILOG = """examples:
   sftjudge promote RUN_ID | sftjudge rollback  # move the champion by hand (recorded)
   sftjudge report RUN_ID --html                # one shareable HTML file with the plots embedded
   sftjudge judge calibrate --config configs/demo.yaml data/sample/calibration.jsonl
+  accelerate launch --multi_gpu --num_processes 4 -m sftjudge.cli train runs/RUN_ID   # sft on 4 GPUs
 """
 
 
@@ -33,6 +34,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("config", nargs="?", help="YAML run config (default: built-in defaults)")
     run.add_argument("overrides", nargs="*", metavar="key.sub=value", help="dotted overrides, e.g. sft.epochs=3")
     run.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+    train = sub.add_parser("train", help="the sft stage's training on a curated run directory; start it with "
+                                         "`accelerate launch ... -m sftjudge.cli train RUN_DIR` for several GPUs")
+    train.add_argument("run_dir", help="run directory whose curate stage finished (runs/RUN_ID)")
+    train.add_argument("overrides", nargs="*", metavar="key.sub=value",
+                       help="overrides of the run's config.yaml, e.g. sft.batch_size=32")
 
     runs = sub.add_parser("runs", help="table of all runs in the registry")
     runs.add_argument("--runs-dir", default="runs", help="runs directory (default: runs)")
@@ -92,12 +99,39 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0 if summary["status"] == "completed" else 1
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from sftjudge.training import train_run_dir
+
+    # Every launched process runs this; only the main one writes the run directory and gets a summary back.
+    config = load_config(Path(args.run_dir) / "config.yaml", args.overrides)
+    try:
+        summary = train_run_dir(Path(args.run_dir), config.sft, config.home)
+    except FileNotFoundError as exc:  # a run directory that was never curated
+        print(f"sftjudge: {exc}", file=sys.stderr)
+        return 2
+    if summary is not None:
+        print(f"best epoch {summary['best_epoch']} of {len(summary['epochs'])} on {summary['num_processes']} "
+              f"process(es); checkpoint {summary['best_checkpoint']}")
+    return 0
+
+
 def _find_run(runs_dir: str, run_id: str) -> Path:
     matches = sorted(p for p in Path(runs_dir).glob(f"{run_id}*") if (p / "manifest.json").is_file())
     if len(matches) != 1:
         raise SystemExit(f"sftjudge: {len(matches)} runs in {runs_dir}/ match {run_id!r}"
                          + (f": {', '.join(p.name for p in matches)}" if matches else ""))
     return matches[0]
+
+
+def _registry(runs_dir: str):
+    """The registry every command uses: $SFTJUDGE_REGISTRY_URL when set, else `<runs_dir>/registry.sqlite` (the
+    same resolution as the stages). A URL it cannot use ends the command with the reason, never the password."""
+    from sftjudge.registry import Registry
+
+    try:
+        return Registry.in_runs_dir(runs_dir)
+    except (ValueError, ModuleNotFoundError) as exc:
+        raise SystemExit(f"sftjudge: {exc}") from None
 
 
 RUN_TABLE = [("run", "run_id"), ("base model", "base_model"), ("data", "dataset_sha256"), ("epochs", "epochs"),
@@ -116,16 +150,14 @@ def _fmt(key: str, value) -> str:
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
-    from sftjudge.registry import Registry
-
-    registry = Registry.in_runs_dir(args.runs_dir)
+    registry = _registry(args.runs_dir)
     rows = registry.runs()
     champion = registry.champion()
     if args.json:
         print(dumps({"champion": champion["run_id"] if champion else None, "runs": rows}))
         return 0
     if not rows:
-        print(f"no runs recorded in {args.runs_dir}/ yet; start one with `sftjudge run configs/demo.yaml`")
+        print(f"no runs recorded in {registry.where} yet; start one with `sftjudge run configs/demo.yaml`")
         return 0
     table = [[h for h, _ in RUN_TABLE]]
     for row in rows:
@@ -149,9 +181,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_champion(args: argparse.Namespace) -> int:
-    from sftjudge.registry import Registry
-
-    registry = Registry.in_runs_dir(args.runs_dir)
+    registry = _registry(args.runs_dir)
     champion = registry.champion()
     history = registry.champion_history()
     if args.json:
@@ -185,18 +215,14 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_promote(args: argparse.Namespace) -> int:
-    from sftjudge.registry import Registry
-
     run_id = _find_run(args.runs_dir, args.run_id).name
-    previous = Registry.in_runs_dir(args.runs_dir).set_champion(run_id, "manual")
+    previous = _registry(args.runs_dir).set_champion(run_id, "manual")
     print(f"champion: {previous or '(none)'} -> {run_id} (manual)")
     return 0
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
-    from sftjudge.registry import Registry
-
-    demoted, restored = Registry.in_runs_dir(args.runs_dir).rollback()
+    demoted, restored = _registry(args.runs_dir).rollback()
     print(f"champion: {demoted} -> {restored} (rollback)")
     return 0
 
@@ -249,8 +275,9 @@ def cmd_judge(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "runs": cmd_runs, "show": cmd_show, "champion": cmd_champion, "models": cmd_models,
-            "judge": cmd_judge, "promote": cmd_promote, "rollback": cmd_rollback, "diff": cmd_diff, "report": cmd_report}
+COMMANDS = {"run": cmd_run, "train": cmd_train, "runs": cmd_runs, "show": cmd_show, "champion": cmd_champion,
+            "models": cmd_models, "judge": cmd_judge, "promote": cmd_promote, "rollback": cmd_rollback,
+            "diff": cmd_diff, "report": cmd_report}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -123,8 +123,13 @@ class SFTConfig(_Strict):
     learning_rate: float = Field(1e-3, gt=0, description="Peak learning rate (linear warm-up, then linear decay).")
     warmup_ratio: float = Field(0.05, ge=0, lt=1, description="Share of optimizer steps spent warming up.")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
-    batch_size: int = Field(8, ge=1, description="Rows per optimizer step (before gradient accumulation).")
+    batch_size: int = Field(
+        8, ge=1, description="Rows per optimizer step (before gradient accumulation); with num_processes > 1 the "
+                             "global batch, each process taking batch_size / num_processes of it.")
     grad_accum: int = Field(1, ge=1, description="Micro-batches accumulated per optimizer step.")
+    num_processes: int = Field(
+        1, ge=1, description="Data-parallel training processes (one per GPU); above 1 the sft stage runs "
+                             "`accelerate launch --multi_gpu --num_processes N -m sftjudge.cli train RUN_DIR`.")
     max_seq_len: int = Field(256, ge=16, description="Rows longer than this many tokens are truncated.")
     lora_r: int = Field(16, ge=1, description="LoRA rank.")
     lora_alpha: int = Field(32, ge=1, description="LoRA scaling numerator (scale = alpha / r).")
@@ -231,6 +236,23 @@ class DecideConfig(_Strict):
         0.0, ge=0, description="Lower bound on the noise floor (score points) whatever the measurement says."
     )
     ci_level: float = Field(0.95, gt=0.5, lt=1, description="Confidence level of the paired bootstrap interval.")
+    max_alignment_tax: float | None = Field(
+        2.0, ge=0, description="Largest drop (score points, 1-10) from the base model on any regression-suite "
+                               "category; a run losing more general ability is never promoted (None: report only).")
+    min_regression_score: float | None = Field(
+        None, ge=1, le=10, description="Floor on the mean regression-suite score (None: no floor).")
+
+
+class RegressionConfig(_Strict):
+    """The frozen regression suite: general prompts with criteria, answered and judged in every run, so the cost
+    of fine-tuning on narrow data (the alignment tax) is measured per category against the base model."""
+
+    enabled: bool = Field(True, description="Answer and judge the suite in every run.")
+    suite: str = Field(
+        "general", description="'general' (shipped with sftjudge: arithmetic, knowledge, instructions, reasoning, "
+                               "writing, safety) or a JSONL path with instruction, output, category and criteria.")
+    judge: str = Field("criteria", description="Judge definition in judge.judges_dir used for the suite.")
+    max_new_tokens: int = Field(96, ge=1, description="Upper bound on generated tokens per suite answer.")
 
 
 class OrchestrationConfig(_Strict):
@@ -259,6 +281,8 @@ class RunConfig(_Strict):
     generate: GenerateConfig = Field(default_factory=GenerateConfig, description="Generation on the test split.")
     judge: JudgeConfig = Field(default_factory=JudgeConfig, description="Judging.")
     decide: DecideConfig = Field(default_factory=DecideConfig, description="Promotion rules.")
+    regression: RegressionConfig = Field(
+        default_factory=RegressionConfig, description="General-ability regression suite (alignment tax).")
     orchestration: OrchestrationConfig = Field(
         default_factory=OrchestrationConfig, description="GPU routing (Prefect work pools).")
 

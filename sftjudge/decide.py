@@ -2,7 +2,8 @@
 
 Rules follow the Iterative Training Workflow: training fit and answer quality are separate readings.
 - gates: an overfitting run (val/train loss ratio above the limit), an invalid judge signal, a score below the
-  floor, too many unparseable judgments or contaminated test rows: never promoted;
+  floor, too many unparseable judgments or contaminated test rows, a regression-suite category that lost more
+  than the allowed points against the base model (alignment tax): never promoted;
 - quality: per-item paired judge-score differences against the champion on the same test items, with a
   bootstrap confidence interval. Promote only when the whole interval clears the noise floor and the mean gain
   reaches `min_improvement`; roll back when it is significantly worse; hold (keep the champion) otherwise.
@@ -14,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 from sftjudge.pairwise import bootstrap_ci
+from sftjudge.regression import regression_gate
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,7 @@ class RunResult:
     contaminated: int = 0
     train_rows: int = 0
     settings: dict[str, Any] = field(default_factory=dict)  # flattened config, for one-variable hygiene
+    regression: dict[str, Any] | None = None  # regression-suite summary: per-category run/base scores and tax
 
     @property
     def val_train_ratio(self) -> float:
@@ -49,6 +52,8 @@ class DecideRules:
     max_contaminated: int = 0
     noise_floor: float = 0.0  # measured run-to-run judge variance, in score points
     ci_level: float = 0.95
+    max_alignment_tax: float | None = None  # largest score drop vs the base model on any suite category
+    min_regression_score: float | None = None
 
 
 @dataclass
@@ -85,7 +90,7 @@ def decide(challenger: RunResult, champion: RunResult | None, rules: DecideRules
         else:
             decision = Decision("promote", ["first qualifying run: becomes the champion"], None, comparison)
         decision.advice = advice(challenger, None, decision, rules)
-        return decision
+        return _with_diagnosis(decision, challenger)
     comparison["champion"] = _summary(champion)
     not_comparable = _comparability_failures(challenger, champion)
     if blockers:  # a gated run is rolled back whatever the comparison would have said
@@ -98,7 +103,29 @@ def decide(challenger: RunResult, champion: RunResult | None, rules: DecideRules
         decision = _quality_decision(challenger, champion, rules, comparison)
     decision.warnings = hygiene_warnings(challenger, champion)
     decision.advice = advice(challenger, champion, decision, rules)
+    return _with_diagnosis(decision, challenger)
+
+
+def _with_diagnosis(decision: Decision, run: RunResult) -> Decision:
+    """Name overfitting in the reasons whenever the curves show it, also when the earlier checkpoint was used."""
+    note = overfitting_note(run)
+    if note and not any(r.startswith("overfitting") for r in decision.reasons):
+        decision.reasons.insert(0, note)
     return decision
+
+
+def overfitting_note(run: RunResult) -> str | None:
+    """The val-rises-while-train-falls reading, in words, or None when the curves do not show it.
+
+    >>> overfitting_note(RunResult("r", 5, 0.2, 0.5, "t", "j", train_losses=(0.5, 0.3, 0.2), val_losses=(0.6, 0.5, 0.7)))
+    'overfitting: val loss rose after epoch 2 (0.5000 -> 0.7000) while train loss fell (0.3000 -> 0.2000); the epoch-2 checkpoint was judged'
+    """
+    if not val_rising_while_train_falls(run):
+        return None
+    best = run.val_losses.index(min(run.val_losses))
+    return (f"overfitting: val loss rose after epoch {best + 1} ({run.val_losses[best]:.4f} -> "
+            f"{run.val_losses[-1]:.4f}) while train loss fell ({run.train_losses[best]:.4f} -> "
+            f"{run.train_losses[-1]:.4f}); the epoch-{best + 1} checkpoint was judged")
 
 
 def gate_failures(run: RunResult, rules: DecideRules) -> list[str]:
@@ -116,7 +143,7 @@ def gate_failures(run: RunResult, rules: DecideRules) -> list[str]:
         reasons.append(f"unparseable judgments {run.unparseable_rate:.0%} exceed {rules.max_unparseable_rate:.0%}")
     if run.contaminated > rules.max_contaminated:
         reasons.append(f"{run.contaminated} contaminated test/val rows exceed the allowed {rules.max_contaminated}")
-    return reasons
+    return reasons + regression_gate(run.regression, rules.max_alignment_tax, rules.min_regression_score)
 
 
 def paired_difference(challenger: RunResult, champion: RunResult, level: float = 0.95):
@@ -183,7 +210,8 @@ def hygiene_warnings(run: RunResult, champion: RunResult) -> list[str]:
 def _summary(run: RunResult) -> dict[str, Any]:
     return {"run_id": run.run_id, "judge_score": run.judge_score, "train_loss": run.train_loss,
             "val_loss": run.val_loss, "val_train_ratio": round(run.val_train_ratio, 4),
-            "test_fingerprint": run.test_fingerprint, "judge": run.judge_key}
+            "test_fingerprint": run.test_fingerprint, "judge": run.judge_key,
+            "regression": {name: c["run"] for name, c in (run.regression or {}).get("categories", {}).items()}}
 
 
 def val_rising_while_train_falls(run: RunResult) -> bool:

@@ -9,6 +9,7 @@ from pathlib import Path
 def device() -> str:
     import torch
 
+    # Under `accelerate launch` "cuda" is this process's own card: joining the process group made it current.
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 

@@ -48,7 +48,7 @@ def run_result(run: RunDir) -> RunResult:
         train_losses=tuple(e["train_loss"] for e in epochs), val_losses=tuple(e["val_loss"] for e in epochs),
         unparseable_rate=metrics["unparseable"] / max(metrics["items"], 1),
         contaminated=len(flagged) if action == "report" else 0, train_rows=curate.get("train", 0),
-        settings=settings,
+        settings=settings, regression=metrics.get("regression"),
     )
 
 
@@ -103,7 +103,8 @@ def _decide(run: RunDir, config: RunConfig, champion_row: dict[str, Any] | None)
                         min_judge_score=d.min_judge_score,
                         max_unparseable_rate=config.judge.health.max_unparseable_rate,
                         max_contaminated=d.max_contaminated, noise_floor=max(measured_noise, d.min_noise_floor),
-                        ci_level=d.ci_level)
+                        ci_level=d.ci_level, max_alignment_tax=d.max_alignment_tax,
+                        min_regression_score=d.min_regression_score)
     return decide(challenger, champion, rules), challenger
 
 

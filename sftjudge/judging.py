@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from sftjudge.calibrate import load_calibration
-from sftjudge.config import JudgeConfig
+from sftjudge.config import JudgeConfig, RegressionConfig
 from sftjudge.health import HealthThresholds, judge_health
 from sftjudge.judge import JudgeSpec, load_judge
 from sftjudge.jsonl_cache import KeyedJsonl
@@ -102,8 +102,12 @@ def champion_answers(champion_dir: str | None, generations: list[dict[str, Any]]
 
 
 def run_judge_stage(run: RunDir, judge: JudgeConfig, home: str | None, precision: str,
-                    champion_dir: str | None, student_params: int | None, noise_items: int = 0) -> dict[str, Any]:
-    """Judge generations.jsonl pointwise (and pairwise vs the champion); write judgments, metrics and health."""
+                    champion_dir: str | None, student_params: int | None, noise_items: int = 0,
+                    regression: RegressionConfig | None = None) -> dict[str, Any]:
+    """Judge generations.jsonl pointwise (and pairwise vs the champion, and the regression suite's answers against
+    the base model's); write judgments, metrics and health."""
+    from sftjudge.regression import judge_suite
+
     generations = read_jsonl(run / "generations.jsonl")
     cache = JudgmentCache(run / "judgments.cache.jsonl").load()
     loaded = LoadedJudge(judge, home, precision)
@@ -116,6 +120,8 @@ def run_judge_stage(run: RunDir, judge: JudgeConfig, home: str | None, precision
     baseline = _judge_baseline(run, scorer, cache, judge, spec)
     pairwise, outcomes = _pairwise(loaded, judge, cache, generations, champion_dir)
     noise = measure_noise(scorer, judge, champion_dir, noise_items)
+    suite = (judge_suite(run.path, loaded, judge.judges_dir, judge.model, cache, regression.suite, regression.judge,
+                         judge.batch_size) if regression and regression.enabled else None)
     judge_params = loaded.params
     loaded.close()
     rule = _format_rule(judge)
@@ -138,7 +144,7 @@ def run_judge_stage(run: RunDir, judge: JudgeConfig, home: str | None, precision
         "unparseable": sum(1 for r in rows if r.get("unparseable")),
         "truncated_prompts": sum(1 for r in rows if r.get("truncated")),
         "cheap": aggregate(cheap_rows), "pairwise": pairwise, "noise": noise, "health": health.to_json(),
-        "baseline": baseline,
+        "baseline": baseline, "regression": suite,
         "cache_torn_lines": cache.dropped_lines,
         "calibration": load_calibration(sftjudge_home(home), judge_key(judge)),
     }

@@ -135,6 +135,37 @@ def judge_report_markdown(metrics: dict[str, Any]) -> str:
     return "\n\n".join(parts)
 
 
+def regression_report_markdown(regression: dict[str, Any] | None, champion: dict[str, float] | None) -> str:
+    """The alignment-tax table: per suite category, base model vs champion vs this run, and points lost."""
+    if not regression:
+        return "The regression suite was not run (regression.enabled is false)."
+    champion = champion or {}
+    rows = [[name, c["items"], c["base"], champion.get(name), c["run"], c["tax"]]
+            for name, c in regression["categories"].items()]
+    rows.append(["**all**", sum(c["items"] for c in regression["categories"].values()), regression["base_mean"],
+                 None, regression["run_mean"], None if regression["run_mean"] is None
+                 else round(regression["base_mean"] - regression["run_mean"], 4)])
+    return (f"Suite `{regression['suite']}` judged by {regression['judge']} (1-10). The tax is the base model's "
+            f"score minus this run's: the general ability the fine-tune cost.\n\n"
+            + _table(["category", "items", "base model", "champion", "this run", "tax"], rows))
+
+
+def _side_by_side(run: RunDir, judgments: list[dict[str, Any]], champion_dir: str | None, count: int) -> str:
+    """Sampled test items: reference, base model, champion and this run's answers next to each other."""
+    def answers(path: Path) -> dict[str, str]:
+        return {g["id"]: g["text"] for g in read_jsonl(path)} if path.is_file() else {}
+
+    base = answers(run / "baseline_generations.jsonl")
+    champion = answers(Path(champion_dir) / "generations.jsonl") if champion_dir else {}
+    headers = ["id", "score", "exact", "this run", "reference"]
+    headers[4:4] = (["base model"] if base else []) + (["champion"] if champion else [])
+    rows = []
+    for j in judgments[:count]:
+        extra = ([base.get(j["id"], "")[:120]] if base else []) + ([champion.get(j["id"], "")[:120]] if champion else [])
+        rows.append([j["id"], j["score"], j["metrics"]["exact_match"], j["answer"][:120], *extra, j["reference"][:120]])
+    return _table(headers, rows)
+
+
 def write_report(run: RunDir, sample_items: int = 8) -> Path:
     """Write report.md (decision, losses, judge, data books, sample answers) and score_hist.png."""
     manifest = run.manifest()
@@ -162,12 +193,13 @@ def write_report(run: RunDir, sample_items: int = 8) -> Path:
         "## Judge and metrics",
         judge_report_markdown(metrics),
         "![judge score histogram](score_hist.png)",
+        "## Regression suite (alignment tax)",
+        regression_report_markdown(metrics.get("regression"),
+                                   (decision.get("comparison", {}).get("champion") or {}).get("regression")),
         "## Data",
         data_report_markdown(data),
         f"## Sample test items (first {sample_items})",
-        _table(["id", "score", "exact", "answer", "reference"],
-               [[j["id"], j["score"], j["metrics"]["exact_match"], j["answer"][:160], j["reference"][:160]]
-                for j in judgments[:sample_items]]),
+        _side_by_side(run, judgments, (metrics.get("pairwise") or {}).get("champion_run_dir"), sample_items),
     ]
     out = run / "report.md"
     atomic_write_text(out, "\n\n".join(parts) + "\n")

@@ -13,7 +13,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from sftjudge.config import DataConfig, GenerateConfig, JudgeConfig, RunConfig, SFTConfig, dump_config
+from sftjudge.config import (DataConfig, GenerateConfig, JudgeConfig, RegressionConfig, RunConfig, SFTConfig,
+                              dump_config)
 from sftjudge.device import set_threads
 from sftjudge.faults import maybe_fail
 from sftjudge.oom import with_smaller_batch_on_oom
@@ -105,8 +106,13 @@ def _quality_scorer(data: DataConfig, judge: JudgeConfig, home: str | None):
 
 
 def sft_stage(run_path: str, sft: SFTConfig, home: str | None, threads: int | None = None) -> dict[str, Any]:
-    """Fine-tune the student on data/train.jsonl; per-epoch train and val loss to metrics.jsonl, checkpoints/."""
-    from sftjudge.training import fine_tune
+    """Fine-tune the student on data/train.jsonl; per-epoch train and val loss to metrics.jsonl, checkpoints/.
+
+    With sft.num_processes > 1 the training runs as that many data-parallel processes under `accelerate launch`
+    (one per GPU), and the stage records what they wrote to the run directory.
+    """
+    from sftjudge.distributed import launched
+    from sftjudge.training import fine_tune, fine_tune_launched
 
     run = RunDir(Path(run_path))
     if done := _done(run, "sft"):
@@ -114,21 +120,29 @@ def sft_stage(run_path: str, sft: SFTConfig, home: str | None, threads: int | No
     set_threads(threads)
     with run.stage("sft") as record:
         maybe_fail("sft", run.path)
-        result, summary = fine_tune(run, sft, resolve_model(sft.base_model, sftjudge_home(home)))
-        best = next(m for m in result.epochs if m.epoch == result.best_epoch)
+        base = resolve_model(sft.base_model, sftjudge_home(home))  # an embedded model is assembled here, once
+        if sft.num_processes > 1 and not launched():
+            summary = fine_tune_launched(run, sft, home, threads)
+        else:
+            summary = fine_tune(run, sft, base)[1]
+        best = next(m for m in summary["epochs"] if m["epoch"] == summary["best_epoch"])
         record.outputs = {"metrics": "metrics.jsonl", "summary": "sft.json", "loss_curve": "loss_curve.png",
-                          "best_checkpoint": str(Path(result.best_checkpoint).relative_to(run.path))}
-        record.counts = {"epochs": len(result.epochs), "best_epoch": result.best_epoch,
-                         "stopped_early": result.stopped_early, "resumed_from_epoch": result.resumed_from_epoch,
-                         "best_val_loss": round(best.val_loss, 4), "train_loss_at_best": round(best.train_loss, 4),
-                         "trainable_params": result.trainable_params, "precision": result.precision,
-                         "batch_size": summary["batch_size"], "test_ppl": summary["test_ppl"]}
+                          "best_checkpoint": str(Path(summary["best_checkpoint"]).relative_to(run.path))}
+        record.counts = {"epochs": len(summary["epochs"]), "best_epoch": summary["best_epoch"],
+                         "stopped_early": summary["stopped_early"], "resumed_from_epoch": summary["resumed_from_epoch"],
+                         "best_val_loss": round(best["val_loss"], 4),
+                         "train_loss_at_best": round(best["train_loss"], 4),
+                         "trainable_params": summary["trainable_params"], "precision": summary["precision"],
+                         "batch_size": summary["batch_size"], "num_processes": summary["num_processes"],
+                         "test_ppl": summary["test_ppl"]}
     return run.stage_info("sft")
 
 
 def generate_stage(run_path: str, gen: GenerateConfig, sft: SFTConfig, home: str | None,
-                   threads: int | None = None) -> dict[str, Any]:
-    """Answer every test prompt with the best checkpoint; one record per item in generations.jsonl.
+                   threads: int | None = None, regression: RegressionConfig | None = None) -> dict[str, Any]:
+    """Answer every test prompt with the best checkpoint; one record per item in generations.jsonl. With the
+    regression suite enabled, also its prompts (regression_generations.jsonl) and, cached across runs, the base
+    model's answers to them (regression_baseline.jsonl).
 
     Answers are appended as each batch finishes, keyed by (model fingerprint, prompt, params), so a retried
     stage generates only what is missing and loads no model when nothing is; the file ends in test-split order.
@@ -156,9 +170,12 @@ def generate_stage(run_path: str, gen: GenerateConfig, sft: SFTConfig, home: str
         # vLLM batches continuously inside one call, so it gets bigger chunks; transformers gets one batch each.
         chunk = gen.batch_size if gen.backend == "transformers" else max(gen.batch_size, 256)
         try:
+            label = f"{run.run_id}/epoch-{summary['best_epoch']}"
             result = generate_cached(rows, prompts, generation_params(gen), run / "generations.jsonl",
-                                     fingerprint, f"{run.run_id}/epoch-{summary['best_epoch']}", generator,
-                                     chunk_size=chunk)
+                                     fingerprint, label, generator, chunk_size=chunk)
+            if regression and regression.enabled:
+                suite = _generate_suite(run, regression, gen, checkpoint_tokenizer(checkpoint), fingerprint,
+                                        label, generator, chunk)
         finally:
             generator.close()  # frees the GPU for the judge, also when generation failed
             gc.collect()
@@ -172,14 +189,50 @@ def generate_stage(run_path: str, gen: GenerateConfig, sft: SFTConfig, home: str
                                          trust_remote_code=sft.trust_remote_code)
             write_jsonl(run / "baseline_generations.jsonl", baseline.records)
             record.outputs["baseline"] = "baseline_generations.jsonl"
+        if regression and regression.enabled:
+            _suite_baseline(run, regression, gen, sft, base, suite, home)
+            record.outputs |= {"regression": "regression_generations.jsonl",
+                               "regression_baseline": "regression_baseline.jsonl"}
         record.counts = {"items": len(records), **result.counts(), "model_fingerprint": fingerprint,
                          "hit_max_new_tokens": sum(r["finish_reason"] == "length" for r in records),
                          "completion_tokens": sum(r["completion_tokens"] for r in records)}
     return run.stage_info("generate")
 
 
+def _suite_params(regression: RegressionConfig, gen: GenerateConfig):
+    from sftjudge.generate import GenerationParams
+
+    # The task's stop strings belong to the task's format, not to general prompts.
+    return GenerationParams(max_new_tokens=regression.max_new_tokens, temperature=gen.temperature, seed=gen.seed)
+
+
+def _generate_suite(run: RunDir, regression: RegressionConfig, gen: GenerateConfig, tokenizer, fingerprint: str,
+                    label: str, generator, chunk: int) -> list[Example]:
+    """The fine-tuned model's answers to the regression suite, with the generator already loaded for the test."""
+    from sftjudge.generate import prompts_for
+    from sftjudge.generate_cache import generate_cached
+    from sftjudge.regression import load_suite
+
+    suite = load_suite(regression.suite)
+    generate_cached(suite, prompts_for(tokenizer, suite), _suite_params(regression, gen),
+                    run / "regression_generations.jsonl", fingerprint, label, generator, chunk_size=chunk)
+    return suite
+
+
+def _suite_baseline(run: RunDir, regression: RegressionConfig, gen: GenerateConfig, sft: SFTConfig, base: str,
+                    suite: list[Example], home: str | None) -> None:
+    """The base model's suite answers: generated by the first run, then read from the shared baseline cache."""
+    from sftjudge.generate_cache import generate_baseline
+
+    baseline = generate_baseline(base, suite, _suite_params(regression, gen), sftjudge_home(home),
+                                 backend=gen.backend, batch_size=gen.batch_size, precision=sft.precision,
+                                 trust_remote_code=sft.trust_remote_code)
+    write_jsonl(run / "regression_baseline.jsonl", baseline.records)
+
+
 def judge_stage(run_path: str, judge: JudgeConfig, home: str | None, threads: int | None = None,
-                precision: str = "auto", runs_dir: str | None = None, noise_items: int = 0) -> dict[str, Any]:
+                precision: str = "auto", runs_dir: str | None = None, noise_items: int = 0,
+                regression: RegressionConfig | None = None) -> dict[str, Any]:
     """Score every generation against its reference with the local judge (and pairwise against the champion's
     answers when there is a champion), plus cheap metrics and the judge's health."""
     from sftjudge.judging import run_judge_stage
@@ -196,14 +249,15 @@ def judge_stage(run_path: str, judge: JudgeConfig, home: str | None, threads: in
         student_params = json.loads((run / "sft.json").read_text())["base_params"]
         metrics = with_smaller_batch_on_oom(
             lambda size: run_judge_stage(run, judge.model_copy(update={"batch_size": size}), home, precision,
-                                         champion_dir, student_params, noise_items), judge.batch_size)
+                                         champion_dir, student_params, noise_items, regression), judge.batch_size)
         record.outputs = {"judgments": "judgments.jsonl", "metrics": "metrics.json"}
         if metrics["pairwise"]:
             record.outputs["pairwise"] = "pairwise.jsonl"
         record.counts = {"items": metrics["items"], "judge_score_mean": metrics["judge_score_mean"],
                          "exact_match": metrics["cheap"].get("exact_match"),
                          "judge_valid": metrics["health"]["valid"],
-                         "win_rate_vs_champion": (metrics["pairwise"] or {}).get("win_rate")}
+                         "win_rate_vs_champion": (metrics["pairwise"] or {}).get("win_rate"),
+                         "regression_mean": (metrics["regression"] or {}).get("run_mean")}
     return run.stage_info("judge")
 
 

@@ -27,6 +27,7 @@ def run_summary(run_path: str | Path) -> dict[str, Any]:
         "train_loss_at_best": sft.get("train_loss_at_best"),
         "judge_score": judge.get("judge_score_mean"),
         "exact_match": judge.get("exact_match"),
+        "regression_mean": judge.get("regression_mean"),
         "decision": decision.get("action"),
         "reasons": decision.get("reasons", []),
         "report": str(run / "report.md") if (run / "report.md").exists() else None,
@@ -40,7 +41,9 @@ def format_summary(summary: dict[str, Any]) -> str:
         lines.append(f"best epoch {summary['best_epoch']}: val loss {summary['best_val_loss']:.4f}, "
                      f"train loss {summary['train_loss_at_best']:.4f}")
     if summary["judge_score"] is not None:
-        lines.append(f"judge score {summary['judge_score']:.2f}/10, exact match {summary['exact_match']}")
+        lines.append(f"judge score {summary['judge_score']:.2f}/10, exact match {summary['exact_match']}"
+                     + (f", regression suite {summary['regression_mean']:.2f}/10"
+                        if summary.get("regression_mean") is not None else ""))
     if summary["decision"]:
         lines.append(f"decision: {summary['decision'].upper()}")
         lines += [f"  - {reason}" for reason in summary["reasons"]]

@@ -7,7 +7,7 @@ from typing import Any
 from prefect import task
 
 from sftjudge import stages
-from sftjudge.config import DataConfig, GenerateConfig, JudgeConfig, RunConfig, SFTConfig
+from sftjudge.config import DataConfig, GenerateConfig, JudgeConfig, RegressionConfig, RunConfig, SFTConfig
 from tasks import artifacts
 from tasks.policy import STAGE_TASK_OPTIONS
 
@@ -34,14 +34,14 @@ def sft(run_path: str, config: SFTConfig, home: str | None, threads: int | None)
 
 @task(name="generate", **STAGE_TASK_OPTIONS)
 def generate(run_path: str, config: GenerateConfig, sft_config: SFTConfig, home: str | None,
-             threads: int | None) -> dict[str, Any]:
-    return stages.generate_stage(run_path, config, sft_config, home, threads)
+             threads: int | None, regression: RegressionConfig) -> dict[str, Any]:
+    return stages.generate_stage(run_path, config, sft_config, home, threads, regression)
 
 
 @task(name="judge", **STAGE_TASK_OPTIONS)
 def judge(run_path: str, config: JudgeConfig, home: str | None, threads: int | None, precision: str,
-          runs_dir: str, noise_items: int) -> dict[str, Any]:
-    info = stages.judge_stage(run_path, config, home, threads, precision, runs_dir, noise_items)
+          runs_dir: str, noise_items: int, regression: RegressionConfig) -> dict[str, Any]:
+    info = stages.judge_stage(run_path, config, home, threads, precision, runs_dir, noise_items, regression)
     artifacts.judge_summary(run_path)
     return info
 

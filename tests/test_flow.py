@@ -118,3 +118,25 @@ def test_cli_diff_report_promote_rollback(two_runs, capsys, tmp_path):
     assert registry.champion()["run_id"] == other
     assert main(["rollback", "--runs-dir", str(runs_dir)]) == 0
     assert registry.champion()["run_id"] == before
+
+
+def test_regression_suite_answered_judged_and_reported(two_runs):
+    _, first, second = two_runs
+    from sftjudge.regression import load_suite
+
+    suite = load_suite("general")
+    run = Path(first["run_dir"])
+    assert [g["id"] for g in read_jsonl(run / "regression_generations.jsonl")] == [r.id for r in suite]
+    assert [g["id"] for g in read_jsonl(run / "regression_baseline.jsonl")] == [r.id for r in suite]
+    judged = read_jsonl(run / "regression_judgments.jsonl")
+    assert sorted((j["model"], j["id"]) for j in judged) == sorted(
+        (m, r.id) for m in ("run", "base") for r in suite)
+    regression = json.loads((run / "metrics.json").read_text())["regression"]
+    assert set(regression["categories"]) == {r.meta["category"] for r in suite}
+    for c in regression["categories"].values():
+        assert c["items"] == 4 and c["tax"] == pytest.approx(c["base"] - c["run"], abs=1e-3)
+    # The base model's suite answers are generated once and shared: the second run got the same ones.
+    again = read_jsonl(Path(second["run_dir"]) / "regression_baseline.jsonl")
+    assert [g["text"] for g in again] == [g["text"] for g in read_jsonl(run / "regression_baseline.jsonl")]
+    report = (Path(second["run_dir"]) / "report.md").read_text()
+    assert "## Regression suite (alignment tax)" in report and "| safety |" in report

@@ -95,3 +95,17 @@ def test_advice_follows_the_decision_tree():
     assert "data-quality issue" in healthy_same.advice[0]
     rising = RunResult("b", 6.0, 0.2, 0.3, "t", "j", train_losses=(0.5, 0.3, 0.2), val_losses=(0.4, 0.25, 0.3))
     assert "train 2 epoch(s)" in decide(rising, None, RULES).advice[0]
+
+
+def test_val_rising_while_train_falls_is_named_even_when_the_best_epoch_rescued_the_run():
+    from sftjudge.decide import DecideRules, RunResult, decide
+
+    rules = DecideRules(min_improvement=0.25, max_val_train_ratio=2.0, min_judge_score=1.0)
+    # The best-val epoch (2) has a healthy ratio, so no gate trips; the reading must still be in the reasons.
+    run = RunResult("new", 6.0, 0.30, 0.40, "t", "j", train_losses=(0.5, 0.3, 0.1, 0.05),
+                    val_losses=(0.55, 0.40, 0.48, 0.62))
+    decision = decide(run, RunResult("old", 6.0, 0.3, 0.4, "t", "j"), rules)
+    assert decision.action == "hold"
+    assert decision.reasons[0].startswith("overfitting: val loss rose after epoch 2 (0.4000 -> 0.6200)")
+    healthy = RunResult("new", 6.0, 0.30, 0.40, "t", "j", train_losses=(0.5, 0.3), val_losses=(0.55, 0.40))
+    assert not any("overfitting" in r for r in decide(healthy, None, rules).reasons)
