@@ -285,6 +285,18 @@ def spread_insert(rng: random.Random, good: list[str], bad: list[str]) -> list[s
     return out
 
 
+def relabel(rng: random.Random, rows: list[dict], share: float) -> None:
+    """Give `share` of the rows a random other intent and priority: labels no rule can predict, only memorise.
+
+    Uses its own RNG, so the rest of the file is the same as without noise.
+    """
+    for row in rng.sample(rows, round(share * len(rows))):
+        label = json.loads(row["completion"])
+        label["intent"] = rng.choice([i for i in INTENTS if i != label["intent"]])
+        label["priority"] = rng.choice([p for p in ("high", "medium", "low") if p != label["priority"]])
+        row["completion"] = json.dumps(label, separators=(", ", ": "))
+
+
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Write a seeded synthetic support-ticket JSONL file (clean rows plus "
@@ -295,7 +307,12 @@ def parse_args() -> argparse.Namespace:
                         help="number of clean rows, including the PII rows (default: 400)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
                         help="output JSONL path (default: data/sample/support_tickets.jsonl)")
+    parser.add_argument("--label-noise", type=float, default=0.0,
+                        help="share of clean rows whose intent and priority are relabelled at random, like data "
+                             "labelled inconsistently by several people (default 0: labels follow the rules)")
     args = parser.parse_args()
+    if not 0.0 <= args.label_noise <= 1.0:
+        parser.error("--label-noise must be between 0 and 1")
     if args.rows < 100:
         parser.error("--rows must be at least 100")
     return args
@@ -305,6 +322,8 @@ def main() -> None:
     args = parse_args()
     rng = random.Random(args.seed)
     clean, pii_idx = make_clean_rows(rng, args.rows)
+    if args.label_noise:
+        relabel(random.Random(args.seed + 1), clean, args.label_noise)
     exact, near = make_dup_rows(rng, clean, pii_idx)
     malformed = make_malformed_lines(rng, args.rows + len(exact) + len(near) + 1)
     good = [json.dumps(row, ensure_ascii=False) for row in clean + exact + near]

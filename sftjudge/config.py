@@ -64,7 +64,8 @@ class ContaminationConfig(_Strict):
         "drop", description="What to do with flagged val/test rows: list them, drop them, or fail the run."
     )
     regression_suite: str | None = Field(
-        None, description="Optional JSONL of regression prompts checked for overlap with the training split."
+        None, description="Optional JSONL of prompts that val/test rows must not overlap either (like the "
+                          "training split); e.g. a benchmark you report separately."
     )
 
 
@@ -225,6 +226,13 @@ class DecideConfig(_Strict):
     max_val_train_ratio: float = Field(
         2.0, gt=1, description="Val/train loss ratio at the chosen epoch above which the run counts as overfitting."
     )
+    min_overfit_gap: float = Field(
+        0.05, ge=0, description="Val minus train loss (nats) below which the overfitting rules do not fire: near "
+                                "zero loss, a ratio of 0.0006 to 0.0002 is noise, not memorisation.")
+    block_val_rise: bool = Field(
+        True, description="A run whose val loss rose (by min_overfit_gap or more) while its train loss fell is not "
+                          "promoted, even though its best-val epoch was judged: rerun with fewer epochs or a lower "
+                          "learning rate. False: only name it in the reasons.")
     min_judge_score: float = Field(1.0, ge=1, le=10, description="A run scoring below this is never promoted.")
     max_contaminated: int = Field(
         0, ge=0, description="Contaminated val/test rows tolerated (only non-zero when contamination.action=report)."

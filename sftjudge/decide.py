@@ -53,6 +53,8 @@ class DecideRules:
     noise_floor: float = 0.0  # measured run-to-run judge variance, in score points
     ci_level: float = 0.95
     max_alignment_tax: float | None = None  # largest score drop vs the base model on any suite category
+    min_overfit_gap: float = 0.0  # loss gap (nats) below which ratios and rises of tiny losses are noise
+    block_val_rise: bool = False  # val loss rising while train falls blocks promotion (not just a diagnosis)
     min_regression_score: float | None = None
 
 
@@ -90,7 +92,7 @@ def decide(challenger: RunResult, champion: RunResult | None, rules: DecideRules
         else:
             decision = Decision("promote", ["first qualifying run: becomes the champion"], None, comparison)
         decision.advice = advice(challenger, None, decision, rules)
-        return _with_diagnosis(decision, challenger)
+        return _with_diagnosis(decision, challenger, rules)
     comparison["champion"] = _summary(champion)
     not_comparable = _comparability_failures(challenger, champion)
     if blockers:  # a gated run is rolled back whatever the comparison would have said
@@ -103,24 +105,28 @@ def decide(challenger: RunResult, champion: RunResult | None, rules: DecideRules
         decision = _quality_decision(challenger, champion, rules, comparison)
     decision.warnings = hygiene_warnings(challenger, champion)
     decision.advice = advice(challenger, champion, decision, rules)
-    return _with_diagnosis(decision, challenger)
+    return _with_diagnosis(decision, challenger, rules)
 
 
-def _with_diagnosis(decision: Decision, run: RunResult) -> Decision:
+def _with_diagnosis(decision: Decision, run: RunResult, rules: DecideRules) -> Decision:
     """Name overfitting in the reasons whenever the curves show it, also when the earlier checkpoint was used."""
-    note = overfitting_note(run)
+    note = overfitting_note(run, rules.min_overfit_gap)
     if note and not any(r.startswith("overfitting") for r in decision.reasons):
         decision.reasons.insert(0, note)
     return decision
 
 
-def overfitting_note(run: RunResult) -> str | None:
-    """The val-rises-while-train-falls reading, in words, or None when the curves do not show it.
+def overfitting_note(run: RunResult, min_rise: float = 0.0) -> str | None:
+    """The val-rises-while-train-falls reading in words; None when the curves do not show it or val rose by
+    less than `min_rise` (near zero loss, a rise of 0.0003 is noise, not memorisation).
 
-    >>> overfitting_note(RunResult("r", 5, 0.2, 0.5, "t", "j", train_losses=(0.5, 0.3, 0.2), val_losses=(0.6, 0.5, 0.7)))
+    >>> run = RunResult("r", 5, 0.2, 0.5, "t", "j", train_losses=(0.5, 0.3, 0.2), val_losses=(0.6, 0.5, 0.7))
+    >>> overfitting_note(run)
     'overfitting: val loss rose after epoch 2 (0.5000 -> 0.7000) while train loss fell (0.3000 -> 0.2000); the epoch-2 checkpoint was judged'
+    >>> overfitting_note(run, min_rise=0.25) is None
+    True
     """
-    if not val_rising_while_train_falls(run):
+    if not val_rising_while_train_falls(run) or run.val_losses[-1] - min(run.val_losses) < min_rise:
         return None
     best = run.val_losses.index(min(run.val_losses))
     return (f"overfitting: val loss rose after epoch {best + 1} ({run.val_losses[best]:.4f} -> "
@@ -131,7 +137,10 @@ def overfitting_note(run: RunResult) -> str | None:
 def gate_failures(run: RunResult, rules: DecideRules) -> list[str]:
     """Every gate the run fails; any failure means it cannot be promoted."""
     reasons = []
-    if run.val_train_ratio > rules.max_val_train_ratio:
+    if rules.block_val_rise and (note := overfitting_note(run, rules.min_overfit_gap)):
+        reasons.append(note + ": the schedule overshot (too many epochs or too high a learning rate)")
+    if (run.val_train_ratio > rules.max_val_train_ratio
+            and run.val_loss - run.train_loss >= rules.min_overfit_gap):
         reasons.append(f"overfitting: val/train loss ratio {run.val_train_ratio:.2f} at the chosen epoch exceeds "
                        f"{rules.max_val_train_ratio:.2f} (val {run.val_loss:.4f}, train {run.train_loss:.4f})")
     reasons += [f"judge signal invalid: {problem}" for problem in run.judge_problems]
@@ -228,7 +237,8 @@ def val_rising_while_train_falls(run: RunResult) -> bool:
 def advice(run: RunResult, champion: RunResult | None, decision: Decision, rules: DecideRules) -> list[str]:
     """Next steps from the Iterative Training Workflow decision tree."""
     ratio = run.val_train_ratio
-    overfit = ratio > rules.max_val_train_ratio or val_rising_while_train_falls(run)
+    severe = ratio > rules.max_val_train_ratio and run.val_loss - run.train_loss >= rules.min_overfit_gap
+    overfit = severe or overfitting_note(run, rules.min_overfit_gap) is not None
     if not overfit:
         if decision.action == "promote":
             return ["curves healthy and the eval improved: refine further, one variable at a time "
@@ -236,7 +246,7 @@ def advice(run: RunResult, champion: RunResult | None, decision: Decision, rules
         return ["curves healthy but the eval did not improve: a data-quality issue is the likeliest cause - "
                 "filter contradicting or 'correct but not ideal' examples, or add examples of the inputs the model "
                 "fails on (see the lowest-scored items in judgments.jsonl)"]
-    if ratio > rules.max_val_train_ratio:
+    if severe:
         if run.train_rows and run.train_rows < 1000:
             return [f"severe overfitting (val/train {ratio:.2f}) on a small dataset ({run.train_rows} training "
                     f"rows): add more data before anything else"]

@@ -104,8 +104,27 @@ def test_val_rising_while_train_falls_is_named_even_when_the_best_epoch_rescued_
     # The best-val epoch (2) has a healthy ratio, so no gate trips; the reading must still be in the reasons.
     run = RunResult("new", 6.0, 0.30, 0.40, "t", "j", train_losses=(0.5, 0.3, 0.1, 0.05),
                     val_losses=(0.55, 0.40, 0.48, 0.62))
-    decision = decide(run, RunResult("old", 6.0, 0.3, 0.4, "t", "j"), rules)
+    decision = decide(run, RunResult("old", 6.0, 0.3, 0.4, "t", "j"), rules)  # block_val_rise off: a diagnosis
     assert decision.action == "hold"
     assert decision.reasons[0].startswith("overfitting: val loss rose after epoch 2 (0.4000 -> 0.6200)")
+    gated = decide(run, RunResult("old", 6.0, 0.3, 0.4, "t", "j"),
+                   DecideRules(0.25, 2.0, 1.0, min_overfit_gap=0.05, block_val_rise=True))
+    assert gated.action == "rollback" and "the schedule overshot" in gated.reasons[0]
+    assert "next time train 2 epoch(s)" in gated.advice[0]
     healthy = RunResult("new", 6.0, 0.30, 0.40, "t", "j", train_losses=(0.5, 0.3), val_losses=(0.55, 0.40))
     assert not any("overfitting" in r for r in decide(healthy, None, rules).reasons)
+
+
+def test_overfitting_rules_ignore_ratios_and_rises_of_near_zero_losses():
+    from sftjudge.decide import DecideRules, RunResult, decide
+
+    rules = DecideRules(0.25, 2.0, 1.0, min_overfit_gap=0.05, block_val_rise=True)
+    # Measured on the clean sample data (6 epochs, lr 0.004): both losses near zero, ratio 2.7, val still falling.
+    tiny = RunResult("new", 8.0, 0.0002, 0.00056, "t", "j", train_losses=(0.17, 0.017, 0.0011, 0.0002),
+                     val_losses=(0.16, 0.015, 0.00087, 0.00056))
+    assert decide(tiny, None, rules).action == "promote"
+    bumped = RunResult("new", 8.0, 0.0002, 0.0009, "t", "j", train_losses=(0.17, 0.0011, 0.0002),
+                       val_losses=(0.16, 0.0006, 0.0009))  # val rose by 0.0003: noise
+    assert decide(bumped, None, rules).action == "promote"
+    real = RunResult("new", 8.0, 0.10, 0.30, "t", "j", train_losses=(0.5, 0.1), val_losses=(0.3, 0.3))
+    assert decide(real, None, rules).reasons[0].startswith("overfitting: val/train loss ratio 3.00")
