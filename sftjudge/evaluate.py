@@ -105,7 +105,7 @@ def _decide(run: RunDir, config: RunConfig, champion_row: dict[str, Any] | None)
                         max_contaminated=d.max_contaminated, noise_floor=max(measured_noise, d.min_noise_floor),
                         ci_level=d.ci_level, max_alignment_tax=d.max_alignment_tax,
                         min_regression_score=d.min_regression_score, min_overfit_gap=d.min_overfit_gap,
-                        block_val_rise=d.block_val_rise)
+                        block_val_rise=d.block_val_rise, min_val_rise=d.min_val_rise)
     return decide(challenger, champion, rules), challenger
 
 

@@ -58,7 +58,7 @@ def plot_scores(scores: list[float], out: Path) -> Path:
 
 def _table(headers: list[str], rows: list[list[Any]]) -> str:
     def cell(value: Any) -> str:
-        text = f"{value:.4g}" if isinstance(value, float) else str(value)
+        text = f"{value:.4g}" if isinstance(value, float) else "-" if value is None else str(value)
         return text.replace("|", "\\|").replace("\n", " ")
 
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
