@@ -7,7 +7,7 @@ from pathlib import Path
 
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from sftjudge.report import data_report_markdown, judge_report_markdown
+from sftjudge.report import data_report_markdown, judge_report_markdown, regression_report_markdown
 from sftjudge.rundir import read_jsonl
 
 
@@ -33,6 +33,11 @@ def judge_summary(run_path: str) -> None:
     metrics = json.loads((Path(run_path) / "metrics.json").read_text())
     create_markdown_artifact(key=_key(run_path, "judge"), markdown="# Judge\n\n" + judge_report_markdown(metrics),
                              description=f"Judge {metrics['judge']}")
+    if metrics.get("regression"):
+        create_markdown_artifact(key=_key(run_path, "regression"),
+                                 markdown="# Regression suite\n\n" + regression_report_markdown(metrics["regression"],
+                                                                                                None),
+                                 description="General-ability regression suite: alignment tax per category")
 
 
 def report(run_path: str) -> None:

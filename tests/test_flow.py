@@ -140,3 +140,14 @@ def test_regression_suite_answered_judged_and_reported(two_runs):
     assert [g["text"] for g in again] == [g["text"] for g in read_jsonl(run / "regression_baseline.jsonl")]
     report = (Path(second["run_dir"]) / "report.md").read_text()
     assert "## Regression suite (alignment tax)" in report and "| safety |" in report
+
+
+def test_prefect_artifacts_carry_the_judge_and_regression_tables(two_runs):
+    from prefect.artifacts import Artifact
+
+    _, first, _ = two_runs
+    run_id = first["run_id"]
+    regression = Artifact.get(f"regression-{run_id}")
+    assert regression is not None and "| safety |" in regression.data and "tax" in regression.data
+    judge = Artifact.get(f"judge-{run_id}")
+    assert judge is not None and "judge score mean" in judge.data
