@@ -217,8 +217,19 @@ def run_diff(path_a: Path, path_b: Path) -> dict[str, Any]:
     cfg_b = flatten(yaml.safe_load((Path(path_b) / "config.yaml").read_text()))
     changed = {k: (cfg_a.get(k), cfg_b.get(k)) for k in sorted(set(cfg_a) | set(cfg_b)) if cfg_a.get(k) != cfg_b.get(k)}
     sa, sb = run_summary(path_a), run_summary(path_b)
-    keys = ("best_epoch", "best_val_loss", "train_loss_at_best", "judge_score", "exact_match", "decision")
-    return {"runs": [sa["run_id"], sb["run_id"]], "config": changed, "results": {k: (sa[k], sb[k]) for k in keys}}
+    keys = ("best_epoch", "best_val_loss", "train_loss_at_best", "judge_score", "exact_match", "regression_mean",
+            "decision")
+    results = {k: (sa.get(k), sb.get(k)) for k in keys}
+    tax_a, tax_b = _taxes(Path(path_a)), _taxes(Path(path_b))
+    results |= {f"alignment_tax.{c}": (tax_a.get(c), tax_b.get(c)) for c in sorted(set(tax_a) | set(tax_b))}
+    return {"runs": [sa["run_id"], sb["run_id"]], "config": changed, "results": results}
+
+
+def _taxes(run_path: Path) -> dict[str, float | None]:
+    """Per-category alignment tax of a run (empty for runs without the regression suite)."""
+    metrics = run_path / "metrics.json"
+    regression = json.loads(metrics.read_text()).get("regression") if metrics.is_file() else None
+    return {c: v["tax"] for c, v in (regression or {}).get("categories", {}).items()}
 
 
 def write_html(run: RunDir) -> Path:

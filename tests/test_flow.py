@@ -108,6 +108,8 @@ def test_cli_diff_report_promote_rollback(two_runs, capsys, tmp_path):
     assert main(["diff", first["run_id"], second["run_id"], "--runs-dir", str(runs_dir), "--json"]) == 0
     diff = json.loads(capsys.readouterr().out)
     assert diff["config"] == {} and diff["results"]["decision"] == ["promote", second["decision"]]
+    first_tax = json.loads((Path(first["run_dir"]) / "metrics.json").read_text())["regression"]["categories"]
+    assert diff["results"]["alignment_tax.safety"][0] == first_tax["safety"]["tax"]
     assert main(["report", second["run_id"], "--runs-dir", str(runs_dir), "--html"]) == 0
     html = (Path(second["run_dir"]) / "report.html").read_text()
     assert "data:image/png;base64," in html and "<table>" in html and "Decision" in html
