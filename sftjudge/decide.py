@@ -144,8 +144,7 @@ def gate_failures(run: RunResult, rules: DecideRules) -> list[str]:
     reasons = []
     if rules.block_val_rise and (note := overfitting_note(run, rules.min_overfit_gap, rules.min_val_rise)):
         reasons.append(note + ": the schedule overshot (too many epochs or too high a learning rate)")
-    if (run.val_train_ratio > rules.max_val_train_ratio
-            and run.val_loss - run.train_loss >= rules.min_overfit_gap):
+    if severely_overfit(run, rules):
         reasons.append(f"overfitting: val/train loss ratio {run.val_train_ratio:.2f} at the chosen epoch exceeds "
                        f"{rules.max_val_train_ratio:.2f} (val {run.val_loss:.4f}, train {run.train_loss:.4f})")
     reasons += [f"judge signal invalid: {problem}" for problem in run.judge_problems]
@@ -158,6 +157,12 @@ def gate_failures(run: RunResult, rules: DecideRules) -> list[str]:
     if run.contaminated > rules.max_contaminated:
         reasons.append(f"{run.contaminated} contaminated test/val rows exceed the allowed {rules.max_contaminated}")
     return reasons + regression_gate(run.regression, rules.max_alignment_tax, rules.min_regression_score)
+
+
+def severely_overfit(run: RunResult, rules: DecideRules) -> bool:
+    """Val/train ratio at the chosen epoch above the limit, with a loss difference large enough to mean it."""
+    return (run.val_train_ratio > rules.max_val_train_ratio
+            and run.val_loss - run.train_loss >= rules.min_overfit_gap)
 
 
 def paired_difference(challenger: RunResult, champion: RunResult, level: float = 0.95):
@@ -242,7 +247,7 @@ def val_rising_while_train_falls(run: RunResult) -> bool:
 def advice(run: RunResult, champion: RunResult | None, decision: Decision, rules: DecideRules) -> list[str]:
     """Next steps from the Iterative Training Workflow decision tree."""
     ratio = run.val_train_ratio
-    severe = ratio > rules.max_val_train_ratio and run.val_loss - run.train_loss >= rules.min_overfit_gap
+    severe = severely_overfit(run, rules)
     overfit = severe or overfitting_note(run, rules.min_overfit_gap, rules.min_val_rise) is not None
     if not overfit:
         if decision.action == "promote":

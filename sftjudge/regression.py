@@ -159,22 +159,17 @@ def judge_suite(run_dir: Path, loaded, judges_dir: str, judge_model: str, cache,
     if not mine.is_file() or not theirs.is_file():
         return None
     rows = load_suite(suite)
+    categories = {row.id: str(row.meta["category"]) for row in rows}
     spec = load_judge(Path(judges_dir), judge_name)
     scorer = loaded.scorer(spec)
-    tag = f"{judge_name}@{judge_model}|{spec.mode}"
+    key = f"{judge_name}@{judge_model}"
     out, scores = [], {}
     for model, path in (("run", mine), ("base", theirs)):
         generations = read_jsonl(path)
-        judged = judge_cached(scorer, cache, judge_items(generations, rows), tag, batch_size)
+        judged = judge_cached(scorer, cache, judge_items(generations, rows), f"{key}|{spec.mode}", batch_size)
         scores[model] = {j["id"]: j.get("score") for j in judged}
-        out += [{"id": g["id"], "model": model, "category": j_row.meta["category"], "score": j.get("score"),
+        out += [{"id": g["id"], "model": model, "category": categories[g["id"]], "score": j.get("score"),
                  "unparseable": j.get("unparseable"), "instruction": g["instruction"], "answer": g["text"]}
-                for g, j, j_row in zip(generations, judged, _rows_for(generations, rows))]
+                for g, j in zip(generations, judged)]
     write_jsonl(run_dir / "regression_judgments.jsonl", out)
-    categories = {row.id: str(row.meta["category"]) for row in rows}
-    return summary(category_table(categories, scores["run"], scores["base"]), suite, tag.split("|")[0])
-
-
-def _rows_for(generations: list[dict[str, Any]], rows: list[Example]) -> list[Example]:
-    by_id = {row.id: row for row in rows}
-    return [by_id[g["id"]] for g in generations]
+    return summary(category_table(categories, scores["run"], scores["base"]), suite, key)
