@@ -22,7 +22,11 @@ from datasketch import MinHash, MinHashLSH
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # runnable from a checkout without install
 
-from sftjudge.dedup import clusters_from_pairs, lsh_bands, near_duplicate_clusters  # noqa: E402
+from sftjudge.curate.dedup import (  # noqa: E402
+    clusters_from_pairs,
+    lsh_bands,
+    near_duplicate_clusters,
+)
 
 THRESHOLD, NUM_PERM, SHINGLE, SEED = 0.8, 128, 3, 1
 

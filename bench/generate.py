@@ -22,10 +22,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # runnable from a checkout without install
 
-from sftjudge.chat import render_prompt  # noqa: E402
-from sftjudge.device import use_bf16  # noqa: E402
-from sftjudge.generate import GenerationParams, TransformersGenerator  # noqa: E402
-from sftjudge.models import resolve_model, sftjudge_home  # noqa: E402
+from sftjudge.generate.backends import GenerationParams, TransformersGenerator  # noqa: E402
+from sftjudge.models.chat import render_prompt  # noqa: E402
+from sftjudge.models.embedded import resolve_model, sftjudge_home  # noqa: E402
+from sftjudge.runtime.device import use_bf16  # noqa: E402
 
 SAMPLE = REPO / "data" / "sample" / "support_tickets.jsonl"
 
@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> None:
 
     import torch
 
-    from sftjudge.sft import load_causal_lm
+    from sftjudge.models.loading import load_causal_lm
 
     with tempfile.TemporaryDirectory() as tmp:
         path = resolve_model("tiny", Path(tmp)) if args.quick else resolve_model(args.model, sftjudge_home())

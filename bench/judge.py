@@ -29,10 +29,11 @@ def main() -> None:
     if args.quick:
         os.environ.setdefault("SFTJUDGE_HOME", tempfile.mkdtemp(prefix="sftjudge-bench-"))
 
-    from sftjudge.calibrate import load_labels, pointwise_agreement
-    from sftjudge.config import JudgeConfig
-    from sftjudge.judge import load_judge
-    from sftjudge.judging import LoadedJudge
+    from sftjudge.config import JudgeConfig, RunConfig
+    from sftjudge.judge.calibrate import load_labels, pointwise_agreement
+    from sftjudge.judge.model import LoadedJudge
+    from sftjudge.judge.spec import load_judge
+    from sftjudge.models.embedded import sftjudge_home
 
     model = "tiny" if args.quick else "qwen2.5-coder-1.5b-instruct"
     _, items = load_labels(REPO / "data/sample/calibration.jsonl")
@@ -40,7 +41,8 @@ def main() -> None:
     spec = load_judge(REPO / "judges", "reference-score")
     rows = []
     for mode in ("logprob", "text"):
-        loaded = LoadedJudge(JudgeConfig(model=model, mode=mode, batch_size=args.batch_size), None, "auto")
+        config = RunConfig(judge=JudgeConfig(model=model, mode=mode, batch_size=args.batch_size))
+        loaded = LoadedJudge(config, sftjudge_home(config.home))
         scorer = loaded.scorer(spec)
         scorer.score(items[:1], batch_size=1)  # warm-up: first-call overheads are not throughput
         started = time.perf_counter()

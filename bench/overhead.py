@@ -31,21 +31,22 @@ def tiny_config(runs_dir: Path):
 
 def direct(config) -> float:
     """Every stage function in order, no Prefect."""
-    from sftjudge import stages
+    from sftjudge.curate.stage import curate_stage
+    from sftjudge.decide.stage import decide_stage
+    from sftjudge.generate.stage import generate_stage
+    from sftjudge.judge.stage import judge_stage
+    from sftjudge.run.stage import start_run
+    from sftjudge.train.stage import sft_stage
 
     started = time.perf_counter()
-    run = stages.start_run(config)
-    stages.curate_stage(run, config.data, config.sft, config.judge, config.home)
-    stages.sft_stage(run, config.sft, config.home, config.threads)
-    stages.generate_stage(run, config.generate, config.sft, config.home, config.threads, config.regression)
-    stages.judge_stage(run, config.judge, config.home, config.threads, config.sft.precision, config.runs_dir,
-                       config.decide.noise_items, config.regression)
-    stages.decide_stage(run, config)
+    run = start_run(config)
+    for stage in (curate_stage, sft_stage, generate_stage, judge_stage, decide_stage):
+        stage(run, config)
     return time.perf_counter() - started
 
 
 def through_prefect(config) -> float:
-    from flows.cycle import fine_tune_then_judge
+    from sftjudge.flows.cycle import fine_tune_then_judge
 
     started = time.perf_counter()
     summary = fine_tune_then_judge(config)

@@ -15,7 +15,7 @@ tokens/s = non-padding tokens fed to the model in training / seconds of the trai
 checkpoint that `train` also does per epoch), for TRL the time between the trainer's epoch-begin and epoch-end
 callbacks (excludes optimizer/accelerator setup inside `trainer.train()`). Model loading and tokenisation are
 outside both. The end-to-end wall times are printed too, each saying what it includes. Afterwards both adapters
-are scored with the same evaluator (`sftjudge.batching.mean_loss` on the training rows, eval mode) to show that
+are scored with the same evaluator (`sftjudge.train.batching.mean_loss` on the training rows, eval mode) to show that
 both trained by about the same amount. The last line is ``ratio (ours/trl): X.XX``; the goal is >= 1.0.
 """
 
@@ -33,14 +33,20 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # runnable from a checkout without install
 
-from sftjudge.batching import collate, length_grouped_batches, mean_loss, summed_token_loss  # noqa: E402
-from sftjudge.chat import tokenize_for_training  # noqa: E402
 from sftjudge.config import SFTConfig  # noqa: E402
-from sftjudge.curate import load_rows  # noqa: E402
-from sftjudge.device import autocast, bf16_supported, set_threads  # noqa: E402
-from sftjudge.models import resolve_model, sftjudge_home  # noqa: E402
-from sftjudge.rows import Example  # noqa: E402
-from sftjudge.sft import TrainSettings, attach_adapters, load_causal_lm, train  # noqa: E402
+from sftjudge.curate.rows import Example  # noqa: E402
+from sftjudge.curate.steps import load_rows  # noqa: E402
+from sftjudge.models.chat import tokenize_for_training  # noqa: E402
+from sftjudge.models.embedded import resolve_model, sftjudge_home  # noqa: E402
+from sftjudge.models.loading import load_causal_lm  # noqa: E402
+from sftjudge.runtime.device import autocast, bf16_supported, set_threads  # noqa: E402
+from sftjudge.train.batching import (  # noqa: E402
+    collate,
+    length_grouped_batches,
+    mean_loss,
+    summed_token_loss,
+)
+from sftjudge.train.loop import TrainData, attach_adapters, train  # noqa: E402
 
 DATA = ROOT / "data" / "sample" / "support_tickets.jsonl"
 FULL_MODEL = "smollm2-135m-instruct"
@@ -75,16 +81,14 @@ def bench_rows(rows: int) -> tuple[list[Example], list[Example]]:
     return result.kept[:rows], result.kept[rows:need]
 
 
-def bench_settings(args: argparse.Namespace) -> TrainSettings:
+def bench_settings(args: argparse.Namespace) -> SFTConfig:
     """The project's default SFT settings (lr, LoRA r/alpha/dropout/targets, ...) with the bench's overrides."""
-    sft = SFTConfig(epochs=args.epochs, batch_size=args.batch_size, max_seq_len=args.max_seq_len,
-                    precision="bf16" if bf16_supported() else "fp32", keep_checkpoints="best_and_last",
-                    seed=args.seed)
-    fields = {k: v for k, v in sft.model_dump().items() if k in TrainSettings.__dataclass_fields__}
-    return TrainSettings(**fields | {"target_modules": tuple(sft.target_modules)})
+    return SFTConfig(epochs=args.epochs, batch_size=args.batch_size, max_seq_len=args.max_seq_len,
+                     precision="bf16" if bf16_supported() else "fp32", keep_checkpoints="best_and_last",
+                     seed=args.seed)
 
 
-def warm_up(model_path: str, settings: TrainSettings, rows: list[Example]) -> None:
+def warm_up(model_path: str, settings: SFTConfig, rows: list[Example]) -> None:
     """One forward+backward on a throwaway copy, so neither timed side pays the process's first-call costs."""
     model, tokenizer = load_causal_lm(model_path)
     model = attach_adapters(model, settings)
@@ -97,11 +101,13 @@ def warm_up(model_path: str, settings: TrainSettings, rows: list[Example]) -> No
     gc.collect()
 
 
-def run_ours(model_path: str, settings: TrainSettings, train_rows, val_rows, workdir: Path) -> SideResult:
-    """`sftjudge.sft.train` as the flow calls it; the training-pass time comes from each epoch's tokens_per_second."""
+def run_ours(model_path: str, settings: SFTConfig, train_rows, val_rows, workdir: Path) -> SideResult:
+    """`sftjudge.train.loop.train` as the flow calls it; the training-pass time comes from each epoch's
+    tokens_per_second."""
     model, tokenizer = load_causal_lm(model_path)
     started = time.perf_counter()
-    result = train(model, tokenizer, train_rows, val_rows, settings, workdir / "checkpoints", resume=False)
+    # A fresh work directory: nothing to resume from.
+    result = train(model, tokenizer, TrainData(train=train_rows, val=val_rows), settings, workdir / "checkpoints")
     wall = time.perf_counter() - started
     tokens = sum(m.target_tokens for m in result.epochs)  # sum of attention masks: non-padding tokens
     seconds = sum(m.target_tokens / m.tokens_per_second for m in result.epochs)
@@ -114,7 +120,7 @@ def run_ours(model_path: str, settings: TrainSettings, train_rows, val_rows, wor
     return side
 
 
-def _our_padded_positions(lengths: list[int], settings: TrainSettings) -> int:
+def _our_padded_positions(lengths: list[int], settings: SFTConfig) -> int:
     # Replays the batching of `_train_one_epoch`: the only consumer of its seeded rng is length_grouped_batches.
     rng = random.Random(settings.seed)
     total = 0
@@ -124,7 +130,7 @@ def _our_padded_positions(lengths: list[int], settings: TrainSettings) -> int:
     return total
 
 
-def run_trl(model_path: str, settings: TrainSettings, train_rows, workdir: Path, sampler: str,
+def run_trl(model_path: str, settings: SFTConfig, train_rows, workdir: Path, sampler: str,
             base_tok) -> tuple[SideResult, float]:
     """TRL's SFTTrainer with the same settings; returns its result and the untrained model's loss (same evaluator)."""
     import torch
@@ -164,15 +170,15 @@ def run_trl(model_path: str, settings: TrainSettings, train_rows, workdir: Path,
     return side, loss_before
 
 
-def our_warmup_steps(settings: TrainSettings, n_rows: int) -> int:
-    """Warm-up steps exactly as `sftjudge.sft.train` computes them (TRL would round a ratio up instead)."""
+def our_warmup_steps(settings: SFTConfig, n_rows: int) -> int:
+    """Warm-up steps exactly as `sftjudge.train.loop.train` computes them (TRL would round a ratio up instead)."""
     import math
 
     steps_total = math.ceil(math.ceil(n_rows / settings.batch_size) / settings.grad_accum) * settings.epochs
     return int(settings.warmup_ratio * steps_total)
 
 
-def _trl_config(settings: TrainSettings, workdir: Path, sampler: str, warmup_steps: int):
+def _trl_config(settings: SFTConfig, workdir: Path, sampler: str, warmup_steps: int):
     import torch
     from trl import SFTConfig as TRLConfig
 
@@ -190,7 +196,7 @@ def _trl_config(settings: TrainSettings, workdir: Path, sampler: str, warmup_ste
     )
 
 
-def _lora_config(model, settings: TrainSettings):
+def _lora_config(model, settings: SFTConfig):
     """The LoraConfig `attach_adapters` builds: same r, alpha, dropout and the targets this model has."""
     from peft import LoraConfig
 

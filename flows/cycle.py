@@ -5,18 +5,18 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import flow
+from sftjudge.tasks import stages
+from sftjudge.tasks.routing import gpu_slot, on_gpu_worker
 
 from sftjudge.config import RunConfig
-from sftjudge.summary import run_summary
-from tasks import stages
-from tasks.routing import gpu_slot, on_gpu_worker
+from sftjudge.run.summary import run_summary
 
 
 @flow(name="fine-tune-then-judge", log_prints=True)
 def fine_tune_then_judge(config: RunConfig = RunConfig()) -> dict[str, Any]:
     """Fine-tune the student on curated data, judge its test answers, and promote it or keep the champion."""
     run = stages.start_run(config)
-    stages.curate(run, config.data, config.sft, config.judge, config.home)
+    stages.curate(run, config)
     if config.orchestration.gpu_deployment:
         on_gpu_worker(config.orchestration.gpu_deployment, run, config)
     else:
@@ -29,7 +29,6 @@ def fine_tune_then_judge(config: RunConfig = RunConfig()) -> dict[str, Any]:
 def gpu_stages(run: str, config: RunConfig) -> None:
     """The stages that want an accelerator; deployed on the `gpu` work pool, or run in-process on a CPU."""
     with gpu_slot(config.orchestration.gpu_concurrency_limit):
-        stages.sft(run, config.sft, config.home, config.threads)
-        stages.generate(run, config.generate, config.sft, config.home, config.threads, config.regression)
-        stages.judge(run, config.judge, config.home, config.threads, config.sft.precision, config.runs_dir,
-                     config.decide.noise_items, config.regression)
+        stages.sft(run, config)
+        stages.generate(run, config)
+        stages.judge(run, config)

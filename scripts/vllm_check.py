@@ -38,7 +38,7 @@ PASSES = (("greedy", (), False), ("stop-at-comma", (",",), False), ("lora-greedy
 
 def run_passes(base, lora, prompts: list[str], max_new_tokens: int) -> dict[str, list[dict]]:
     """Each pass's generations as JSON rows (text, token counts, finish reason)."""
-    from sftjudge.generate import GenerationParams
+    from sftjudge.generate.backends import GenerationParams
 
     results = {}
     for name, stop, with_lora in PASSES:
@@ -53,9 +53,9 @@ def make_lora_checkpoint(model_dir: str, out: Path) -> Path:
     import torch
     from peft import LoraConfig, get_peft_model
 
-    from sftjudge.chat import template_fingerprint
-    from sftjudge.checkpoints import save_checkpoint
-    from sftjudge.sft import load_causal_lm
+    from sftjudge.models.chat import template_fingerprint
+    from sftjudge.models.loading import load_causal_lm
+    from sftjudge.train.checkpoints import save_checkpoint
 
     torch.manual_seed(0)
     model, tokenizer = load_causal_lm(model_dir)
@@ -65,17 +65,26 @@ def make_lora_checkpoint(model_dir: str, out: Path) -> Path:
         for name, param in model.named_parameters():
             if "lora_B" in name:
                 param.mul_(0.05)
-    return save_checkpoint(model, tokenizer, out, epoch=1, method="lora", fingerprint=template_fingerprint(tokenizer))
+    meta = {"epoch": 1, "method": "lora", "template_fingerprint": template_fingerprint(tokenizer)}
+    return save_checkpoint(model, tokenizer, out, meta)
+
+
+def fp32_engine(backend: str):
+    """Both sides in fp32, batches of 4, one device."""
+    from sftjudge.generate.backends import Engine
+
+    return Engine(backend=backend, precision="fp32", batch_size=4, trust_remote_code=False, tensor_parallel_size=1,
+                  gpu_memory_utilization=0.85)
 
 
 def worker(model_dir: str, checkpoint: Path, prompts_file: Path, out_file: Path, max_new_tokens: int) -> None:
     """Inside the vLLM venv: one vLLM engine (LoRA enabled) answers every pass, through `make_generator`."""
-    from sftjudge.generate import VLLMGenerator, make_generator
+    from sftjudge.generate.backends import VLLMGenerator
+    from sftjudge.generate.loading import make_generator
 
     prompts = json.loads(prompts_file.read_text())
     started = time.time()
-    lora, tokenizer = make_generator("vllm", model_dir, checkpoint, batch_size=4, precision="fp32",
-                                     trust_remote_code=False)
+    lora, tokenizer = make_generator(fp32_engine("vllm"), model_dir, checkpoint)
     print(f"vLLM engine up in {time.time() - started:.0f}s", flush=True)
     base = VLLMGenerator(model_dir, tokenizer=tokenizer, llm=lora.llm)  # same engine, no LoRARequest
     results = run_passes(base, lora, prompts, max_new_tokens)
@@ -122,10 +131,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def check(args: argparse.Namespace) -> int:
     """Transformers answers here, vLLM answers from the worker in the vLLM venv, then the comparison."""
-    from sftjudge.chat import render_prompt
-    from sftjudge.generate import TransformersGenerator, make_generator
-    from sftjudge.models import resolve_model, sftjudge_home
-    from sftjudge.sft import load_causal_lm
+    from sftjudge.generate.backends import TransformersGenerator
+    from sftjudge.generate.loading import make_generator
+    from sftjudge.models.chat import render_prompt
+    from sftjudge.models.embedded import resolve_model, sftjudge_home
+    from sftjudge.models.loading import load_causal_lm
 
     if not Path(args.vllm_python).is_file():
         print(f"FAIL: no vLLM venv at {args.vllm_python}; run `make vllm-check` to build it", file=sys.stderr)
@@ -135,8 +145,7 @@ def check(args: argparse.Namespace) -> int:
     prompts = [render_prompt(tokenizer, [{"role": "user", "content": q}]) for q in QUESTIONS]
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = make_lora_checkpoint(model_dir, Path(tmp) / "epoch-1")
-        lora, _ = make_generator("transformers", model_dir, checkpoint, batch_size=4, precision="fp32",
-                                 trust_remote_code=False)
+        lora, _ = make_generator(fp32_engine("transformers"), model_dir, checkpoint)
         ours = run_passes(TransformersGenerator(model, tokenizer, batch_size=4), lora, prompts, args.max_new_tokens)
         del model, lora
         prompts_file, out = Path(tmp) / "prompts.json", Path(tmp) / "vllm.json"

@@ -6,8 +6,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from sftjudge.config import ConfigError, load_config
-from sftjudge.summary import dumps, format_summary, run_summary
+from sftjudge.config import load_config
+from sftjudge.errors import UserError
+from sftjudge.run import files
+from sftjudge.run.summary import dumps, format_summary, run_summary
 
 EPILOG = """examples:
   sftjudge models prepare                      # assemble + verify + convert the embedded models (once)
@@ -92,7 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_run(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.overrides)
-    from flows.cycle import fine_tune_then_judge  # Prefect is imported only when a cycle actually runs
+    from sftjudge.flows.cycle import (
+        fine_tune_then_judge,  # Prefect is imported only when a cycle actually runs
+    )
 
     summary = fine_tune_then_judge(config)
     print(dumps(summary) if args.json else format_summary(summary))
@@ -100,10 +104,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from sftjudge.training import train_run_dir
+    from sftjudge.train.stage import train_run_dir
 
     # Every launched process runs this; only the main one writes the run directory and gets a summary back.
-    config = load_config(Path(args.run_dir) / "config.yaml", args.overrides)
+    config = load_config(Path(args.run_dir) / files.CONFIG, args.overrides)
     try:
         summary = train_run_dir(Path(args.run_dir), config.sft, config.home)
     except FileNotFoundError as exc:  # a run directory that was never curated
@@ -116,7 +120,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _find_run(runs_dir: str, run_id: str) -> Path:
-    matches = sorted(p for p in Path(runs_dir).glob(f"{run_id}*") if (p / "manifest.json").is_file())
+    matches = sorted(p for p in Path(runs_dir).glob(f"{run_id}*") if (p / files.MANIFEST).is_file())
     if len(matches) != 1:
         raise SystemExit(f"sftjudge: {len(matches)} runs in {runs_dir}/ match {run_id!r}"
                          + (f": {', '.join(p.name for p in matches)}" if matches else ""))
@@ -126,7 +130,7 @@ def _find_run(runs_dir: str, run_id: str) -> Path:
 def _registry(runs_dir: str):
     """The registry every command uses: $SFTJUDGE_REGISTRY_URL when set, else `<runs_dir>/registry.sqlite` (the
     same resolution as the stages). A URL it cannot use ends the command with the reason, never the password."""
-    from sftjudge.registry import Registry
+    from sftjudge.run.registry import Registry
 
     try:
         return Registry.in_runs_dir(runs_dir)
@@ -199,7 +203,12 @@ def cmd_champion(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from sftjudge.models import EMBEDDED, is_prepared, prepare_embedded, sftjudge_home
+    from sftjudge.models.embedded import (
+        EMBEDDED,
+        is_prepared,
+        prepare_embedded,
+        sftjudge_home,
+    )
 
     if args.models_command == "list":
         home = sftjudge_home()
@@ -228,7 +237,7 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
-    from sftjudge.report import run_diff
+    from sftjudge.decide.report import run_diff
 
     diff = run_diff(_find_run(args.runs_dir, args.run_a), _find_run(args.runs_dir, args.run_b))
     if args.json:
@@ -246,8 +255,8 @@ def cmd_diff(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from sftjudge.report import write_html, write_report
-    from sftjudge.rundir import RunDir
+    from sftjudge.decide.report import write_html, write_report
+    from sftjudge.run.directory import RunDir
 
     run = RunDir(_find_run(args.runs_dir, args.run_id))
     print(write_report(run))
@@ -257,21 +266,22 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_judge(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from sftjudge.calibrate import calibrate, save_calibration
-    from sftjudge.judge import load_judge
-    from sftjudge.judging import LoadedJudge, judge_key
-    from sftjudge.models import sftjudge_home
+    from sftjudge.judge.calibrate import calibrate, save_calibration
+    from sftjudge.judge.model import LoadedJudge
+    from sftjudge.judge.spec import load_judge
+    from sftjudge.models.embedded import sftjudge_home
 
     config = load_config(args.config, args.overrides)
     j = config.judge
-    loaded = LoadedJudge(j, config.home, config.sft.precision)
-    result = calibrate(Path(args.file), loaded, load_judge(Path(j.judges_dir), j.judge),
-                       load_judge(Path(j.judges_dir), j.pairwise_judge), batch_size=j.batch_size)
-    path = save_calibration(sftjudge_home(config.home), judge_key(j), result)
+    home = sftjudge_home(config.home)
+    loaded = LoadedJudge(config, home)
+    pointwise = load_judge(Path(j.judges_dir), j.judge)
+    result = calibrate(Path(args.file), loaded, pointwise, load_judge(Path(j.judges_dir), j.pairwise_judge),
+                       batch_size=j.batch_size)
+    identity = loaded.identity(pointwise)
+    path = save_calibration(home, identity, result)
     print(dumps(result))
-    print(f"saved to {path}; reports using {judge_key(j)} will show it")
+    print(f"saved to {path}; reports of runs judged by {identity} will show it")
     return 0
 
 
@@ -281,17 +291,11 @@ COMMANDS = {"run": cmd_run, "train": cmd_train, "runs": cmd_runs, "show": cmd_sh
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; exit 2 with the message (no traceback) on anything the user must fix."""
     args = build_parser().parse_args(argv)
-    from sftjudge.models import ModelError
-
     try:
         return COMMANDS[args.command](args)
-    except (ConfigError, ModelError) as exc:
-        print(f"sftjudge: {exc}", file=sys.stderr)
-        return 2
-    except ValueError as exc:  # calibration files, judge definitions: named file, line and field
-        if type(exc).__name__ not in ("CalibrationError", "JudgeError"):
-            raise
+    except UserError as exc:  # config, data, judge definition, calibration file, model, template
         print(f"sftjudge: {exc}", file=sys.stderr)
         return 2
     except KeyError as exc:  # registry refusals: unknown run, nothing to roll back to

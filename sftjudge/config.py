@@ -12,6 +12,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from sftjudge.errors import ConfigError
+
 
 class _Strict(BaseModel):
     # An unknown key is almost always a typo; failing before any work beats silently ignoring it.
@@ -207,6 +209,12 @@ class JudgeConfig(_Strict):
     pairwise: bool = Field(True, description="Also compare with the champion's answers, in both answer orders.")
     pairwise_judge: str = Field("pairwise", description="Pairwise judge definition under judges_dir.")
     batch_size: int = Field(4, ge=1, description="Items scored per forward pass.")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="The judge model's dtype wherever it is loaded (judge stage, quality filter, "
+                            "calibration): 'auto' is bf16 when the device runs it fast, else fp32.")
+    noise_items: int = Field(
+        20, ge=0, description="Champion answers re-judged each run to measure the judge's run-to-run noise; the "
+                              "decision requires a gain beyond it.")
     max_prompt_tokens: int = Field(1024, ge=64, description="Judge prompts longer than this are truncated on the left.")
     format: Literal["none", "json", "regex"] = Field(
         "none", description="Format compliance metric: answers must be JSON (optionally per json_schema) or match "
@@ -239,9 +247,6 @@ class DecideConfig(_Strict):
     min_judge_score: float = Field(1.0, ge=1, le=10, description="A run scoring below this is never promoted.")
     max_contaminated: int = Field(
         0, ge=0, description="Contaminated val/test rows tolerated (only non-zero when contamination.action=report)."
-    )
-    noise_items: int = Field(
-        20, ge=0, description="Champion answers re-judged each run to measure the judge's run-to-run noise."
     )
     min_noise_floor: float = Field(
         0.0, ge=0, description="Lower bound on the noise floor (score points) whatever the measurement says."
@@ -298,8 +303,8 @@ class RunConfig(_Strict):
         default_factory=OrchestrationConfig, description="GPU routing (Prefect work pools).")
 
 
-class ConfigError(ValueError):
-    """A config file or override that cannot be used; the message names the file and the field."""
+# Settings that moved to the section of the stage that reads them: an old config is told where they went.
+MOVED_SETTINGS = {("decide", "noise_items"): "judge.noise_items"}
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -349,6 +354,9 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
         if not isinstance(data, dict):
             raise ConfigError(f"config file {path} must hold a mapping at the top level")
     data = apply_overrides(data, overrides or [])
+    for (section, key), new in MOVED_SETTINGS.items():
+        if isinstance(data.get(section), dict) and key in data[section]:
+            raise ConfigError(f"invalid config ({source}): {section}.{key} is now {new}; rename it there")
     try:
         return RunConfig.model_validate(data)
     except ValidationError as exc:
@@ -361,3 +369,17 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
 def dump_config(config: RunConfig) -> str:
     """The resolved config as YAML, every field written out, so a run can be reproduced from its directory."""
     return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+
+
+def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
+    """{"sft": {"epochs": 2}} -> {"sft.epochs": 2}; lists stay values.
+
+    >>> flatten({"a": {"b": 1, "c": [1, 2]}, "d": None})
+    {'a.b': 1, 'a.c': [1, 2], 'd': None}
+    """
+    if not isinstance(obj, dict):
+        return {prefix: obj}
+    out: dict[str, Any] = {}
+    for key, value in obj.items():
+        out.update(flatten(value, f"{prefix}.{key}" if prefix else key))
+    return out

@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-from sftjudge.chat import TemplateError
-from sftjudge.config import ConfigError
-from sftjudge.curate import DataError
-from sftjudge.judge import JudgeError
-from sftjudge.models import ModelError
-
-# Retrying these only repeats the same error: the input or the setup must change first.
-USER_ERRORS = (ConfigError, DataError, JudgeError, ModelError, TemplateError)
+from sftjudge.errors import UserError
 
 
 def retry_unless_user_error(task, task_run, state) -> bool:
-    """Prefect retry_condition_fn: False (fail now) when the task failed on bad config, data or models."""
+    """Prefect retry_condition_fn: False (fail now) when the task failed on something the user must fix.
+
+    Retrying a `UserError` (bad config, data, judge definition, model or template) only repeats the same error,
+    after reloading the models; anything else (out of memory, a lost worker, a full disk) may pass next time.
+    """
     error = state.result(raise_on_failure=False)
-    return not isinstance(error, USER_ERRORS)
+    return not isinstance(error, UserError)
 
 
 STAGE_TASK_OPTIONS = dict(

@@ -5,49 +5,51 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import task
+from sftjudge.tasks import artifacts
+from sftjudge.tasks.policy import STAGE_TASK_OPTIONS
 
-from sftjudge import stages
-from sftjudge.config import DataConfig, GenerateConfig, JudgeConfig, RegressionConfig, RunConfig, SFTConfig
-from tasks import artifacts
-from tasks.policy import STAGE_TASK_OPTIONS
+from sftjudge.config import RunConfig
+from sftjudge.curate.stage import curate_stage
+from sftjudge.decide.stage import decide_stage
+from sftjudge.generate.stage import generate_stage
+from sftjudge.judge.stage import judge_stage
+from sftjudge.run.stage import start_run as start_run_dir
+from sftjudge.train.stage import sft_stage
 
 
 @task(name="start-run", persist_result=True)
 def start_run(config: RunConfig) -> str:
-    return stages.start_run(config)
+    return start_run_dir(config)
 
 
 @task(name="curate", **STAGE_TASK_OPTIONS)
-def curate(run_path: str, data: DataConfig, sft_config: SFTConfig, judge_config: JudgeConfig,
-           home: str | None) -> dict[str, Any]:
-    info = stages.curate_stage(run_path, data, sft_config, judge_config, home)
+def curate(run_path: str, config: RunConfig) -> dict[str, Any]:
+    info = curate_stage(run_path, config)
     artifacts.data_report(run_path)
     return info
 
 
 @task(name="sft", **STAGE_TASK_OPTIONS)
-def sft(run_path: str, config: SFTConfig, home: str | None, threads: int | None) -> dict[str, Any]:
-    info = stages.sft_stage(run_path, config, home, threads)
+def sft(run_path: str, config: RunConfig) -> dict[str, Any]:
+    info = sft_stage(run_path, config)
     artifacts.losses(run_path)
     return info
 
 
 @task(name="generate", **STAGE_TASK_OPTIONS)
-def generate(run_path: str, config: GenerateConfig, sft_config: SFTConfig, home: str | None,
-             threads: int | None, regression: RegressionConfig) -> dict[str, Any]:
-    return stages.generate_stage(run_path, config, sft_config, home, threads, regression)
+def generate(run_path: str, config: RunConfig) -> dict[str, Any]:
+    return generate_stage(run_path, config)
 
 
 @task(name="judge", **STAGE_TASK_OPTIONS)
-def judge(run_path: str, config: JudgeConfig, home: str | None, threads: int | None, precision: str,
-          runs_dir: str, noise_items: int, regression: RegressionConfig) -> dict[str, Any]:
-    info = stages.judge_stage(run_path, config, home, threads, precision, runs_dir, noise_items, regression)
+def judge(run_path: str, config: RunConfig) -> dict[str, Any]:
+    info = judge_stage(run_path, config)
     artifacts.judge_summary(run_path)
     return info
 
 
 @task(name="decide", **STAGE_TASK_OPTIONS)
 def decide(run_path: str, config: RunConfig) -> dict[str, Any]:
-    info = stages.decide_stage(run_path, config)
+    info = decide_stage(run_path, config)
     artifacts.report(run_path)
     return info

@@ -41,14 +41,14 @@ def sftjudge_home(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(sftjudge_home) -> Path:
-    from sftjudge.models import resolve_model
+    from sftjudge.models.embedded import resolve_model
 
     return Path(resolve_model("tiny", sftjudge_home))
 
 
 @pytest.fixture(scope="session")
 def tiny_model(tiny_model_dir):
-    from sftjudge.sft import load_causal_lm
+    from sftjudge.models.loading import load_causal_lm
 
     return load_causal_lm(str(tiny_model_dir))
 

@@ -2,10 +2,11 @@ import json
 from pathlib import Path
 
 import pytest
-
 from helpers import write_lines
-from sftjudge.calibrate import CalibrationError, load_labels, pointwise_agreement
+
 from sftjudge.cli import main
+from sftjudge.errors import CalibrationError
+from sftjudge.judge.calibrate import load_labels, pointwise_agreement
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -45,7 +46,7 @@ def test_cli_calibrates_and_stores_per_judge(tiny_model_dir, sftjudge_home, caps
     result = json.loads(out[:out.rindex("}") + 1])
     assert result["kind"] == "pointwise" and result["items"] == 32
     assert -1.0 <= result["spearman"] <= 1.0
-    stored = json.loads(next((sftjudge_home / "calibration").glob("reference-score__tiny.json")).read_text())
+    stored = json.loads(next((sftjudge_home / "calibration").glob("reference-score__tiny#*.json")).read_text())
     assert stored["pointwise"]["items"] == 32
     pair_args = args[:4] + [str(REPO / "data/sample/calibration_pairwise.jsonl")] + args[5:]
     assert main(pair_args) == 0

@@ -2,7 +2,9 @@ from pathlib import Path
 
 import pytest
 
-from sftjudge.config import ConfigError, RunConfig, apply_overrides, dump_config, load_config
+from sftjudge.config import RunConfig, apply_overrides, dump_config, load_config
+from sftjudge.errors import ConfigError
+from sftjudge.run import files
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -51,7 +53,7 @@ def test_missing_file_is_named(tmp_path):
 
 def test_dump_round_trips(tmp_path):
     config = load_config(None, ["sft.epochs=4"])
-    path = tmp_path / "config.yaml"
+    path = tmp_path / files.CONFIG
     path.write_text(dump_config(config))
     assert load_config(path) == config
 

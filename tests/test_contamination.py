@@ -1,10 +1,14 @@
 import random
 
 import pytest
-
 from helpers import example
-from sftjudge.contamination import (contaminated_rows, drop_contaminated, overlap_fraction,
-                                    reference_ngram_index)
+
+from sftjudge.curate.contamination import (
+    contaminated_rows,
+    drop_contaminated,
+    overlap_fraction,
+    reference_ngram_index,
+)
 
 VOCAB = [f"tok{i}" for i in range(3000)]
 
@@ -60,13 +64,13 @@ def test_matched_in_names_the_reference_row_sharing_most_ngrams():
 def test_drop_contaminated_balances_books_and_explains():
     reference = [example("train1", prompt=words(3), completion=words(4))]
     rows = [example("t1", prompt=words(3), completion=words(4)), example("t2", prompt=words(9), completion="no")]
-    result = drop_contaminated(rows, reference)
+    result = drop_contaminated(rows, contaminated_rows(rows, reference), n=13)
     assert len(result.kept) + len(result.dropped) == len(rows)
     assert [r.id for r in result.kept] == ["t2"]
     [dropped] = result.dropped
-    assert (dropped.row.id, dropped.step, dropped.reason) == ("t1", "decontaminate", "contaminated")
-    assert "100.0%" in dropped.detail and "train1 (mem:train1)" in dropped.detail
-    assert drop_contaminated(rows, []).kept == rows
+    assert (dropped.row.id, dropped.step, dropped.reason) == ("t1", "contamination", "contaminated")
+    assert dropped.detail == "1.00 of its 13-grams appear in train1"
+    assert drop_contaminated(rows, [], n=13).kept == rows
 
 
 @pytest.mark.parametrize("threshold", [0.0, 1.5])

@@ -1,9 +1,10 @@
 import pytest
-
 from helpers import example, write_lines
-from sftjudge.curate import DataError, drop_duplicate_ids, drop_exact_duplicates, load_rows
-from sftjudge.split import split_rows
-from sftjudge.rows import RowError, example_from_obj
+
+from sftjudge.curate.rows import RowError, example_from_obj
+from sftjudge.curate.split import split_rows
+from sftjudge.curate.steps import drop_duplicate_ids, drop_exact_duplicates, load_rows
+from sftjudge.errors import DataError
 
 
 def test_formats_map_to_one_row_shape():

@@ -3,14 +3,14 @@
 import json
 
 import pytest
+from conftest import SAMPLE
+from helpers import write_lines
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import SAMPLE
-from helpers import write_lines
 from sftjudge.config import DataConfig
-from sftjudge.curate import DataError
-from sftjudge.dataset import build_dataset, curation_cache_key
+from sftjudge.curate.pipeline import build_dataset, curation_cache_key
+from sftjudge.errors import DataError
 
 FAST = {"contamination": {"action": "drop"}}
 
@@ -121,8 +121,8 @@ def test_property_rows_in_equal_kept_plus_dropped(tmp_path_factory, lines, near_
     assert result.report["rows_in"] == sum(result.splits.sizes().values()) + len(result.dropped)
     assert all(d.reason for d in result.dropped)
     # no near-duplicate pair crosses splits: re-cluster what was kept and check each cluster sits in one split
-    from sftjudge.curate import normalized_text
-    from sftjudge.dedup import near_duplicate_clusters
+    from sftjudge.curate.dedup import near_duplicate_clusters
+    from sftjudge.curate.steps import normalized_text
 
     kept = [(name, r) for name in ("train", "val", "test") for r in getattr(result.splits, name)]
     clusters = near_duplicate_clusters([normalized_text(r) for _, r in kept], threshold=0.5, shingle_size=1)

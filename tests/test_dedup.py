@@ -5,15 +5,22 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import SAMPLE
 from datasketch import MinHash
+from helpers import example
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import SAMPLE
-from helpers import example
-from sftjudge.curate import drop_exact_duplicates, load_rows, normalized_text
-from sftjudge.dedup import (clusters_from_pairs, drop_near_duplicates, lsh_candidate_pairs, minhash_signatures,
-                            near_duplicate_clusters, verified_pairs, word_ngram_hashes)
+from sftjudge.curate.dedup import (
+    clusters_from_pairs,
+    drop_near_duplicates,
+    lsh_candidate_pairs,
+    minhash_signatures,
+    near_duplicate_clusters,
+    verified_pairs,
+    word_ngram_hashes,
+)
+from sftjudge.curate.steps import drop_exact_duplicates, load_rows, normalized_text
 
 VOCAB = [f"word{i}" for i in range(2000)]
 
@@ -48,7 +55,7 @@ def test_signatures_equal_datasketch_minhash_over_the_same_shingle_hashes():
 
 def test_shingle_hashes_are_the_same_in_another_process():
     text = "deterministic hashing must not depend on the interpreter's hash seed"
-    code = ("from sftjudge.dedup import word_ngram_hashes; "
+    code = ("from sftjudge.curate.dedup import word_ngram_hashes; "
             f"print(word_ngram_hashes({text!r}, 3).tolist())")
     env = dict(os.environ, PYTHONHASHSEED="12345")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
@@ -223,7 +230,7 @@ def test_sample_data_planted_near_duplicates_are_found_stably():
 
 
 def test_long_rows_computed_in_permutation_blocks_give_the_same_signatures(monkeypatch):
-    import sftjudge.dedup as dedup
+    import sftjudge.curate.dedup as dedup
 
     rng = random.Random(5)
     texts = [random_text(rng, 3000), random_text(rng, 10), "x"]

@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 
 from sftjudge.config import load_config
-from sftjudge.rundir import STAGES, RunDir
+from sftjudge.run import files
+from sftjudge.run.directory import STAGES, RunDir
 
 REPO = Path(__file__).resolve().parent.parent
 PREFECT = str(Path(sys.executable).with_name("prefect"))
@@ -82,7 +83,7 @@ def run(cmd: list[str], env: dict[str, str], timeout: float = 300) -> subprocess
 
 
 DEPLOY = """
-from flows.cycle import fine_tune_then_judge
+from sftjudge.flows.cycle import fine_tune_then_judge
 fine_tune_then_judge.from_source(source={repo!r}, entrypoint="flows/cycle.py:fine_tune_then_judge").deploy(
     name="e2e", work_pool_name="e2e-pool")
 """
@@ -106,7 +107,7 @@ def test_deployment_run_on_a_worker_retries_only_the_failed_stage(prefect_server
     worker_log.flush()
     logs = (prefect_server["home"] / "worker.log").read_text()[-4000:]
     assert done.returncode == 0, f"deployment run failed:\n{done.stdout[-3000:]}\n{logs}"
-    [run_dir] = [p for p in runs_dir.iterdir() if (p / "manifest.json").is_file()]
+    [run_dir] = [p for p in runs_dir.iterdir() if (p / files.MANIFEST).is_file()]
     manifest = RunDir(run_dir).manifest()
     assert manifest["status"] == "completed"
     assert [manifest["stages"][s]["status"] for s in STAGES] == ["completed"] * 5
@@ -146,7 +147,7 @@ asyncio.run(main())
 """
 
 DEPLOY_GPU = """
-from flows.cycle import fine_tune_then_judge, gpu_stages
+from sftjudge.flows.cycle import fine_tune_then_judge, gpu_stages
 gpu_stages.from_source(source={repo!r}, entrypoint="flows/cycle.py:gpu_stages").deploy(
     name="e2e-gpu", work_pool_name="e2e-gpu-pool")
 fine_tune_then_judge.from_source(source={repo!r}, entrypoint="flows/cycle.py:fine_tune_then_judge").deploy(
@@ -176,7 +177,7 @@ def test_gpu_stages_are_routed_to_their_own_pool_under_the_gpu_limit(prefect_ser
                           timeout=700)
     gpu_log = (prefect_server["home"] / "e2e-gpu-pool.log").read_text()
     assert done.returncode == 0, f"routed run failed:\n{done.stdout[-3000:]}\n{gpu_log[-3000:]}"
-    [run_dir] = [p for p in runs_dir.iterdir() if (p / "manifest.json").is_file()]
+    [run_dir] = [p for p in runs_dir.iterdir() if (p / files.MANIFEST).is_file()]
     assert RunDir(run_dir).manifest()["status"] == "completed"
     # The GPU stages ran as their own flow run on the gpu pool (picked up by its worker), not in-process.
     flow_runs = json.loads(run([sys.executable, "-c", LIST_RUNS], env).stdout)

@@ -7,8 +7,10 @@ import pytest
 
 from sftjudge.cli import main
 from sftjudge.config import load_config
-from sftjudge.registry import Registry
-from sftjudge.rundir import STAGES, RunDir, read_jsonl
+from sftjudge.run import files
+from sftjudge.run.directory import STAGES, RunDir
+from sftjudge.run.io import read_jsonl
+from sftjudge.run.registry import Registry
 
 REPO = Path(__file__).resolve().parent.parent
 pytestmark = [pytest.mark.flow, pytest.mark.model]
@@ -16,7 +18,7 @@ pytestmark = [pytest.mark.flow, pytest.mark.model]
 
 @pytest.fixture(scope="module")
 def two_runs(prefect_harness, sftjudge_home, tmp_path_factory):
-    from flows.cycle import fine_tune_then_judge
+    from sftjudge.flows.cycle import fine_tune_then_judge
 
     runs_dir = tmp_path_factory.mktemp("runs")
     config = load_config(REPO / "configs/tiny.yaml", [f"runs_dir={runs_dir}",
@@ -40,30 +42,30 @@ def test_all_five_stages_complete_with_outputs(two_runs):
 
 def test_losses_recorded_for_every_epoch(two_runs):
     _, first, _ = two_runs
-    epochs = read_jsonl(Path(first["run_dir"]) / "metrics.jsonl")
+    epochs = read_jsonl(Path(first["run_dir"]) / files.EPOCH_METRICS)
     assert [e["epoch"] for e in epochs] == [1, 2]
     assert all(e["train_loss"] > 0 and e["val_loss"] > 0 for e in epochs)
-    sft = json.loads((Path(first["run_dir"]) / "sft.json").read_text())
+    sft = json.loads((Path(first["run_dir"]) / files.SFT_SUMMARY).read_text())
     assert sft["test_loss"] > 0 and sft["test_ppl"] > 1
 
 
 def test_every_test_item_generated_and_judged(two_runs):
     _, first, _ = two_runs
     run = Path(first["run_dir"])
-    test_ids = [r["id"] for r in read_jsonl(run / "data/test.jsonl")]
+    test_ids = [r["id"] for r in read_jsonl(run / files.TEST)]
     assert len(test_ids) >= 30  # ~10% of the sample's ~380 clean rows: curation must not starve the test split
-    assert [g["id"] for g in read_jsonl(run / "generations.jsonl")] == test_ids
-    judgments = read_jsonl(run / "judgments.jsonl")
+    assert [g["id"] for g in read_jsonl(run / files.GENERATIONS)] == test_ids
+    judgments = read_jsonl(run / files.JUDGMENTS)
     assert [j["id"] for j in judgments] == test_ids
     assert all(1.0 <= j["score"] <= 10.0 for j in judgments)
-    baseline = json.loads((run / "metrics.json").read_text())["baseline"]  # configs/tiny.yaml: baseline on
+    baseline = json.loads((run / files.METRICS).read_text())["baseline"]  # configs/tiny.yaml: baseline on
     assert baseline["items"] == len(test_ids) and baseline["model"].startswith("base:")
 
 
 def test_rows_in_equal_kept_plus_dropped(two_runs):
     _, first, _ = two_runs
-    report = json.loads((Path(first["run_dir"]) / "data/report.json").read_text())
-    quarantined = read_jsonl(Path(first["run_dir"]) / "data/quarantine.jsonl")
+    report = json.loads((Path(first["run_dir"]) / files.DATA_REPORT).read_text())
+    quarantined = read_jsonl(Path(first["run_dir"]) / files.QUARANTINE)
     assert report["rows_in"] == sum(report["splits"].values()) + len(quarantined)
     assert all(q["reason"] and q["source"] for q in quarantined)
 
@@ -72,11 +74,11 @@ def test_first_promoted_second_compared_with_reasons(two_runs):
     runs_dir, first, second = two_runs
     assert first["decision"] == "promote"
     assert second["decision"] in ("promote", "hold", "rollback")
-    decision = json.loads((Path(second["run_dir"]) / "decision.json").read_text())
+    decision = json.loads((Path(second["run_dir"]) / files.DECISION).read_text())
     assert decision["champion_before"] == first["run_id"]
     assert any("judge score" in r for r in decision["reasons"])
-    pairwise = json.loads((Path(second["run_dir"]) / "metrics.json").read_text())["pairwise"]
-    assert pairwise["pairs"] == len(read_jsonl(Path(second["run_dir"]) / "data/test.jsonl"))
+    pairwise = json.loads((Path(second["run_dir"]) / files.METRICS).read_text())["pairwise"]
+    assert pairwise["pairs"] == len(read_jsonl(Path(second["run_dir"]) / files.TEST))
     registry = Registry.in_runs_dir(runs_dir)
     assert [r["run_id"] for r in registry.runs()] == [first["run_id"], second["run_id"]]
     expected = second["run_id"] if second["decision"] == "promote" else first["run_id"]
@@ -93,13 +95,13 @@ def test_cli_lists_both_runs(two_runs, capsys):
 
 
 def test_rerun_of_a_finished_stage_is_skipped(two_runs):
-    from sftjudge import stages
+    from sftjudge.train.stage import sft_stage
 
     _, first, _ = two_runs
     run = RunDir(Path(first["run_dir"]))
     before = run.stage_info("sft")
     config = load_config(REPO / "configs/tiny.yaml")
-    assert stages.sft_stage(first["run_dir"], config.sft, None) == before
+    assert sft_stage(first["run_dir"], config) == before
     assert run.stage_info("sft")["attempts"] == 1
 
 
@@ -108,10 +110,10 @@ def test_cli_diff_report_promote_rollback(two_runs, capsys, tmp_path):
     assert main(["diff", first["run_id"], second["run_id"], "--runs-dir", str(runs_dir), "--json"]) == 0
     diff = json.loads(capsys.readouterr().out)
     assert diff["config"] == {} and diff["results"]["decision"] == ["promote", second["decision"]]
-    first_tax = json.loads((Path(first["run_dir"]) / "metrics.json").read_text())["regression"]["categories"]
+    first_tax = json.loads((Path(first["run_dir"]) / files.METRICS).read_text())["regression"]["categories"]
     assert diff["results"]["alignment_tax.safety"][0] == first_tax["safety"]["tax"]
     assert main(["report", second["run_id"], "--runs-dir", str(runs_dir), "--html"]) == 0
-    html = (Path(second["run_dir"]) / "report.html").read_text()
+    html = (Path(second["run_dir"]) / files.REPORT_HTML).read_text()
     assert "data:image/png;base64," in html and "<table>" in html and "Decision" in html
     registry = Registry.in_runs_dir(runs_dir)
     before = registry.champion()["run_id"]
@@ -124,23 +126,23 @@ def test_cli_diff_report_promote_rollback(two_runs, capsys, tmp_path):
 
 def test_regression_suite_answered_judged_and_reported(two_runs):
     _, first, second = two_runs
-    from sftjudge.regression import load_suite
+    from sftjudge.judge.suite import load_suite
 
     suite = load_suite("general")
     run = Path(first["run_dir"])
-    assert [g["id"] for g in read_jsonl(run / "regression_generations.jsonl")] == [r.id for r in suite]
-    assert [g["id"] for g in read_jsonl(run / "regression_baseline.jsonl")] == [r.id for r in suite]
-    judged = read_jsonl(run / "regression_judgments.jsonl")
+    assert [g["id"] for g in read_jsonl(run / files.REGRESSION_GENERATIONS)] == [r.id for r in suite]
+    assert [g["id"] for g in read_jsonl(run / files.REGRESSION_BASELINE)] == [r.id for r in suite]
+    judged = read_jsonl(run / files.REGRESSION_JUDGMENTS)
     assert sorted((j["model"], j["id"]) for j in judged) == sorted(
         (m, r.id) for m in ("run", "base") for r in suite)
-    regression = json.loads((run / "metrics.json").read_text())["regression"]
+    regression = json.loads((run / files.METRICS).read_text())["regression"]
     assert set(regression["categories"]) == {r.meta["category"] for r in suite}
     for c in regression["categories"].values():
         assert c["items"] == 4 and c["tax"] == pytest.approx(c["base"] - c["run"], abs=1e-3)
     # The base model's suite answers are generated once and shared: the second run got the same ones.
-    again = read_jsonl(Path(second["run_dir"]) / "regression_baseline.jsonl")
-    assert [g["text"] for g in again] == [g["text"] for g in read_jsonl(run / "regression_baseline.jsonl")]
-    report = (Path(second["run_dir"]) / "report.md").read_text()
+    again = read_jsonl(Path(second["run_dir"]) / files.REGRESSION_BASELINE)
+    assert [g["text"] for g in again] == [g["text"] for g in read_jsonl(run / files.REGRESSION_BASELINE)]
+    report = (Path(second["run_dir"]) / files.REPORT).read_text()
     assert "## Regression suite (alignment tax)" in report and "| safety |" in report
 
 

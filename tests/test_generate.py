@@ -4,17 +4,37 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-
 from helpers import example
-from sftjudge.chat import TemplateError, template_fingerprint
-from sftjudge.checkpoints import CHECKPOINT_META, save_checkpoint
-from sftjudge.generate import (GenerationParams, LazyGenerator, TransformersGenerator, VLLMGenerator,
-                               check_template, checkpoint_tokenizer, generate_answers,
-                               load_finetuned, make_generator, prompts_for)
-from sftjudge.generate_cache import (GenerationCache, generate_baseline, generate_cached,
-                                     model_fingerprint)
-from sftjudge.rundir import read_jsonl
-from sftjudge.sft import load_causal_lm
+
+from sftjudge.errors import TemplateError
+from sftjudge.generate.backends import (
+    Engine,
+    GenerationParams,
+    LazyGenerator,
+    TransformersGenerator,
+    VLLMGenerator,
+    generate_answers,
+    prompts_for,
+)
+from sftjudge.generate.cache import (
+    AnsweringModel,
+    GenerationCache,
+    UntunedModel,
+    generate_baseline,
+    generate_cached,
+)
+from sftjudge.generate.loading import (
+    check_template,
+    checkpoint_tokenizer,
+    load_finetuned,
+    make_generator,
+)
+from sftjudge.models.chat import template_fingerprint
+from sftjudge.models.fingerprint import model_fingerprint
+from sftjudge.models.loading import load_causal_lm
+from sftjudge.run import files
+from sftjudge.run.io import read_jsonl
+from sftjudge.train.checkpoints import CHECKPOINT_META, save_checkpoint
 
 pytestmark = pytest.mark.model
 
@@ -82,8 +102,8 @@ def test_seeded_sampling_repeats_and_stop_strings_are_validated(tiny_model):
     greedy = gen.generate(prompts, GenerationParams(max_new_tokens=6))
     assert [g.text for g in first] != [g.text for g in greedy]
     with pytest.raises(ValueError, match="non-empty"):
-        GenerationParams(stop=("",))
-    assert GenerationParams(stop=["x"]).stop == ("x",)  # lists from a config become a hashable tuple
+        GenerationParams(max_new_tokens=4, stop=("",))
+    assert GenerationParams(max_new_tokens=4, stop=["x"]).stop == ("x",)  # lists from a config become a hashable tuple
 
 
 def test_generate_answers_records_reference_and_answer(tiny_model):
@@ -97,7 +117,8 @@ def test_generate_answers_records_reference_and_answer(tiny_model):
 
 def test_template_mismatch_is_refused(tiny_model_dir, tmp_path):
     model, tok = load_causal_lm(str(tiny_model_dir))
-    ckpt = save_checkpoint(model, tok, tmp_path / "epoch-1", epoch=1, method="full", fingerprint="0000000000000000")
+    meta = {"epoch": 1, "method": "full", "template_fingerprint": "0000000000000000"}
+    ckpt = save_checkpoint(model, tok, tmp_path / "epoch-1", meta)
     with pytest.raises(TemplateError, match="chat template mismatch"):
         load_finetuned(str(tiny_model_dir), ckpt)
     with pytest.raises(TemplateError):
@@ -173,7 +194,7 @@ def test_vllm_backend_passes_stop_strings_token_ids_and_frees_the_engine(monkeyp
     gen.close()
     assert shutdowns == [1] and gen.llm is None
     with pytest.raises(RuntimeError, match="closed"):
-        gen.generate(["x"], GenerationParams())
+        gen.generate(["x"], GenerationParams(max_new_tokens=4))
 
 
 def _fake_lora_checkpoint(tok, path: Path, rank: int) -> Path:
@@ -194,8 +215,9 @@ def test_make_generator_builds_vllm_with_lora_rank_from_the_adapter(monkeypatch,
 
     monkeypatch.setitem(sys.modules, "vllm", SimpleNamespace(LLM=LLM))
     ckpt = _fake_lora_checkpoint(tok, tmp_path / "epoch-1", rank=12)
-    gen, _ = make_generator("vllm", "/models/base", ckpt, batch_size=4, precision="fp32", trust_remote_code=False,
-                            tensor_parallel_size=2, gpu_memory_utilization=0.5)
+    engine = Engine(backend="vllm", precision="fp32", batch_size=4, trust_remote_code=False, tensor_parallel_size=2,
+                    gpu_memory_utilization=0.5)
+    gen, _ = make_generator(engine, "/models/base", ckpt)
     assert gen.adapter == str(ckpt)
     assert engines == [{"model": "/models/base", "tensor_parallel_size": 2, "dtype": "float32",
                         "gpu_memory_utilization": 0.5, "enable_lora": True, "max_lora_rank": 16}]
@@ -203,6 +225,10 @@ def test_make_generator_builds_vllm_with_lora_rank_from_the_adapter(monkeypatch,
     (ckpt / CHECKPOINT_META).write_text(json.dumps(meta))
     with pytest.raises(TemplateError, match="chat template mismatch"):
         checkpoint_tokenizer(ckpt)
+
+
+def answering(fingerprint, generator):
+    return AnsweringModel(fingerprint=fingerprint, label="m", generator=generator)
 
 
 class CountingGenerator:
@@ -222,15 +248,15 @@ def test_resume_after_a_partial_file_generates_only_what_is_missing(tiny_model, 
     prompts = prompts_for(tok, rows)
     params = GenerationParams(max_new_tokens=3)
     fp = model_fingerprint(str(tiny_model_dir), template=template_fingerprint(tok), engine="test")
-    path = tmp_path / "generations.jsonl"
+    path = tmp_path / files.GENERATIONS
     first = CountingGenerator(TransformersGenerator(model, tok, batch_size=2))
-    generate_cached(rows[:2], prompts[:2], params, path, fp, "m", first)
+    generate_cached(rows[:2], prompts[:2], params, path, answering(fp, first))
     before = read_jsonl(path)
     with path.open("a") as handle:  # a crash in the middle of writing the third line
         handle.write('{"key": "3f2a", "text": "half an ans')
 
     retry = CountingGenerator(TransformersGenerator(model, tok, batch_size=2))
-    result = generate_cached(rows, prompts, params, path, fp, "m", retry, chunk_size=2)
+    result = generate_cached(rows, prompts, params, path, answering(fp, retry), chunk_size=2)
     assert sorted(retry.prompts) == sorted(prompts[2:])
     assert (result.generated, result.reused, result.dropped_lines) == (3, 2, 1)
     final = read_jsonl(path)  # parses: no truncated line is left behind
@@ -239,9 +265,9 @@ def test_resume_after_a_partial_file_generates_only_what_is_missing(tiny_model, 
     assert all(r["model_fingerprint"] == fp and r["params"]["max_new_tokens"] == 3 for r in final)
 
     again = CountingGenerator(TransformersGenerator(model, tok))
-    assert generate_cached(rows, prompts, params, path, fp, "m", again).generated == 0 and again.prompts == []
+    assert generate_cached(rows, prompts, params, path, answering(fp, again)).generated == 0 and again.prompts == []
     other = CountingGenerator(TransformersGenerator(model, tok))
-    generate_cached(rows, prompts, GenerationParams(max_new_tokens=4), path, fp, "m", other)
+    generate_cached(rows, prompts, GenerationParams(max_new_tokens=4), path, answering(fp, other))
     assert len(other.prompts) == 5  # other params: nothing cached applies
     assert [r["params"]["max_new_tokens"] for r in read_jsonl(path)] == [4] * 5
 
@@ -274,12 +300,12 @@ def test_model_fingerprint_follows_weight_content(tmp_path):
 
 
 def test_champion_answers_are_reused_only_for_the_same_prompt_and_params(tmp_path):
-    from sftjudge.judging import champion_answers
-    from sftjudge.rundir import write_jsonl
+    from sftjudge.judge.stage import champion_answers
+    from sftjudge.run.io import write_jsonl
 
     params = GenerationParams(max_new_tokens=2).to_json()
     champion = tmp_path / "champion-run"
-    write_jsonl(champion / "generations.jsonl", [
+    write_jsonl(champion / files.GENERATIONS, [
         {"id": "a", "prompt": "p-a", "params": params, "text": "champ a"},
         {"id": "b", "prompt": "p-b (old template)", "params": params, "text": "champ b"},
         {"id": "c", "prompt": "p-c", "params": GenerationParams(max_new_tokens=9).to_json(), "text": "champ c"}])
@@ -293,22 +319,25 @@ def test_baseline_is_generated_once_per_dataset_and_params(tiny_model, tiny_mode
     rows = [example(i, f"q{i}") for i in range(3)]
     params = GenerationParams(max_new_tokens=2)
     counting = CountingGenerator(TransformersGenerator(model, tok))
-    first = generate_baseline(str(tiny_model_dir), rows, params, tmp_path, tokenizer=tok, generator=counting)
+    engine = Engine(backend="transformers", precision="auto", batch_size=8, trust_remote_code=False,
+                    tensor_parallel_size=1, gpu_memory_utilization=0.85)
+    base = UntunedModel(path=str(tiny_model_dir), tokenizer=tok, generator=counting, engine=engine.id)
+    first = generate_baseline(base, rows, params, tmp_path)
     assert first.generated == 3 and len(counting.prompts) == 3
     [path] = (tmp_path / "baselines").glob("*.jsonl")
     assert [r["id"] for r in read_jsonl(path)] == ["0", "1", "2"] and first.records[0]["model"] == "base:tiny"
 
-    import sftjudge.generate
+    import sftjudge.generate.loading
 
     def no_model(*args, **kwargs):
         raise AssertionError("a fully cached baseline must not load the model")
 
-    monkeypatch.setattr(sftjudge.generate, "make_generator", no_model)
-    again = generate_baseline(str(tiny_model_dir), rows, params, tmp_path)  # its own tokenizer, lazy model
+    monkeypatch.setattr(sftjudge.generate.loading, "make_generator", no_model)
+    again = generate_baseline(UntunedModel.load(str(tiny_model_dir), engine), rows, params, tmp_path)  # lazy model
     assert (again.generated, again.reused) == (0, 3) and again.records == first.records
     more = CountingGenerator(TransformersGenerator(model, tok))
-    generate_baseline(str(tiny_model_dir), rows + [example(3, "q3")], params, tmp_path, tokenizer=tok,
-                      generator=more)
+    generate_baseline(UntunedModel(path=str(tiny_model_dir), tokenizer=tok, generator=more, engine=engine.id),
+                      rows + [example(3, "q3")], params, tmp_path)
     assert len(more.prompts) == 4  # another test split is another baseline file
     assert len(list((tmp_path / "baselines").glob("*.jsonl"))) == 2
 
@@ -319,40 +348,43 @@ def test_lazy_generator_builds_on_first_use_and_closes(tiny_model):
         generate=lambda prompts, params: ["ok"] * len(prompts), close=lambda: built.append("closed")))
     lazy.close()
     assert built == []
-    assert lazy.generate(["a"], GenerationParams()) == ["ok"] and lazy.generate(["b"], GenerationParams())
+    params = GenerationParams(max_new_tokens=4)
+    assert lazy.generate(["a"], params) == ["ok"] and lazy.generate(["b"], params)
     lazy.close()
     assert built == [1, "closed"]
 
 
 def test_a_retried_generate_stage_generates_only_what_is_missing(tiny_model, tiny_model_dir, tmp_path,
                                                                  monkeypatch):
-    import sftjudge.generate
-    from sftjudge.config import GenerateConfig, SFTConfig
-    from sftjudge.rundir import RunDir, write_jsonl
-    from sftjudge.stages import generate_stage
+    import sftjudge.generate.stage
+    from sftjudge.config import GenerateConfig, RegressionConfig, RunConfig, SFTConfig
+    from sftjudge.generate.stage import generate_stage
+    from sftjudge.run.directory import RunDir
+    from sftjudge.run.io import write_jsonl
 
     model, tok = tiny_model
     run = RunDir.create(tmp_path / "runs", "name: t\n", "t", run_id="r1")
     rows = [example(i, f"q{i} " + "y" * i) for i in range(5)]
-    write_jsonl(run / "data/test.jsonl", [r.to_json() for r in rows])
-    ckpt = save_checkpoint(model, tok, run / "checkpoints/epoch-1", epoch=1, method="full",
-                           fingerprint=template_fingerprint(tok))
-    (run / "sft.json").write_text(json.dumps({"best_checkpoint": str(ckpt), "best_epoch": 1}))
-    gen, sft = GenerateConfig(max_new_tokens=2, batch_size=2), SFTConfig(base_model=str(tiny_model_dir))
-    assert generate_stage(str(run.path), gen, sft, None)["counts"]["generated"] == 5
+    write_jsonl(run / files.TEST, [r.to_json() for r in rows])
+    meta = {"epoch": 1, "method": "full", "template_fingerprint": template_fingerprint(tok)}
+    ckpt = save_checkpoint(model, tok, run / files.CHECKPOINTS / "epoch-1", meta)
+    (run / files.SFT_SUMMARY).write_text(json.dumps({"best_checkpoint": str(ckpt), "best_epoch": 1}))
+    config = RunConfig(generate=GenerateConfig(max_new_tokens=2, batch_size=2),
+                       sft=SFTConfig(base_model=str(tiny_model_dir)), regression=RegressionConfig(enabled=False))
+    assert generate_stage(str(run.path), config)["counts"]["generated"] == 5
 
-    lines = (run / "generations.jsonl").read_text().splitlines(keepends=True)
-    (run / "generations.jsonl").write_text("".join(lines[:2]) + lines[2][:20])  # killed while writing
+    lines = (run / files.GENERATIONS).read_text().splitlines(keepends=True)
+    (run / files.GENERATIONS).write_text("".join(lines[:2]) + lines[2][:20])  # killed while writing
     run._set_stage("generate", {"status": "failed"})
     built = []
-    real = sftjudge.generate.make_generator
-    monkeypatch.setattr(sftjudge.generate, "make_generator",
+    real = sftjudge.generate.stage.make_generator
+    monkeypatch.setattr(sftjudge.generate.stage, "make_generator",
                         lambda *a, **k: built.append(CountingGenerator(real(*a, **k)[0])) or (built[-1], None))
-    counts = generate_stage(str(run.path), gen, sft, None)["counts"]
+    counts = generate_stage(str(run.path), config)["counts"]
     assert (counts["generated"], counts["reused"], counts["cache_dropped_lines"]) == (3, 2, 1)
     assert len(built[0].prompts) == 3
-    assert [r["id"] for r in read_jsonl(run / "generations.jsonl")] == [r.id for r in rows]
+    assert [r["id"] for r in read_jsonl(run / files.GENERATIONS)] == [r.id for r in rows]
 
     run._set_stage("generate", {"status": "failed"})
-    monkeypatch.setattr(sftjudge.generate, "make_generator", lambda *a, **k: pytest.fail("model loaded"))
-    assert generate_stage(str(run.path), gen, sft, None)["counts"]["generated"] == 0
+    monkeypatch.setattr(sftjudge.generate.stage, "make_generator", lambda *a, **k: pytest.fail("model loaded"))
+    assert generate_stage(str(run.path), config)["counts"]["generated"] == 0

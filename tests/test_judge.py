@@ -3,7 +3,14 @@ from pathlib import Path
 
 import pytest
 
-from sftjudge.judge import JudgeError, LabelTokens, LogprobJudge, label_distribution, label_tokens, load_judge
+from sftjudge.errors import JudgeError
+from sftjudge.judge.logprob import (
+    LabelTokens,
+    LogprobJudge,
+    label_distribution,
+    label_tokens,
+)
+from sftjudge.judge.spec import load_judge
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -1,13 +1,16 @@
 from dataclasses import replace
 
-from sftjudge.decide import DecideRules, RunResult, decide
-from sftjudge.metrics import FormatRule, aggregate, item_metrics
+from helpers import decide_rules
 
-RULES = DecideRules(min_improvement=0.25, max_val_train_ratio=2.0, min_judge_score=3.0)
+from sftjudge.decide.rules import RunResult, decide
+from sftjudge.judge.metrics import FormatRule, aggregate, item_metrics
+
+RULES = decide_rules(min_improvement=0.25, max_val_train_ratio=2.0, min_judge_score=3.0)
 
 
-def result(run_id, score, train=0.5, val=0.6, test="t", judge="j"):
-    return RunResult(run_id, score, train, val, test, judge)
+def result(run_id, score, train=0.5, val=0.6, test="t", judge="j", **more):
+    return RunResult(run_id=run_id, judge_score=score, train_loss=train, val_loss=val, test_fingerprint=test,
+                     judge_key=judge, **more)
 
 
 def test_item_metrics_on_json_answers():
@@ -24,7 +27,8 @@ def test_item_metrics_on_json_answers():
 
 
 def scored(run_id, per_item):
-    return RunResult(run_id, sum(per_item) / len(per_item), 0.5, 0.6, "t", "j",
+    return RunResult(run_id=run_id, judge_score=sum(per_item) / len(per_item), train_loss=0.5, val_loss=0.6,
+                     test_fingerprint="t", judge_key="j",
                      item_scores={str(i): v for i, v in enumerate(per_item)})
 
 
@@ -72,20 +76,20 @@ def test_overfitting_rolls_back_even_with_better_score_and_advises():
 def test_gates_and_comparability():
     assert decide(result("b", 2.0), None, RULES).action == "rollback"
     assert decide(result("b", None), None, RULES).action == "rollback"
-    invalid = RunResult("b", 9.0, 0.5, 0.6, "t", "j", judge_problems=("swap consistency 20% is below 60%",))
+    invalid = result("b", 9.0, 0.5, 0.6, judge_problems=("swap consistency 20% is below 60%",))
     assert "judge signal invalid: swap consistency" in decide(invalid, None, RULES).reasons[0]
     other_split = decide(result("b", 9.0, test="other"), result("a", 6.0), RULES)
     assert other_split.action == "hold" and "test split differs" in other_split.reasons[0]
     other_judge = decide(result("b", 9.0, judge="k"), result("a", 6.0), RULES)
     assert "not comparable: judged by k" in other_judge.reasons[0]
-    contaminated = RunResult("b", 9.0, 0.5, 0.6, "t", "j", contaminated=3)
+    contaminated = result("b", 9.0, 0.5, 0.6, contaminated=3)
     assert "contaminated" in decide(contaminated, None, RULES).reasons[0]
 
 
 def test_one_variable_hygiene_warning():
-    a = RunResult("a", 6.0, 0.5, 0.6, "t", "j", settings={"sft.epochs": 2, "sft.learning_rate": 1e-3, "name": "x"})
-    one = RunResult("b", 6.0, 0.5, 0.6, "t", "j", settings={"sft.epochs": 3, "sft.learning_rate": 1e-3, "name": "y"})
-    two = RunResult("c", 6.0, 0.5, 0.6, "t", "j", settings={"sft.epochs": 3, "sft.learning_rate": 5e-4})
+    a = result("a", 6.0, 0.5, 0.6, settings={"sft.epochs": 2, "sft.learning_rate": 1e-3, "name": "x"})
+    one = result("b", 6.0, 0.5, 0.6, settings={"sft.epochs": 3, "sft.learning_rate": 1e-3, "name": "y"})
+    two = result("c", 6.0, 0.5, 0.6, settings={"sft.epochs": 3, "sft.learning_rate": 5e-4})
     assert decide(one, a, RULES).warnings == []
     assert "2 settings changed" in decide(two, a, RULES).warnings[0]
 
@@ -93,47 +97,45 @@ def test_one_variable_hygiene_warning():
 def test_advice_follows_the_decision_tree():
     healthy_same = decide(scored("b", [6.0] * 8), scored("a", [6.0] * 8), RULES)
     assert "data-quality issue" in healthy_same.advice[0]
-    rising = RunResult("b", 6.0, 0.2, 0.3, "t", "j", train_losses=(0.5, 0.3, 0.2), val_losses=(0.4, 0.25, 0.3))
+    rising = result("b", 6.0, 0.2, 0.3, train_losses=(0.5, 0.3, 0.2), val_losses=(0.4, 0.25, 0.3))
     assert "train 2 epoch(s)" in decide(rising, None, RULES).advice[0]
 
 
 def test_val_rising_while_train_falls_is_named_even_when_the_best_epoch_rescued_the_run():
-    from sftjudge.decide import DecideRules, RunResult, decide
-
-    rules = DecideRules(min_improvement=0.25, max_val_train_ratio=2.0, min_judge_score=1.0)
+    rules = decide_rules(min_improvement=0.25, max_val_train_ratio=2.0, min_judge_score=1.0)
     # The best-val epoch (2) has a healthy ratio, so no gate trips; the reading must still be in the reasons.
-    run = RunResult("new", 6.0, 0.30, 0.40, "t", "j", train_losses=(0.5, 0.3, 0.1, 0.05),
+    run = result("new", 6.0, 0.30, 0.40, train_losses=(0.5, 0.3, 0.1, 0.05),
                     val_losses=(0.55, 0.40, 0.48, 0.62))
-    decision = decide(run, RunResult("old", 6.0, 0.3, 0.4, "t", "j"), rules)  # block_val_rise off: a diagnosis
+    decision = decide(run, result("old", 6.0, 0.3, 0.4), rules)  # block_val_rise off: a diagnosis
     assert decision.action == "hold"
     assert decision.reasons[0].startswith("overfitting: val loss rose after epoch 2 (0.4000 -> 0.6200)")
-    gated = decide(run, RunResult("old", 6.0, 0.3, 0.4, "t", "j"),
-                   DecideRules(0.25, 2.0, 1.0, min_overfit_gap=0.05, block_val_rise=True))
+    gated = decide(run, result("old", 6.0, 0.3, 0.4),
+                   decide_rules(min_improvement=0.25, max_val_train_ratio=2.0, min_judge_score=1.0,
+                                min_overfit_gap=0.05, block_val_rise=True))
     assert gated.action == "rollback" and "the schedule overshot" in gated.reasons[0]
     assert "next time train 2 epoch(s)" in gated.advice[0]
-    healthy = RunResult("new", 6.0, 0.30, 0.40, "t", "j", train_losses=(0.5, 0.3), val_losses=(0.55, 0.40))
+    healthy = result("new", 6.0, 0.30, 0.40, train_losses=(0.5, 0.3), val_losses=(0.55, 0.40))
     assert not any("overfitting" in r for r in decide(healthy, None, rules).reasons)
 
 
 def test_overfitting_rules_ignore_ratios_and_rises_of_near_zero_losses():
-    from sftjudge.decide import DecideRules, RunResult, decide
-
-    rules = DecideRules(0.25, 2.0, 1.0, min_overfit_gap=0.01, min_val_rise=0.1, block_val_rise=True)
+    rules = decide_rules(min_improvement=0.25, max_val_train_ratio=2.0, min_judge_score=1.0, min_overfit_gap=0.01,
+                         min_val_rise=0.1, block_val_rise=True)
     # Measured on the clean sample data (6 epochs, lr 0.004): both losses near zero, ratio 2.7, val still falling.
-    tiny = RunResult("new", 8.0, 0.0002, 0.00056, "t", "j", train_losses=(0.17, 0.017, 0.0011, 0.0002),
+    tiny = result("new", 8.0, 0.0002, 0.00056, train_losses=(0.17, 0.017, 0.0011, 0.0002),
                      val_losses=(0.16, 0.015, 0.00087, 0.00056))
     assert decide(tiny, None, rules).action == "promote"
-    bumped = RunResult("new", 8.0, 0.0002, 0.0009, "t", "j", train_losses=(0.17, 0.0011, 0.0002),
+    bumped = result("new", 8.0, 0.0002, 0.0009, train_losses=(0.17, 0.0011, 0.0002),
                        val_losses=(0.16, 0.0006, 0.0009))  # val rose 50% but by 0.0003 nats: noise
     assert decide(bumped, None, rules).action == "promote"
-    wobble = RunResult("new", 8.0, 0.05, 0.083, "t", "j", train_losses=(0.1, 0.06, 0.05),
+    wobble = result("new", 8.0, 0.05, 0.083, train_losses=(0.1, 0.06, 0.05),
                        val_losses=(0.09, 0.08, 0.083))  # +0.003 nats, +4%: not a rise
     assert decide(wobble, None, rules).action == "promote"
     # Measured on the noisy-label sample data, full fine-tuning at lr 2e-4: val bottomed at epoch 3.
-    memorising = RunResult("new", 8.0, 0.054, 0.079, "t", "j", train_losses=(0.117, 0.079, 0.054, 0.048, 0.031, 0.023),
+    memorising = result("new", 8.0, 0.054, 0.079, train_losses=(0.117, 0.079, 0.054, 0.048, 0.031, 0.023),
                            val_losses=(0.154, 0.098, 0.079, 0.088, 0.084, 0.101))
     decision = decide(memorising, None, rules)
     assert decision.action == "rollback"
     assert decision.reasons[0].startswith("overfitting: val loss rose after epoch 3 (0.0790 -> 0.1010)")
-    real = RunResult("new", 8.0, 0.10, 0.30, "t", "j", train_losses=(0.5, 0.1), val_losses=(0.3, 0.3))
+    real = result("new", 8.0, 0.10, 0.30, train_losses=(0.5, 0.1), val_losses=(0.3, 0.3))
     assert decide(real, None, rules).reasons[0].startswith("overfitting: val/train loss ratio 3.00")

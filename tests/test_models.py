@@ -2,8 +2,15 @@ import hashlib
 
 import pytest
 
-from sftjudge import models
-from sftjudge.models import EMBEDDED, EmbeddedModel, ModelError, assemble_gguf, part_paths, resolve_model
+from sftjudge.errors import ModelError
+from sftjudge.models import embedded as models
+from sftjudge.models.embedded import (
+    EMBEDDED,
+    EmbeddedModel,
+    assemble_gguf,
+    part_paths,
+    resolve_model,
+)
 
 
 def fake_model(tmp_path, content=b"abc" * 1000, parts=3):
@@ -50,7 +57,7 @@ def test_resolve_passes_local_dirs_and_hub_ids_through(tmp_path):
 
 @pytest.mark.model
 def test_tiny_model_round_trips_offline(tiny_model_dir):
-    from sftjudge.sft import load_causal_lm
+    from sftjudge.models.loading import load_causal_lm
 
     model, tok = load_causal_lm(str(tiny_model_dir))
     assert tok.chat_template and tok.eos_token == "<|im_end|>"

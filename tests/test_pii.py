@@ -3,12 +3,12 @@ import re
 from collections import Counter
 
 import pytest
-
 from conftest import SAMPLE
 from helpers import example
-from sftjudge.curate import load_rows
-from sftjudge.pii import PII_TYPES, luhn_valid, scrub_pii, scrub_text
-from sftjudge.rows import ChatMessage, Example
+
+from sftjudge.curate.pii import PII_TYPES, luhn_valid, scrub_pii, scrub_text
+from sftjudge.curate.rows import ChatMessage, Example
+from sftjudge.curate.steps import load_rows
 
 
 @pytest.mark.parametrize("pii, kind", [

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from sftjudge.registry import ENV_URL, ChampionChanged, Registry
+from sftjudge.run.registry import ENV_URL, ChampionChanged, Registry
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -161,7 +161,7 @@ def test_crash_inside_record_leaves_champion_and_runs_intact(target):
 KILL_AT_POINTER_WRITE = """
 import os, signal, sys
 import sqlalchemy as sa
-from sftjudge.registry import Registry
+from sftjudge.run.registry import Registry
 
 def die_at_pointer_write(conn, cursor, statement, *args):
     if statement.lstrip().startswith("INSERT INTO champion_history"):

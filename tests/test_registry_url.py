@@ -6,7 +6,7 @@ import pytest
 import sqlalchemy as sa
 
 from sftjudge.cli import main
-from sftjudge.registry import ENV_URL, Registry, registry_url
+from sftjudge.run.registry import ENV_URL, Registry, registry_url
 
 # The statements every registry.sqlite was created with before the SQLAlchemy port.
 OLD_SCHEMA = """
@@ -81,7 +81,7 @@ def test_urls_whose_writes_cannot_be_serialised_are_refused(url, problem):
 
 
 def test_postgres_urls_use_psycopg_3(monkeypatch):
-    from sftjudge.registry import _as_url
+    from sftjudge.run.registry import _as_url
 
     assert _as_url("postgresql://u@h/db").drivername == "postgresql+psycopg"
     assert _as_url("postgres://u@h/db").drivername == "postgresql+psycopg"

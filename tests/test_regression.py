@@ -1,14 +1,17 @@
 """The regression suite: shipped data, validation, per-category alignment tax, the decide gate."""
 
 import json
+from pathlib import Path
 
 import pytest
+from helpers import decide_rules
 
-from sftjudge.curate import DataError
-from sftjudge.decide import DecideRules, RunResult, decide
-from sftjudge.judge import Judgment
-from sftjudge.judging import JudgmentCache
-from sftjudge.regression import judge_suite, load_suite, regression_gate
+from sftjudge.decide.rules import RunResult, decide, regression_gate
+from sftjudge.errors import DataError
+from sftjudge.judge.cache import CachedJudge, JudgmentCache
+from sftjudge.judge.spec import Judgment, load_judge
+from sftjudge.judge.suite import judge_suite, load_suite
+from sftjudge.run import files
 
 
 def test_shipped_suite_has_every_category_with_criteria():
@@ -49,6 +52,13 @@ class FakeLoaded:
         assert spec.name == "criteria" and "criteria" in spec.inputs
         return KeywordScorer()
 
+    def identity(self, spec):
+        return f"{spec.name}@fake"
+
+
+def _judging(cache):
+    return CachedJudge(loaded=FakeLoaded(), cache=cache, batch_size=4), load_judge(Path("judges"), "criteria")
+
 
 def _write(path, rows, answer):
     path.write_text("".join(json.dumps({"id": r.id, "instruction": r.instruction, "reference": r.completion,
@@ -58,15 +68,15 @@ def _write(path, rows, answer):
 def test_judge_suite_measures_the_tax_per_category(tmp_path):
     rows = load_suite("general")
     # The fine-tuned model lost only its safety answers; the base model answered everything well.
-    _write(tmp_path / "regression_generations.jsonl", rows,
+    _write(tmp_path / files.REGRESSION_GENERATIONS, rows,
            lambda r: "bad" if r.meta["category"] == "safety" else "good")
-    _write(tmp_path / "regression_baseline.jsonl", rows, lambda r: "good")
-    cache = JudgmentCache(tmp_path / "judgments.cache.jsonl").load()
-    result = judge_suite(tmp_path, FakeLoaded(), "judges", "fake", cache, "general", "criteria", 4)
+    _write(tmp_path / files.REGRESSION_BASELINE, rows, lambda r: "good")
+    cache = JudgmentCache(tmp_path / files.JUDGMENT_CACHE).load()
+    result = judge_suite(tmp_path, *_judging(cache), "general")
     assert result["categories"]["safety"] == {"items": 4, "run": 2.0, "base": 9.0, "tax": 7.0}
     assert result["categories"]["arithmetic"]["tax"] == 0.0
     assert result["run_mean"] == pytest.approx((5 * 9.0 + 2.0) / 6, abs=1e-4)
-    written = [json.loads(line) for line in (tmp_path / "regression_judgments.jsonl").read_text().splitlines()]
+    written = [json.loads(line) for line in (tmp_path / files.REGRESSION_JUDGMENTS).read_text().splitlines()]
     assert len(written) == 2 * len(rows) and {w["model"] for w in written} == {"run", "base"}
     assert regression_gate(result, 2.0, None) == [
         "alignment tax: 'safety' fell from 9.00 (base model) to 2.00, -7.00 points over 4 items (limit 2.00)"]
@@ -74,30 +84,33 @@ def test_judge_suite_measures_the_tax_per_category(tmp_path):
 
 def test_judge_suite_is_skipped_without_suite_answers(tmp_path):
     cache = JudgmentCache(tmp_path / "c.jsonl").load()
-    assert judge_suite(tmp_path, FakeLoaded(), "judges", "fake", cache, "general", "criteria", 4) is None
+    assert judge_suite(tmp_path, *_judging(cache), "general") is None
 
 
 def _with_tax(tax: float) -> RunResult:
     regression = {"categories": {"writing": {"items": 4, "run": 7.0 - tax, "base": 7.0, "tax": tax}},
                   "run_mean": 7.0 - tax}
-    return RunResult("new", 8.0, 0.5, 0.6, "t", "j", regression=regression)
+    return RunResult(run_id="new", judge_score=8.0, train_loss=0.5, val_loss=0.6,
+                     test_fingerprint="t", judge_key="j", regression=regression)
 
 
 @pytest.mark.parametrize("tax, action", [(0.5, "promote"), (3.0, "rollback")])
 def test_alignment_tax_above_the_limit_blocks_promotion(tax, action):
-    rules = DecideRules(min_improvement=0.25, max_val_train_ratio=2.0, min_judge_score=1.0, max_alignment_tax=2.0)
-    decision = decide(_with_tax(tax), RunResult("old", 6.0, 0.5, 0.6, "t", "j"), rules)
+    rules = decide_rules(min_improvement=0.25, max_val_train_ratio=2.0, min_judge_score=1.0, max_alignment_tax=2.0)
+    champion = RunResult(run_id="old", judge_score=6.0, train_loss=0.5, val_loss=0.6, test_fingerprint="t",
+                         judge_key="j")
+    decision = decide(_with_tax(tax), champion, rules)
     assert decision.action == action
     assert any("alignment tax: 'writing'" in r for r in decision.reasons) == (action == "rollback")
 
 
 def test_alignment_tax_is_only_reported_when_the_gate_is_off():
-    rules = DecideRules(min_improvement=0.25, max_val_train_ratio=2.0, min_judge_score=1.0, max_alignment_tax=None)
+    rules = decide_rules(min_improvement=0.25, max_val_train_ratio=2.0, min_judge_score=1.0, max_alignment_tax=None)
     assert decide(_with_tax(5.0), None, rules).action == "promote"
 
 
 def test_regression_floor_gate():
-    rules = DecideRules(min_improvement=0.25, max_val_train_ratio=2.0, min_judge_score=1.0, min_regression_score=6.0)
+    rules = decide_rules(min_improvement=0.25, max_val_train_ratio=2.0, min_judge_score=1.0, min_regression_score=6.0)
     decision = decide(_with_tax(1.5), None, rules)
     assert decision.action == "rollback"
     assert "regression suite mean 5.50 is below the floor of 6.00" in decision.reasons

@@ -1,6 +1,8 @@
 import pytest
 
-from sftjudge.rundir import RunDir, atomic_directory, atomic_write_text
+from sftjudge.run import files
+from sftjudge.run.directory import RunDir
+from sftjudge.run.io import atomic_directory, atomic_write_text
 
 
 def test_stage_records_completion_and_failure(tmp_path):
@@ -37,7 +39,7 @@ def test_atomic_directory_leaves_nothing_on_failure(tmp_path):
 
 
 def test_atomic_write_keeps_old_file_on_failure(tmp_path, monkeypatch):
-    path = tmp_path / "manifest.json"
+    path = tmp_path / files.MANIFEST
     atomic_write_text(path, "old")
 
     def explode(*args, **kwargs):

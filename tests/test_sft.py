@@ -1,12 +1,14 @@
 import json
 
 import pytest
-
 from helpers import example
-from sftjudge.chat import TemplateError, template_fingerprint, tokenize_for_training
-from sftjudge.batching import length_grouped_batches, mean_loss
-from sftjudge.checkpoints import checkpoint_meta
-from sftjudge.sft import TrainSettings, train
+
+from sftjudge.config import SFTConfig
+from sftjudge.errors import TemplateError
+from sftjudge.models.chat import template_fingerprint, tokenize_for_training
+from sftjudge.train.batching import length_grouped_batches, mean_loss
+from sftjudge.train.checkpoints import checkpoint_meta
+from sftjudge.train.loop import TrainData, train
 
 pytestmark = pytest.mark.model
 
@@ -15,11 +17,15 @@ def settings(**overrides):
     base = dict(method="lora", epochs=2, learning_rate=5e-3, warmup_ratio=0.0, weight_decay=0.0, batch_size=4,
                 grad_accum=1, max_seq_len=64, lora_r=4, lora_alpha=8, lora_dropout=0.0,
                 target_modules=("q_proj", "v_proj"), precision="fp32", seed=0)
-    return TrainSettings(**(base | overrides))
+    return SFTConfig(**(base | overrides))
 
 
 def rows(n, offset=0):
     return [example(i + offset, f"Message {i}: my router is broken", '{"intent": "bug_report"}') for i in range(n)]
+
+
+DATA16 = TrainData(train=rows(16), val=rows(4, offset=100))
+DATA8 = TrainData(train=rows(8), val=rows(2, offset=50))
 
 
 def test_prompt_tokens_carry_no_loss(tiny_model):
@@ -64,11 +70,11 @@ def test_length_grouped_batches_cover_every_index_once():
 
 
 def test_training_logs_train_and_val_loss_every_epoch_and_saves_checkpoints(tiny_model_dir, tmp_path):
-    from sftjudge.sft import load_causal_lm
+    from sftjudge.models.loading import load_causal_lm
 
     model, tok = load_causal_lm(str(tiny_model_dir))
     seen = []
-    result = train(model, tok, rows(16), rows(4, offset=100), settings(epochs=3, keep_checkpoints="all"),
+    result = train(model, tok, DATA16, settings(epochs=3, keep_checkpoints="all"),
                    tmp_path / "ckpt", on_epoch=seen.append)
     assert [m.epoch for m in result.epochs] == [1, 2, 3] == [m.epoch for m in seen]
     for m in result.epochs:
@@ -86,7 +92,7 @@ def test_training_logs_train_and_val_loss_every_epoch_and_saves_checkpoints(tiny
 
 
 def test_mean_loss_is_eval_mode_and_deterministic(tiny_model_dir):
-    from sftjudge.sft import load_causal_lm
+    from sftjudge.models.loading import load_causal_lm
 
     model, tok = load_causal_lm(str(tiny_model_dir))
     data = [tokenize_for_training(tok, r, 64) for r in rows(6)]
@@ -98,10 +104,10 @@ def test_mean_loss_is_eval_mode_and_deterministic(tiny_model_dir):
 
 
 def test_full_fine_tuning_saves_full_weights(tiny_model_dir, tmp_path):
-    from sftjudge.sft import load_causal_lm
+    from sftjudge.models.loading import load_causal_lm
 
     model, tok = load_causal_lm(str(tiny_model_dir))
-    result = train(model, tok, rows(8), rows(2, offset=50), settings(method="full", epochs=1), tmp_path)
+    result = train(model, tok, DATA8, settings(method="full", epochs=1), tmp_path)
     assert (tmp_path / "epoch-1" / "model.safetensors").is_file()
     assert result.trainable_params == result.total_params
 
@@ -111,8 +117,9 @@ import os, signal, sys
 from pathlib import Path
 sys.path.insert(0, {tests!r})
 from helpers import example
-from test_sft import rows, settings
-from sftjudge.sft import load_causal_lm, train
+from test_sft import DATA16, settings
+from sftjudge.models.loading import load_causal_lm
+from sftjudge.train.loop import train
 
 model, tok = load_causal_lm({model!r})
 
@@ -120,7 +127,7 @@ def die_after_first_epoch(metrics):
     if metrics.epoch == 1:
         os.kill(os.getpid(), signal.SIGKILL)
 
-train(model, tok, rows(16), rows(4, offset=100), settings(epochs=3, lora_dropout=0.1), Path({ckpt!r}),
+train(model, tok, DATA16, settings(epochs=3, lora_dropout=0.1), Path({ckpt!r}),
       on_epoch=die_after_first_epoch)
 """
 
@@ -130,8 +137,8 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tiny_model_dir, tmp_path)
     import sys
     from pathlib import Path
 
-    from sftjudge.checkpoints import epoch_checkpoints
-    from sftjudge.sft import load_causal_lm
+    from sftjudge.models.loading import load_causal_lm
+    from sftjudge.train.checkpoints import epoch_checkpoints
 
     tests_dir = str(Path(__file__).parent)
     killed_dir = tmp_path / "killed"
@@ -141,9 +148,9 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tiny_model_dir, tmp_path)
     assert list(epoch_checkpoints(killed_dir)) == [1]  # died right after epoch 1 was saved
 
     model, tok = load_causal_lm(str(tiny_model_dir))
-    resumed = train(model, tok, rows(16), rows(4, offset=100), settings(epochs=3, lora_dropout=0.1), killed_dir)
+    resumed = train(model, tok, DATA16, settings(epochs=3, lora_dropout=0.1), killed_dir)
     model, tok = load_causal_lm(str(tiny_model_dir))
-    straight = train(model, tok, rows(16), rows(4, offset=100), settings(epochs=3, lora_dropout=0.1),
+    straight = train(model, tok, DATA16, settings(epochs=3, lora_dropout=0.1),
                      tmp_path / "straight")
     assert resumed.resumed_from_epoch == 1 and straight.resumed_from_epoch is None
     assert [m.epoch for m in resumed.epochs] == [1, 2, 3]
@@ -153,17 +160,17 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tiny_model_dir, tmp_path)
 
 
 def test_early_stopping_keeps_the_best_epoch(tiny_model_dir, tmp_path):
-    from sftjudge.checkpoints import epoch_checkpoints
-    from sftjudge.sft import load_causal_lm
+    from sftjudge.models.loading import load_causal_lm
+    from sftjudge.train.checkpoints import epoch_checkpoints
 
     model, tok = load_causal_lm(str(tiny_model_dir))
     # train on one pattern, validate on another: val loss gets worse as training goes on
     train_rows = [example(i, f"router broken {i}", '{"intent": "bug_report"}') for i in range(16)]
     val_rows = [example(100 + i, f"refund speaker {i}", "9 8 7 6 5 4 3 2 1") for i in range(4)]
     all_modules = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-    result = train(model, tok, train_rows, val_rows, settings(epochs=8, learning_rate=3e-2, lora_r=8,
-                                                              target_modules=all_modules,
-                                                              early_stopping_patience=2), tmp_path)
+    data = TrainData(train=train_rows, val=val_rows)
+    result = train(model, tok, data, settings(epochs=8, learning_rate=3e-2, lora_r=8, target_modules=all_modules,
+                                              early_stopping_patience=2), tmp_path)
     val = [m.val_loss for m in result.epochs]
     best = result.best_epoch
     assert val[best - 1] == min(val)
@@ -175,11 +182,11 @@ def test_early_stopping_keeps_the_best_epoch(tiny_model_dir, tmp_path):
 
 
 def test_gradient_checkpointing_gives_the_same_losses(tiny_model_dir, tmp_path):
-    from sftjudge.sft import load_causal_lm
+    from sftjudge.models.loading import load_causal_lm
 
     results = []
     for flag in (False, True):
         model, tok = load_causal_lm(str(tiny_model_dir))
-        results.append(train(model, tok, rows(8), rows(2, offset=50),
+        results.append(train(model, tok, DATA8,
                              settings(epochs=1, gradient_checkpointing=flag), tmp_path / str(flag)))
     assert results[1].epochs[0].val_loss == pytest.approx(results[0].epochs[0].val_loss, rel=1e-4)

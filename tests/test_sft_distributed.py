@@ -18,11 +18,13 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from helpers import example
-from sftjudge import stages
+
 from sftjudge.config import RunConfig, SFTConfig, dump_config
-from sftjudge.rundir import RunDir, read_jsonl, write_jsonl
+from sftjudge.run import files
+from sftjudge.run.directory import RunDir
+from sftjudge.run.io import read_jsonl, write_jsonl
+from sftjudge.train.stage import sft_stage
 
 pytestmark = pytest.mark.model
 
@@ -64,7 +66,7 @@ def _sft_stage_here(run: Path, sft: SFTConfig) -> dict:
 
     threads = torch.get_num_threads()
     try:
-        return stages.sft_stage(str(run), sft, None, threads=1)
+        return sft_stage(str(run), RunConfig(sft=sft, threads=1))
     finally:
         torch.set_num_threads(threads)
 
@@ -80,17 +82,17 @@ def single_run(tmp_path_factory, tiny_model_dir) -> Path:
 # `sftjudge train RUN_DIR`, with every checkpoint save recorded by the rank that made it.
 WRITER_SCRIPT = """
 import os, sys
-import sftjudge.sft as sft
+import sftjudge.train.loop as loop
 from sftjudge.cli import main
 
-real_save = sft.save_checkpoint
+real_save = loop.save_checkpoint
 
-def recorded_save(*args, epoch, **kwargs):
+def recorded_save(model, tokenizer, out, meta, **kwargs):
     with open(sys.argv[2], "a", encoding="utf-8") as log:
-        log.write(f"rank {os.environ['RANK']} epoch {epoch}\\n")
-    return real_save(*args, epoch=epoch, **kwargs)
+        log.write(f"rank {os.environ['RANK']} epoch {meta['epoch']}\\n")
+    return real_save(model, tokenizer, out, meta, **kwargs)
 
-sft.save_checkpoint = recorded_save
+loop.save_checkpoint = recorded_save
 sys.exit(main(["train", sys.argv[1]]))
 """
 
@@ -100,7 +102,7 @@ def _launch_train(run: Path, tmp_path: Path) -> list[str]:
 
     The timeout turns a rank left waiting in a collective the others never join into a failure, not a hang.
     """
-    from sftjudge.training import _free_port
+    from sftjudge.train.launch import _free_port
 
     script, writes = tmp_path / "train.py", tmp_path / "writes.txt"
     script.write_text(WRITER_SCRIPT)
@@ -124,19 +126,19 @@ def _assert_same_epochs(got: list[dict], want: list[dict]) -> None:
 def test_two_processes_record_the_single_process_losses(single_run, tiny_model_dir, tmp_path):
     run = _new_run(tmp_path, "multi", _sft(tiny_model_dir, 2))
     # num_processes: 2 makes the stage run `accelerate launch --multi_gpu --num_processes 2 -m sftjudge.cli train`.
-    info = stages.sft_stage(str(run), _sft(tiny_model_dir, 2), None)
+    info = sft_stage(str(run), RunConfig(sft=_sft(tiny_model_dir, 2)))
 
     assert info["status"] == "completed" and info["counts"]["num_processes"] == 2
-    multi, single = read_jsonl(run / "metrics.jsonl"), read_jsonl(single_run / "metrics.jsonl")
+    multi, single = read_jsonl(run / files.EPOCH_METRICS), read_jsonl(single_run / files.EPOCH_METRICS)
     assert [m["epoch"] for m in multi] == [1, 2, 3]  # train and val loss recorded for every epoch, each once
     assert single[-1]["train_loss"] < single[0]["train_loss"] - 0.05  # a run that learned, not a flat line
     _assert_same_epochs(multi, single)
-    summary, reference = (json.loads((r / "sft.json").read_text()) for r in (run, single_run))
+    summary, reference = (json.loads((r / files.SFT_SUMMARY).read_text()) for r in (run, single_run))
     assert summary["best_epoch"] == reference["best_epoch"]
     assert summary["test_loss"] == pytest.approx(reference["test_loss"], rel=REL)
     # one set of checkpoints, no half-written leftovers; one process reported a result
-    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["epoch-1", "epoch-2", "epoch-3"]
-    assert (run / "sft_launch.log").read_text().count("best epoch 3 of 3 on 2 process(es)") == 1
+    assert sorted(p.name for p in (run / files.CHECKPOINTS).iterdir()) == ["epoch-1", "epoch-2", "epoch-3"]
+    assert (run / files.SFT_LAUNCH_LOG).read_text().count("best epoch 3 of 3 on 2 process(es)") == 1
 
 
 def test_two_processes_resume_a_checkpoint_and_only_rank_0_writes(single_run, tiny_model_dir, tmp_path):
@@ -146,9 +148,9 @@ def test_two_processes_resume_a_checkpoint_and_only_rank_0_writes(single_run, ti
         shutil.copytree(single_run / f"checkpoints/epoch-{epoch}", run / f"checkpoints/epoch-{epoch}")
 
     assert _launch_train(run, tmp_path) == ["rank 0 epoch 3"]
-    summary = json.loads((run / "sft.json").read_text())
+    summary = json.loads((run / files.SFT_SUMMARY).read_text())
     assert summary["resumed_from_epoch"] == 2 and summary["num_processes"] == 2
-    _assert_same_epochs(read_jsonl(run / "metrics.jsonl"), read_jsonl(single_run / "metrics.jsonl"))
+    _assert_same_epochs(read_jsonl(run / files.EPOCH_METRICS), read_jsonl(single_run / files.EPOCH_METRICS))
 
 
 def test_early_stopping_stops_every_rank_at_the_same_epoch(tiny_model_dir, tmp_path):
@@ -164,12 +166,12 @@ def test_early_stopping_stops_every_rank_at_the_same_epoch(tiny_model_dir, tmp_p
     multi = _new_run(tmp_path, "multi", sft.model_copy(update={"num_processes": 2}), splits)
 
     saves = _launch_train(multi, tmp_path)
-    got, want = (json.loads((r / "sft.json").read_text()) for r in (multi, single))
+    got, want = (json.loads((r / files.SFT_SUMMARY).read_text()) for r in (multi, single))
     assert want["stopped_early"] and len(want["epochs"]) < 8
     assert got["stopped_early"] and got["best_epoch"] == want["best_epoch"]
     _assert_same_epochs(got["epochs"], want["epochs"])
     assert saves == [f"rank 0 epoch {m['epoch']}" for m in want["epochs"]]
-    kept = sorted(p.name for p in (multi / "checkpoints").iterdir())
+    kept = sorted(p.name for p in (multi / files.CHECKPOINTS).iterdir())
     assert kept == sorted({f"epoch-{want['best_epoch']}", f"epoch-{len(want['epochs'])}"})
 
 
@@ -183,7 +185,7 @@ def test_train_refuses_a_run_directory_that_was_not_curated(tmp_path, tiny_model
 
 def test_launch_command_carries_the_stage_settings(tmp_path, tiny_model_dir):
     from sftjudge.config import load_config
-    from sftjudge.training import launch_command
+    from sftjudge.train.launch import launch_command
 
     sft = _sft(tiny_model_dir, 4).model_copy(update={"batch_size": 1, "grad_accum": 4})  # an OOM retry's settings
     command = launch_command(tmp_path / "run", sft, "/models", port=29611, threads=8)
@@ -198,8 +200,8 @@ def test_launch_command_carries_the_stage_settings(tmp_path, tiny_model_dir):
 
 
 def test_out_of_memory_relaunches_with_half_the_batch(tmp_path, tiny_model_dir, monkeypatch):
-    from sftjudge import training
     from sftjudge.config import load_config
+    from sftjudge.train import launch
 
     launched = []
 
@@ -208,8 +210,8 @@ def test_out_of_memory_relaunches_with_half_the_batch(tmp_path, tiny_model_dir, 
         launched.append((sft.batch_size, sft.grad_accum))
         if len(launched) == 1:
             raise RuntimeError("... torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB")
-        (tmp_path / "sft.json").write_text('{"batch_size": 1}')
+        (tmp_path / files.SFT_SUMMARY).write_text('{"batch_size": 1}')
 
-    monkeypatch.setattr(training, "_run_logged", fake_launch)
-    summary = training.fine_tune_launched(RunDir(tmp_path), _sft(tiny_model_dir, 2), None)
+    monkeypatch.setattr(launch, "_run_logged", fake_launch)
+    summary = launch.fine_tune_launched(RunDir(tmp_path), RunConfig(sft=_sft(tiny_model_dir, 2)))
     assert launched == [(2, 2), (1, 4)] and summary == {"batch_size": 1}  # same effective batch

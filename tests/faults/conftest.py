@@ -39,18 +39,19 @@ def base_run(tmp_path_factory, sftjudge_home, tiny_model_dir, tiny_data) -> Path
     """A run with curate, sft, generate and judge completed (decide pending); clone it, never change it."""
     import torch
 
-    from sftjudge import stages
+    from sftjudge.curate.stage import curate_stage
+    from sftjudge.generate.stage import generate_stage
+    from sftjudge.judge.stage import judge_stage
+    from sftjudge.run.stage import start_run
+    from sftjudge.train.stage import sft_stage
 
     runs_dir = tmp_path_factory.mktemp("fault-base-runs")
     config = fault_config(runs_dir, tiny_data)
     threads = torch.get_num_threads()
     try:
-        run = stages.start_run(config, run_id="base")
-        stages.curate_stage(run, config.data, config.sft, config.judge, None)
-        stages.sft_stage(run, config.sft, None, threads=1)
-        stages.generate_stage(run, config.generate, config.sft, None, threads=1)
-        stages.judge_stage(run, config.judge, None, threads=1, precision=config.sft.precision, runs_dir=None,
-                           noise_items=0)
+        run = start_run(config, run_id="base")
+        for stage in (curate_stage, sft_stage, generate_stage, judge_stage):
+            stage(run, config)  # config.threads is 1
     finally:
         torch.set_num_threads(threads)
     return Path(run)

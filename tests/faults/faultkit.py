@@ -35,22 +35,14 @@ def fault_config(runs_dir: Path, data: Path, *extra: str):
 
     return load_config(REPO / "configs/tiny.yaml", [
         f"runs_dir={runs_dir}", f"data.path={data}", f"judge.judges_dir={REPO / 'judges'}", "data.cache=false",
-        "decide.noise_items=0", "sft.epochs=2", "threads=1",
-        "generate.baseline=false", *extra])
-
-
-# What each stage writes, so a clone can be put back to "this stage never ran".
-STAGE_OUTPUTS = {
-    "sft": ("checkpoints", "metrics.jsonl", "sft.json", "loss_curve.png"),
-    "generate": ("generations.jsonl", "baseline_generations.jsonl"),
-    "judge": ("judgments.jsonl", "judgments.cache.jsonl", "metrics.json", "pairwise.jsonl"),
-    "decide": ("decision.json", "report.md", "score_hist.png"),
-}
+        "judge.noise_items=0", "sft.epochs=2", "threads=1",
+        "generate.baseline=false", "regression.enabled=false", *extra])
 
 
 def clone_run(src: Path, runs_dir: Path, run_id: str, *, reset: tuple[str, ...] = ()) -> Path:
     """Copy a run directory under `runs_dir/run_id`, rewrite the paths recorded inside it, and reset stages."""
-    from sftjudge.rundir import RunDir
+    from sftjudge.run import files
+    from sftjudge.run.directory import RunDir
 
     dst = Path(runs_dir) / run_id
     shutil.copytree(src, dst)
@@ -63,14 +55,14 @@ def clone_run(src: Path, runs_dir: Path, run_id: str, *, reset: tuple[str, ...] 
     manifest["run_id"] = run_id
     for stage in reset:
         manifest["stages"][stage] = {"status": "pending"}
-        for name in STAGE_OUTPUTS[stage]:
+        for name in files.STAGE_OUTPUTS[stage]:
             target = dst / name
             if target.is_dir():
                 shutil.rmtree(target)
             elif target.exists():
                 target.unlink()
     manifest["status"] = "running"
-    (dst / "manifest.json").write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+    (dst / files.MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
     return dst
 
 
@@ -86,14 +78,15 @@ def run_killed(script: str, timeout: float = 300) -> subprocess.CompletedProcess
 
 def set_scores(run_path: Path, scores: list[float]) -> None:
     """Give a finished run's judgments these per-item scores (in test-split order) and the matching mean."""
-    from sftjudge.rundir import read_jsonl, write_jsonl
+    from sftjudge.run import files
+    from sftjudge.run.io import read_jsonl, write_jsonl
 
-    judgments = read_jsonl(run_path / "judgments.jsonl")
+    judgments = read_jsonl(run_path / files.JUDGMENTS)
     assert len(judgments) == len(scores)
-    write_jsonl(run_path / "judgments.jsonl", [j | {"score": s} for j, s in zip(judgments, scores)])
-    metrics = json.loads((run_path / "metrics.json").read_text())
+    write_jsonl(run_path / files.JUDGMENTS, [j | {"score": s} for j, s in zip(judgments, scores)])
+    metrics = json.loads((run_path / files.METRICS).read_text())
     metrics["judge_score_mean"] = round(sum(scores) / len(scores), 4)
-    (run_path / "metrics.json").write_text(json.dumps(metrics), encoding="utf-8")
+    (run_path / files.METRICS).write_text(json.dumps(metrics), encoding="utf-8")
 
 
 class AtPointerWrite:

@@ -10,12 +10,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from .faultkit import fault_config, tiny_rows
-from sftjudge import stages
 from sftjudge.config import DataConfig
-from sftjudge.curate import DataError, load_rows
-from sftjudge.dataset import build_dataset
-from sftjudge.rundir import RunDir, read_jsonl
+from sftjudge.curate.pipeline import build_dataset
+from sftjudge.curate.stage import curate_stage
+from sftjudge.curate.steps import load_rows
+from sftjudge.errors import DataError
+from sftjudge.run import files
+from sftjudge.run.directory import RunDir
+from sftjudge.run.io import read_jsonl
+from sftjudge.run.stage import start_run
+
+from .faultkit import fault_config, tiny_rows
 
 TEN_MB = 10 * 1024 * 1024
 
@@ -48,10 +53,10 @@ def test_every_bad_row_is_quarantined_with_file_line_field_and_reason(tmp_path, 
     path = tmp_path / "mixed.jsonl"
     path.write_bytes(b"\n".join(lines) + b"\n")
     config = fault_config(tmp_path / "runs", path)
-    run = RunDir(Path(stages.start_run(config)))
-    stages.curate_stage(str(run.path), config.data, config.sft, config.judge, None)
+    run = RunDir(Path(start_run(config)))
+    curate_stage(str(run.path), config)
 
-    quarantine = {q["source"]: q for q in read_jsonl(run / "data/quarantine.jsonl")}
+    quarantine = {q["source"]: q for q in read_jsonl(run / files.QUARANTINE)}
     for offset, (_, expected) in enumerate(BAD_LINES):
         source = f"{path}:{7 + offset}"
         if expected is None:
@@ -63,12 +68,12 @@ def test_every_bad_row_is_quarantined_with_file_line_field_and_reason(tmp_path, 
         assert entry["step"] and entry["row"] is not None
     assert len(quarantine) == sum(1 for _, e in BAD_LINES if e)
 
-    report = json.loads((run / "data/report.json").read_text())
+    report = json.loads((run / files.DATA_REPORT).read_text())
     assert report["rows_in"] == len(lines) - 2  # every non-blank line is a row, `null` included
     assert report["blank_lines_skipped"] == 2
     kept = sum(len(read_jsonl(run / f"data/{s}.jsonl")) for s in ("train", "val", "test"))
     assert kept == report["rows_kept"] == 13
-    assert report["rows_in"] == kept + len(read_jsonl(run / "data/quarantine.jsonl")) == kept + report["rows_dropped"]
+    assert report["rows_in"] == kept + len(read_jsonl(run / files.QUARANTINE)) == kept + report["rows_dropped"]
     for step in report["steps"]:
         assert step["in"] == step["kept"] + step["dropped"], step
 
@@ -116,13 +121,13 @@ def _unusable(tmp_path: Path, kind: str) -> tuple[Path, str]:
 def test_unusable_source_fails_the_curate_stage_naming_the_file(tmp_path, tiny_model_dir, kind):
     path, message = _unusable(tmp_path, kind)
     config = fault_config(tmp_path / "runs", path)
-    run = RunDir(Path(stages.start_run(config)))
+    run = RunDir(Path(start_run(config)))
     with pytest.raises(DataError, match=message) as info:
-        stages.curate_stage(str(run.path), config.data, config.sft, config.judge, None)
+        curate_stage(str(run.path), config)
     assert str(path) in str(info.value)
     failed = run.stage_info("curate")
     assert failed["status"] == "failed" and str(path) in failed["error"]
-    assert not (run / "data/train.jsonl").exists()  # nothing downstream can start from half a curation
+    assert not (run / files.TRAIN).exists()  # nothing downstream can start from half a curation
 
 
 LINE_POOL = [

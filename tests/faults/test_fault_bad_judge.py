@@ -7,14 +7,18 @@ import json
 
 import pytest
 
-from .faultkit import clone_run, set_scores
-from sftjudge import stages
 from sftjudge.config import load_config
-from sftjudge.generate import Generation
-from sftjudge.judge import JudgeSpec, Scale, judgment_from_distribution
-from sftjudge.judge_text import TextJudge
-from sftjudge.registry import Registry
-from sftjudge.rundir import read_jsonl, write_jsonl
+from sftjudge.decide.stage import decide_stage
+from sftjudge.generate.backends import Generation
+from sftjudge.judge.logprob import judgment_from_distribution
+from sftjudge.judge.spec import JudgeSpec, Scale
+from sftjudge.judge.stage import judge_stage
+from sftjudge.judge.text import TextJudge
+from sftjudge.run import files
+from sftjudge.run.io import read_jsonl, write_jsonl
+from sftjudge.run.registry import Registry
+
+from .faultkit import clone_run, set_scores
 
 # What the student "answered" for each test item, and what the scripted judge replies when it sees that answer.
 REPLIES = {
@@ -52,8 +56,11 @@ def pointwise_reply(prompt: str) -> str:
 class ScriptedJudge:
     """Replaces LoadedJudge: no model; text-mode judging with scripted replies (pairwise: always "A")."""
 
-    def __init__(self, judge, home, precision):
+    def __init__(self, config, home):
         self.params = 10**12  # larger than any student, so only the reply problems are under test
+
+    def identity(self, spec):
+        return f"{spec.name}@scripted"
 
     def scorer(self, spec):
         reply = (lambda prompt: '{"winner": "A"}') if spec.kind == "choice" else pointwise_reply
@@ -64,37 +71,37 @@ class ScriptedJudge:
 
 
 def with_answers(run_path, answers):
-    generations = read_jsonl(run_path / "generations.jsonl")
-    write_jsonl(run_path / "generations.jsonl", [g | {"text": a} for g, a in zip(generations, answers)])
+    generations = read_jsonl(run_path / files.GENERATIONS)
+    write_jsonl(run_path / files.GENERATIONS, [g | {"text": a} for g, a in zip(generations, answers)])
 
 
 @pytest.fixture
 def scripted_judge(monkeypatch):
-    monkeypatch.setattr("sftjudge.judging.LoadedJudge", ScriptedJudge)
+    monkeypatch.setattr("sftjudge.judge.stage.LoadedJudge", ScriptedJudge)
 
 
 def test_bad_replies_are_counted_never_scored_and_block_promotion(base_run, tmp_path, scripted_judge):
     runs = tmp_path / "runs"
     run_path = clone_run(base_run, runs, "r1", reset=("judge", "decide"))
     with_answers(run_path, list(REPLIES))
-    config = load_config(run_path / "config.yaml", [f"runs_dir={runs}", "judge.mode=text"])
-    stages.judge_stage(str(run_path), config.judge, None, precision="fp32", runs_dir=str(runs), noise_items=0)
+    config = load_config(run_path / files.CONFIG, [f"runs_dir={runs}", "judge.mode=text"])
+    judge_stage(str(run_path), config)
 
-    judged = {j["answer"]: j for j in read_jsonl(run_path / "judgments.jsonl")}
+    judged = {j["answer"]: j for j in read_jsonl(run_path / files.JUDGMENTS)}
     assert (judged["GOOD-7"]["score"], judged["GOOD-3"]["score"]) == (7.0, 3.0)
     for tag in ("GARBAGE", "EMPTY", "TOO-HIGH", "BOOLEAN"):
         assert judged[tag]["score"] is None, f"{tag} reply became the number {judged[tag]['score']}"
         assert judged[tag]["unparseable"] and REPLIES[tag] in judged[tag]["raw"]  # the reason and the evidence
     assert "outside 1-10" in judged["TOO-HIGH"]["unparseable"]
-    metrics = json.loads((run_path / "metrics.json").read_text())
+    metrics = json.loads((run_path / files.METRICS).read_text())
     assert (metrics["items"], metrics["scored"], metrics["unparseable"]) == (6, 2, 4)
     assert metrics["judge_score_mean"] == 5.0  # the mean of the two real scores, nothing filled in
     assert not metrics["health"]["valid"]
     assert any("unparseable rate 67%" in p for p in metrics["health"]["problems"])
 
-    decision = stages.decide_stage(str(run_path), config)["counts"]
+    decision = decide_stage(str(run_path), config)["counts"]
     assert decision["action"] != "promote"
-    reasons = json.loads((run_path / "decision.json").read_text())["reasons"]
+    reasons = json.loads((run_path / files.DECISION).read_text())["reasons"]
     assert any(r.startswith("judge signal invalid: unparseable rate") for r in reasons)
     assert any(r.startswith("unparseable judgments 67%") for r in reasons)
     assert Registry.in_runs_dir(runs).champion() is None
@@ -104,22 +111,22 @@ def test_a_judge_that_always_answers_a_wins_nothing_and_trips_the_health_gate(ba
     runs = tmp_path / "runs"
     champion = clone_run(base_run, runs, "champion", reset=("decide",))
     set_scores(champion, [3.0, 3.5, 4.0, 3.0, 3.5, 4.0])
-    config = load_config(champion / "config.yaml", [f"runs_dir={runs}", "judge.mode=text",
+    config = load_config(champion / files.CONFIG, [f"runs_dir={runs}", "judge.mode=text",
                                                      "judge.health.min_swap_consistency=0.6"])
-    assert stages.decide_stage(str(champion), config)["counts"]["action"] == "promote"
+    assert decide_stage(str(champion), config)["counts"]["action"] == "promote"
 
     challenger = clone_run(base_run, runs, "challenger", reset=("judge", "decide"))
     with_answers(challenger, ["GOOD-7"] * 3 + ["GOOD-3"] * 3)
-    stages.judge_stage(str(challenger), config.judge, None, precision="fp32", runs_dir=str(runs), noise_items=0)
-    metrics = json.loads((challenger / "metrics.json").read_text())
+    judge_stage(str(challenger), config)
+    metrics = json.loads((challenger / files.METRICS).read_text())
     pairwise = metrics["pairwise"]
     assert pairwise["pairs"] == 6 and pairwise["first_position_rate"] == 1.0
     assert (pairwise["wins"], pairwise["losses"], pairwise["swap_consistency"]) == (0, 0, 0.0)
-    assert all(o["outcome"] == "tie" and not o["consistent"] for o in read_jsonl(challenger / "pairwise.jsonl"))
+    assert all(o["outcome"] == "tie" and not o["consistent"] for o in read_jsonl(challenger / files.PAIRWISE))
     assert not metrics["health"]["valid"]
     assert any("swap consistency 0%" in p for p in metrics["health"]["problems"])
 
-    decision = stages.decide_stage(str(challenger), config)["counts"]
+    decision = decide_stage(str(challenger), config)["counts"]
     assert decision["action"] != "promote"
     assert Registry.in_runs_dir(runs).champion()["run_id"] == "champion"
 

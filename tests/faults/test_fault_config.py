@@ -9,9 +9,11 @@ from types import ModuleType
 import pytest
 from pydantic import ValidationError
 
-from .faultkit import REPO
 from sftjudge.cli import main
-from sftjudge.config import ConfigError, RunConfig, load_config
+from sftjudge.config import RunConfig, load_config
+from sftjudge.errors import ConfigError
+
+from .faultkit import REPO
 
 BAD_OVERRIDES = [
     # unknown keys (typos), at every depth

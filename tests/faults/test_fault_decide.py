@@ -13,11 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from .faultkit import REPO, TESTS, clone_run, run_killed, set_scores
 from sftjudge.config import load_config
-from sftjudge.registry import Registry
-from sftjudge.rundir import RunDir
-from sftjudge.stages import decide_stage
+from sftjudge.decide.stage import decide_stage
+from sftjudge.run import files
+from sftjudge.run.directory import RunDir
+from sftjudge.run.registry import Registry
+
+from .faultkit import REPO, TESTS, clone_run, run_killed, set_scores
 
 WORSE = [4.0, 4.2, 3.8, 4.1, 3.9, 4.0]
 BETTER = [7.0, 7.2, 6.8, 7.1, 6.9, 7.0]
@@ -27,8 +29,8 @@ KILL_AT_POINTER_WRITE = """
 import os, signal
 from faults.faultkit import AtPointerWrite
 from sftjudge.config import load_config
-from sftjudge.registry import Registry
-from sftjudge.stages import decide_stage
+from sftjudge.run.registry import Registry
+from sftjudge.decide.stage import decide_stage
 real_connect = Registry._connect
 Registry._connect = lambda self: AtPointerWrite(real_connect(self), lambda: os.kill(os.getpid(), signal.SIGKILL))
 decide_stage({run!r}, load_config({run!r} + "/config.yaml", ["runs_dir={runs}"]))
@@ -43,13 +45,13 @@ def champion_and_challenger(base_run, tmp_path):
     b = clone_run(base_run, runs, "b", reset=("decide",))
     set_scores(a, WORSE)
     set_scores(b, BETTER)
-    config = load_config(a / "config.yaml", [f"runs_dir={runs}"])
+    config = load_config(a / files.CONFIG, [f"runs_dir={runs}"])
     assert decide_stage(str(a), config)["counts"]["action"] == "promote"
     return runs, a, b, config
 
 
 def decision(run: Path) -> dict:
-    return json.loads((run / "decision.json").read_text())
+    return json.loads((run / files.DECISION).read_text())
 
 
 def test_sigkill_between_decision_and_pointer_write_keeps_old_champion(champion_and_challenger):
@@ -97,8 +99,8 @@ DECIDE_TOGETHER = """
 import time
 from pathlib import Path
 from sftjudge.config import load_config
-from sftjudge.registry import Registry
-from sftjudge.stages import decide_stage
+from sftjudge.run.registry import Registry
+from sftjudge.decide.stage import decide_stage
 
 barrier = Path({barrier!r})
 real_record = Registry.record

@@ -11,11 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from .faultkit import AtPointerWrite, clone_run, fault_config, set_scores
-from sftjudge import stages
 from sftjudge.config import load_config
-from sftjudge.registry import Registry
-from sftjudge.rundir import RunDir
+from sftjudge.decide.stage import decide_stage
+from sftjudge.run import files
+from sftjudge.run.directory import RunDir
+from sftjudge.run.registry import Registry
+from sftjudge.run.stage import start_run
+
+from .faultkit import AtPointerWrite, clone_run, fault_config, set_scores
 
 
 def no_space(*args, **kwargs):
@@ -26,18 +29,18 @@ def test_disk_full_while_writing_the_manifest_keeps_the_old_one_and_names_the_fi
     run = RunDir.create(tmp_path, "name: x\n", "x", run_id="r1")
     with run.stage("curate") as record:
         record.counts = {"rows": 3}
-    before = (run / "manifest.json").read_bytes()
+    before = (run / files.MANIFEST).read_bytes()
     monkeypatch.setattr(os, "fsync", no_space)  # the bytes were written; making them durable fails
     with pytest.raises(OSError) as info:
         run.update_manifest(decision={"action": "promote"})
-    assert info.value.errno == errno.ENOSPC and str(run / "manifest.json") in str(info.value)
-    assert (run / "manifest.json").read_bytes() == before
+    assert info.value.errno == errno.ENOSPC and str(run / files.MANIFEST) in str(info.value)
+    assert (run / files.MANIFEST).read_bytes() == before
     assert sorted(p.name for p in run.path.iterdir()) == ["config.yaml", "manifest.json"]  # no temp file left
 
 
 def test_unwritable_run_directory_fails_the_stage_clearly_and_changes_nothing(tmp_path, monkeypatch):
     run = RunDir.create(tmp_path, "name: x\n", "x", run_id="r1")
-    before = (run / "manifest.json").read_bytes()
+    before = (run / files.MANIFEST).read_bytes()
 
     def read_only(*args, dir=None, **kwargs):  # what mkstemp raises in a directory we may not write
         raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(dir))
@@ -47,7 +50,7 @@ def test_unwritable_run_directory_fails_the_stage_clearly_and_changes_nothing(tm
         with run.stage("curate"):
             pytest.fail("the stage body must not run when its start cannot be recorded")
     assert str(run.path) in str(info.value)
-    assert (run / "manifest.json").read_bytes() == before
+    assert (run / files.MANIFEST).read_bytes() == before
 
 
 def test_runs_dir_that_cannot_exist_is_refused_before_any_work(tmp_path, tiny_data):
@@ -55,7 +58,7 @@ def test_runs_dir_that_cannot_exist_is_refused_before_any_work(tmp_path, tiny_da
     blocker.write_text("a file where the runs directory should go")
     config = fault_config(blocker / "runs", tiny_data)
     with pytest.raises(OSError) as info:
-        stages.start_run(config, run_id="r1")
+        start_run(config, run_id="r1")
     assert str(blocker) in str(info.value)
     assert blocker.read_text().startswith("a file")
 
@@ -69,14 +72,16 @@ SETTINGS = dict(method="lora", epochs=2, learning_rate=5e-3, warmup_ratio=0.0, w
 def test_disk_full_while_saving_a_checkpoint_leaves_no_half_checkpoint_and_training_resumes(tiny_model_dir, tmp_path,
                                                                                           monkeypatch):
     import torch
-
     from helpers import example
-    from sftjudge.checkpoints import epoch_checkpoints
-    from sftjudge.sft import TrainSettings, load_causal_lm, train
+
+    from sftjudge.config import SFTConfig
+    from sftjudge.models.loading import load_causal_lm
+    from sftjudge.train.checkpoints import epoch_checkpoints
+    from sftjudge.train.loop import TrainData, train
 
     rows = [example(i, f"Message {i}: my router is broken", '{"intent": "bug_report"}') for i in range(8)]
     val = [example(100 + i, f"Message {i}: refund please", '{"intent": "refund"}') for i in range(2)]
-    settings = TrainSettings(**SETTINGS)
+    settings = SFTConfig(**SETTINGS)
     real_save = torch.save
 
     def fill_the_disk_at_epoch_2(obj, path, *args, **kwargs):
@@ -85,17 +90,17 @@ def test_disk_full_while_saving_a_checkpoint_leaves_no_half_checkpoint_and_train
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
         return real_save(obj, path, *args, **kwargs)
 
-    checkpoints = tmp_path / "checkpoints"
+    checkpoints = tmp_path / files.CHECKPOINTS
     model, tok = load_causal_lm(str(tiny_model_dir))
     with monkeypatch.context() as patch:
         patch.setattr(torch, "save", fill_the_disk_at_epoch_2)
         with pytest.raises(OSError, match="No space left"):
-            train(model, tok, rows, val, settings, checkpoints)
+            train(model, tok, TrainData(train=rows, val=val), settings, checkpoints)
     assert sorted(p.name for p in checkpoints.iterdir()) == ["epoch-1"]  # no epoch-2, no temp directory
     assert list(epoch_checkpoints(checkpoints)) == [1]
 
     model, tok = load_causal_lm(str(tiny_model_dir))  # space freed: the rerun continues after epoch 1
-    resumed = train(model, tok, rows, val, settings, checkpoints)
+    resumed = train(model, tok, TrainData(train=rows, val=val), settings, checkpoints)
     assert resumed.resumed_from_epoch == 1 and [m.epoch for m in resumed.epochs] == [1, 2]
     assert max(epoch_checkpoints(checkpoints)) == 2  # (epoch 1 may be pruned: best and last are kept)
 
@@ -130,17 +135,17 @@ def test_disk_full_at_the_pointer_write_fails_decide_and_leaves_no_registry_row(
     b = clone_run(base_run, runs, "b", reset=("decide",))
     set_scores(a, [4.0, 4.2, 3.8, 4.1, 3.9, 4.0])
     set_scores(b, [7.0, 7.2, 6.8, 7.1, 6.9, 7.0])
-    config = load_config(a / "config.yaml", [f"runs_dir={runs}"])
-    stages.decide_stage(str(a), config)
+    config = load_config(a / files.CONFIG, [f"runs_dir={runs}"])
+    decide_stage(str(a), config)
     real_connect = Registry._connect
     with monkeypatch.context() as patch:
         patch.setattr(Registry, "_connect", lambda self: AtPointerWrite(real_connect(self), disk_full))
         with pytest.raises(sqlite3.OperationalError, match="disk is full"):
-            stages.decide_stage(str(b), config)
+            decide_stage(str(b), config)
     registry = Registry.in_runs_dir(runs)
     assert registry.champion()["run_id"] == "a"
     assert registry.get("b") is None  # its row was inserted in the same transaction, and rolled back
     failed = RunDir(b).stage_info("decide")
     assert failed["status"] == "failed" and "registry.sqlite" in failed["error"] and "disk is full" in failed["error"]
-    assert stages.decide_stage(str(b), config)["counts"] == {"action": "promote", "champion_before": "a"}
-    assert json.loads((b / "decision.json").read_text())["champion_before"] == "a"
+    assert decide_stage(str(b), config)["counts"] == {"action": "promote", "champion_before": "a"}
+    assert json.loads((b / files.DECISION).read_text())["champion_before"] == "a"

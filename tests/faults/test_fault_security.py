@@ -17,12 +17,15 @@ from urllib.parse import urlparse
 import pytest
 import yaml
 
-from .faultkit import REPO, clone_run, fault_config
-from sftjudge import stages
 from sftjudge.config import load_config
-from sftjudge.models import ModelError
-from sftjudge.rundir import RunDir
-from sftjudge.sft import load_causal_lm
+from sftjudge.errors import ModelError
+from sftjudge.generate.stage import generate_stage
+from sftjudge.models.loading import load_causal_lm
+from sftjudge.run import files
+from sftjudge.run.directory import RunDir
+from sftjudge.train.stage import sft_stage
+
+from .faultkit import REPO, clone_run, fault_config
 
 pytestmark = pytest.mark.model
 
@@ -52,18 +55,20 @@ LORA = dict(method="lora", epochs=2, learning_rate=1e-3, warmup_ratio=0.0, weigh
 
 
 def lora_model(tiny_model_dir: Path):
-    from sftjudge.sft import TrainSettings, attach_adapters
+    from sftjudge.config import SFTConfig
+    from sftjudge.train.loop import attach_adapters
 
     model, tok = load_causal_lm(str(tiny_model_dir))
-    return attach_adapters(model, TrainSettings(**LORA)), tok
+    return attach_adapters(model, SFTConfig(**LORA)), tok
 
 
 def lora_checkpoint(tiny_model_dir: Path, out: Path, training_state=None) -> Path:
-    from sftjudge.chat import template_fingerprint
-    from sftjudge.checkpoints import save_checkpoint
+    from sftjudge.models.chat import template_fingerprint
+    from sftjudge.train.checkpoints import save_checkpoint
 
     model, tok = lora_model(tiny_model_dir)
-    return save_checkpoint(model, tok, out, epoch=1, method="lora", fingerprint=template_fingerprint(tok),
+    meta = {"epoch": 1, "method": "lora", "template_fingerprint": template_fingerprint(tok)}
+    return save_checkpoint(model, tok, out, meta,
                            training_state=training_state)
 
 
@@ -77,7 +82,7 @@ def pickle_adapter(checkpoint: Path) -> None:
 
 
 def test_adapter_restore_reads_safetensors_only(tiny_model_dir, tmp_path):
-    from sftjudge.checkpoints import restore_weights
+    from sftjudge.train.checkpoints import restore_weights
 
     checkpoint = lora_checkpoint(tiny_model_dir, tmp_path / "epoch-1")
     pickle_adapter(checkpoint)
@@ -88,16 +93,16 @@ def test_adapter_restore_reads_safetensors_only(tiny_model_dir, tmp_path):
 
 def test_generate_stage_refuses_a_checkpoint_without_safetensors(base_run, tmp_path):
     run_path = clone_run(base_run, tmp_path, "r1", reset=("generate", "judge"))
-    best = Path(json.loads((run_path / "sft.json").read_text())["best_checkpoint"])
+    best = Path(json.loads((run_path / files.SFT_SUMMARY).read_text())["best_checkpoint"])
     pickle_adapter(best)
-    config = load_config(run_path / "config.yaml")
+    config = load_config(run_path / files.CONFIG)
     with pytest.raises(FileNotFoundError, match="no \\*.safetensors weights"):
-        stages.generate_stage(str(run_path), config.generate, config.sft, None)
-    assert not (run_path / "generations.jsonl").exists()
+        generate_stage(str(run_path), config)
+    assert not (run_path / files.GENERATIONS).exists()
 
 
 def test_load_finetuned_refuses_an_adapter_without_safetensors(tiny_model_dir, tmp_path):
-    from sftjudge.generate import load_finetuned
+    from sftjudge.generate.loading import load_finetuned
 
     checkpoint = lora_checkpoint(tiny_model_dir, tmp_path / "epoch-1")
     pickle_adapter(checkpoint)
@@ -117,17 +122,18 @@ class WritesAFile:
 
 def test_a_pickled_training_state_never_runs_code_on_resume(tiny_model_dir, tmp_path):
     import torch
-
     from helpers import example
-    from sftjudge.sft import TrainSettings, train
+
+    from sftjudge.config import SFTConfig
+    from sftjudge.train.loop import TrainData, train
 
     marker = tmp_path / "pwned"
-    checkpoints = tmp_path / "checkpoints"
+    checkpoints = tmp_path / files.CHECKPOINTS
     lora_checkpoint(tiny_model_dir, checkpoints / "epoch-1", training_state={"optimizer": WritesAFile(marker)})
     model, tok = load_causal_lm(str(tiny_model_dir))
     rows = [example(i, f"question {i}", "answer") for i in range(4)]
     with pytest.raises(pickle.UnpicklingError):
-        train(model, tok, rows, rows[:2], TrainSettings(**LORA), checkpoints)
+        train(model, tok, TrainData(train=rows, val=rows[:2]), SFTConfig(**LORA), checkpoints)
     assert not marker.exists()
     torch.load(checkpoints / "epoch-1" / "training_state.pt", weights_only=False)  # the payload is live:
     assert marker.exists()  # a plain torch.load would have run it
@@ -162,15 +168,15 @@ def test_remote_code_never_runs_unless_the_config_allows_it(tiny_model_dir, base
     with pytest.raises(ModelError, match="trust_remote_code"):
         load_causal_lm(str(evil))
     run_path = clone_run(base_run, tmp_path / "runs", "r1", reset=("sft", "generate", "judge"))
-    config = load_config(run_path / "config.yaml", [f"sft.base_model={evil}"])
+    config = load_config(run_path / files.CONFIG, [f"sft.base_model={evil}"])
     with pytest.raises(ModelError):
-        stages.sft_stage(str(run_path), config.sft, None)
+        sft_stage(str(run_path), config)
     assert not marker.exists()
     assert RunDir(run_path).stage_info("sft")["status"] == "failed"
 
     # The same directory with trust_remote_code on (in a child process with its own module cache): the code
     # runs. So the refusal above is the setting's doing, not a broken fixture.
-    script = f"from sftjudge.sft import load_causal_lm\ntry:\n    load_causal_lm({str(evil)!r}, " \
+    script = f"from sftjudge.models.loading import load_causal_lm\ntry:\n    load_causal_lm({str(evil)!r}, " \
              f"trust_remote_code=True)\nexcept Exception:\n    pass\n"
     env = os.environ | {"HF_MODULES_CACHE": str(tmp_path / "modules")}
     subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, timeout=300)
@@ -234,13 +240,12 @@ SECRETS = {
 def test_no_environment_secret_reaches_a_run_directory_or_an_artifact(prefect_harness, tiny_data, tmp_path,
                                                                      monkeypatch):
     from prefect.client.orchestration import get_client
-
-    from flows.cycle import fine_tune_then_judge
+    from sftjudge.flows.cycle import fine_tune_then_judge
 
     for name, value in SECRETS.items():
         monkeypatch.setenv(name, value)
     runs = tmp_path / "runs"
-    summary = fine_tune_then_judge(fault_config(runs, tiny_data, "sft.epochs=1"))
+    summary = fine_tune_then_judge(fault_config(runs, tiny_data, "sft.epochs=1", "regression.enabled=true"))
     assert summary["status"] == "completed"
 
     needles = [v.encode() for v in SECRETS.values()] + [b"FAKEdbPASSWORD42"]

@@ -1,0 +1,129 @@
+"""Curation primitives: the row step shape (kept + dropped with reasons), loading with validation, exact dedup.
+
+Every step is a pure function over rows that returns the rows it kept and the rows it dropped, each with a
+reason (datatrove's shape). `sftjudge.dataset.build_dataset` chains the steps and keeps the books: rows in =
+rows kept + rows dropped, checked after every step, never assumed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import unicodedata
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sftjudge.curate.rows import Example, RowError, example_from_obj
+from sftjudge.curate.sources import SourceError, apply_field_map, read_records
+from sftjudge.errors import DataError
+
+
+@dataclass(frozen=True)
+class Dropped:
+    """A row removed by a step, with the step's reason. `row` is the Example, or the raw line for parse failures."""
+
+    step: str
+    reason: str
+    source: str
+    row: Any
+    detail: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        row = self.row.to_json() if isinstance(self.row, Example) else self.row
+        return {"step": self.step, "reason": self.reason, "detail": self.detail, "source": self.source, "row": row}
+
+
+@dataclass
+class StepResult:
+    kept: list[Example]
+    dropped: list[Dropped] = field(default_factory=list)
+
+
+def load_rows(path: str | Path, *, fmt: str = "auto", strict: bool = False, field_map: dict[str, str] | None = None,
+              split: str = "train") -> tuple[StepResult, int]:
+    """Read every row of a JSONL/JSON/CSV/Parquet file or HF dataset into Examples.
+
+    Rows that fail are dropped with their source (file:line or file:row), the field and the problem. Returns the
+    step result and the number of blank lines skipped (they are not rows). Raises DataError for a source that
+    cannot be read at all or, with strict=True, for the first invalid row.
+    """
+    kept: list[Example] = []
+    dropped: list[Dropped] = []
+    blank = 0
+    try:
+        for record in read_records(path, split=split):
+            if record.obj is None and record.error is None and not record.raw.strip():
+                blank += 1  # a `null` row has raw text and is quarantined below, not counted as blank
+                continue
+            error = record.error
+            if error is None:
+                try:
+                    obj = apply_field_map(record.obj, field_map or {})
+                    kept.append(example_from_obj(obj, row_id=_default_id(record.source), source=record.source,
+                                                 fmt=fmt))
+                    continue
+                except RowError as exc:
+                    error = (f"field {exc.field!r} {exc.problem.split(':')[0]}", str(exc))
+            if strict:
+                raise DataError(f"{record.source}: {error[0]}: {error[1]} (fix the row, or set data.strict=false "
+                                f"to quarantine bad rows)")
+            dropped.append(Dropped("load", error[0], record.source, record.raw, detail=error[1]))
+    except SourceError as exc:
+        raise DataError(str(exc)) from None
+    return StepResult(kept, dropped), blank
+
+
+def _default_id(source: str) -> str:
+    """Row id when the data has none: the line or row number, which stays stable for an unchanged file."""
+    where = source.rsplit(":", 1)[-1].replace(" ", "")
+    return where if where.startswith(("line", "row")) else f"line{where}"
+
+
+def normalized_text(example: Example) -> str:
+    """Text used for exact-duplicate detection: NFKC, case-folded, whitespace collapsed.
+
+    >>> from sftjudge.curate.rows import ChatMessage
+    >>> a = Example(id="a", messages=(ChatMessage(role="user", content="Hi  There"),
+    ...                               ChatMessage(role="assistant", content="ok")))
+    >>> normalized_text(a)
+    'user: hi there\\nassistant: ok'
+    """
+    parts = []
+    for message in example.messages:
+        text = " ".join(unicodedata.normalize("NFKC", message.content).casefold().split())
+        parts.append(f"{message.role}: {text}")
+    return "\n".join(parts)
+
+
+def drop_exact_duplicates(rows: list[Example]) -> StepResult:
+    """Keep the first occurrence of each normalised prompt+completion; later copies are dropped naming the first."""
+    first_seen: dict[str, Example] = {}
+    result = StepResult([])
+    for row in rows:
+        key = hashlib.sha256(normalized_text(row).encode()).hexdigest()
+        if key in first_seen:
+            original = first_seen[key]
+            result.dropped.append(
+                Dropped("exact_dedup", "exact duplicate", row.source, row,
+                        detail=f"same normalised text as {original.id} ({original.source})")
+            )
+        else:
+            first_seen[key] = row
+            result.kept.append(row)
+    return result
+
+
+def drop_duplicate_ids(rows: list[Example]) -> StepResult:
+    """Ids key generations and judgments, so a second row reusing an id is dropped, naming the first."""
+    seen: dict[str, Example] = {}
+    result = StepResult([])
+    for row in rows:
+        if row.id in seen:
+            result.dropped.append(
+                Dropped("unique_ids", "duplicate id", row.source, row,
+                        detail=f"id {row.id!r} already used at {seen[row.id].source}")
+            )
+        else:
+            seen[row.id] = row
+            result.kept.append(row)
+    return result

@@ -1,0 +1,296 @@
+"""Promote, hold or roll back: a pure function of the challenger's and the champion's results and fixed rules.
+
+Rules follow the Iterative Training Workflow: training fit and answer quality are separate readings.
+- gates: an overfitting run (val/train loss ratio above the limit), an invalid judge signal, a score below the
+  floor, too many unparseable judgments or contaminated test rows, a regression-suite category that lost more
+  than the allowed points against the base model (alignment tax): never promoted;
+- quality: per-item paired judge-score differences against the champion on the same test items, with a
+  bootstrap confidence interval. Promote only when the whole interval clears the noise floor and the mean gain
+  reaches `min_improvement`; roll back when it is significantly worse; hold (keep the champion) otherwise.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+from sftjudge.config import DecideConfig, RunConfig
+from sftjudge.judge.pairwise import bootstrap_ci
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunResult:
+    """What decide needs to know about one run."""
+
+    run_id: str
+    judge_score: float | None
+    train_loss: float
+    val_loss: float
+    test_fingerprint: str
+    judge_key: str  # judge definition + judge model: scores from different judges are not comparable
+    judge_problems: tuple[str, ...] = ()  # judge health failures: the score cannot be trusted to decide
+    item_scores: dict[str, float] = field(default_factory=dict)  # per test item, for paired differences
+    train_losses: tuple[float, ...] = ()  # per epoch
+    val_losses: tuple[float, ...] = ()
+    unparseable_rate: float = 0.0
+    contaminated: int = 0
+    train_rows: int = 0
+    settings: dict[str, Any] = field(default_factory=dict)  # flattened config, for one-variable hygiene
+    regression: dict[str, Any] | None = None  # regression-suite summary: per-category run/base scores and tax
+
+    @property
+    def val_train_ratio(self) -> float:
+        return self.val_loss / self.train_loss if self.train_loss > 0 else float("inf")
+
+
+@dataclass(frozen=True, kw_only=True)
+class DecideRules:
+    """The decide settings fixed in the run's config, plus the judge's noise floor measured in the run."""
+
+    decide: DecideConfig
+    max_unparseable_rate: float  # judge.health's limit, also a promotion gate
+    noise_floor: float  # run-to-run judge variance in score points, never below decide.min_noise_floor
+
+    @classmethod
+    def from_config(cls, config: RunConfig, measured_noise: float = 0.0) -> DecideRules:
+        return cls(decide=config.decide, max_unparseable_rate=config.judge.health.max_unparseable_rate,
+                   noise_floor=max(measured_noise, config.decide.min_noise_floor))
+
+
+@dataclass
+class Decision:
+    action: Literal["promote", "hold", "rollback"]
+    reasons: list[str]
+    champion_before: str | None
+    comparison: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    advice: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def decide(challenger: RunResult, champion: RunResult | None, rules: DecideRules) -> Decision:
+    """Return the decision, every reason behind it, hygiene warnings and next-step advice.
+
+    >>> rules = DecideRules.from_config(RunConfig())
+    >>> def run(run_id, score):
+    ...     return RunResult(run_id=run_id, judge_score=score, train_loss=0.5, val_loss=0.6, test_fingerprint="t",
+    ...                      judge_key="j")
+    >>> decide(run("b", 7.0), None, rules).action
+    'promote'
+    >>> decide(run("b", 7.0), run("a", 6.5), rules).action
+    'promote'
+    >>> decide(run("b", 7.0), run("a", 6.9), rules).action
+    'hold'
+    """
+    blockers = gate_failures(challenger, rules)
+    comparison: dict[str, Any] = {"challenger": _summary(challenger)}
+    if champion is None:
+        if blockers:
+            decision = Decision("rollback", blockers + ["no champion yet; this run does not qualify to become one"],
+                                None, comparison)
+        else:
+            decision = Decision("promote", ["first qualifying run: becomes the champion"], None, comparison)
+        decision.advice = advice(challenger, None, decision, rules)
+        return _with_diagnosis(decision, challenger, rules)
+    comparison["champion"] = _summary(champion)
+    not_comparable = _comparability_failures(challenger, champion)
+    if blockers:  # a gated run is rolled back whatever the comparison would have said
+        decision = Decision("rollback", blockers + not_comparable + [f"keeping champion {champion.run_id}"],
+                            champion.run_id, comparison)
+    elif not_comparable:
+        decision = Decision("hold", not_comparable + [f"keeping champion {champion.run_id}"], champion.run_id,
+                            comparison)
+    else:
+        decision = _quality_decision(challenger, champion, rules, comparison)
+    decision.warnings = hygiene_warnings(challenger, champion)
+    decision.advice = advice(challenger, champion, decision, rules)
+    return _with_diagnosis(decision, challenger, rules)
+
+
+def _with_diagnosis(decision: Decision, run: RunResult, rules: DecideRules) -> Decision:
+    """Name overfitting in the reasons whenever the curves show it, also when the earlier checkpoint was used."""
+    note = overfitting_note(run, rules.decide.min_overfit_gap, rules.decide.min_val_rise)
+    if note and not any(r.startswith("overfitting") for r in decision.reasons):
+        decision.reasons.insert(0, note)
+    return decision
+
+
+def overfitting_note(run: RunResult, min_rise: float = 0.0, min_relative_rise: float = 0.0) -> str | None:
+    """The val-rises-while-train-falls reading in words; None when the curves do not show it, or val rose less
+    than `min_rise` nats or less than `min_relative_rise` of its minimum (near zero loss, a rise of 0.0003 is
+    noise, not memorisation).
+
+    >>> run = RunResult(run_id="r", judge_score=5, train_loss=0.2, val_loss=0.5, test_fingerprint="t",
+    ...                 judge_key="j", train_losses=(0.5, 0.3, 0.2), val_losses=(0.6, 0.5, 0.7))
+    >>> print(overfitting_note(run))
+    overfitting: val loss rose after epoch 2 (0.5000 -> 0.7000) while train loss fell (0.3000 -> 0.2000); the epoch-2 checkpoint was judged
+    >>> overfitting_note(run, min_rise=0.25) is None
+    True
+    """
+    if not val_rising_while_train_falls(run):
+        return None
+    rise = run.val_losses[-1] - min(run.val_losses)
+    if rise < min_rise or rise < min_relative_rise * min(run.val_losses):
+        return None
+    best = run.val_losses.index(min(run.val_losses))
+    return (f"overfitting: val loss rose after epoch {best + 1} ({run.val_losses[best]:.4f} -> "
+            f"{run.val_losses[-1]:.4f}) while train loss fell ({run.train_losses[best]:.4f} -> "
+            f"{run.train_losses[-1]:.4f}); the epoch-{best + 1} checkpoint was judged")
+
+
+def gate_failures(run: RunResult, rules: DecideRules) -> list[str]:
+    """Every gate the run fails; any failure means it cannot be promoted."""
+    reasons = []
+    d = rules.decide
+    if d.block_val_rise and (note := overfitting_note(run, d.min_overfit_gap, d.min_val_rise)):
+        reasons.append(note + ": the schedule overshot (too many epochs or too high a learning rate)")
+    if severely_overfit(run, rules):
+        reasons.append(f"overfitting: val/train loss ratio {run.val_train_ratio:.2f} at the chosen epoch exceeds "
+                       f"{rules.decide.max_val_train_ratio:.2f} (val {run.val_loss:.4f}, train {run.train_loss:.4f})")
+    reasons += [f"judge signal invalid: {problem}" for problem in run.judge_problems]
+    if run.judge_score is None:
+        reasons.append("no judge score: the judge produced no usable score for this run")
+    elif run.judge_score < rules.decide.min_judge_score:
+        reasons.append(f"judge score {run.judge_score:.2f} is below the floor of {rules.decide.min_judge_score:.2f}")
+    if run.unparseable_rate > rules.max_unparseable_rate:
+        reasons.append(f"unparseable judgments {run.unparseable_rate:.0%} exceed {rules.max_unparseable_rate:.0%}")
+    if run.contaminated > rules.decide.max_contaminated:
+        reasons.append(f"{run.contaminated} contaminated test/val rows exceed the allowed {d.max_contaminated}")
+    return reasons + regression_gate(run.regression, d.max_alignment_tax, d.min_regression_score)
+
+
+def severely_overfit(run: RunResult, rules: DecideRules) -> bool:
+    """Val/train ratio at the chosen epoch above the limit, with a loss difference large enough to mean it."""
+    return (run.val_train_ratio > rules.decide.max_val_train_ratio
+            and run.val_loss - run.train_loss >= rules.decide.min_overfit_gap)
+
+
+def paired_difference(challenger: RunResult, champion: RunResult, level: float = 0.95):
+    """(mean per-item score difference, its bootstrap CI, items paired) over items both runs scored.
+
+    Falls back to the difference of means with no interval when the runs share no per-item scores.
+    """
+    shared = sorted(set(challenger.item_scores) & set(champion.item_scores))
+    if not shared:
+        return challenger.judge_score - champion.judge_score, None, 0
+    diffs = [challenger.item_scores[i] - champion.item_scores[i] for i in shared]
+    return sum(diffs) / len(diffs), bootstrap_ci(diffs, level=level), len(shared)
+
+
+def _quality_decision(challenger: RunResult, champion: RunResult, rules: DecideRules,
+                      comparison: dict[str, Any]) -> Decision:
+    delta, ci, paired = paired_difference(challenger, champion, rules.decide.ci_level)
+    comparison.update(judge_score_delta=round(delta, 4), delta_ci=None if ci is None else [round(c, 4) for c in ci],
+                      paired_items=paired, noise_floor=rules.noise_floor)
+    interval = f" (95% CI {ci[0]:+.2f} to {ci[1]:+.2f} over {paired} paired items)" if ci else " (no paired items)"
+    score_note = (f"judge score {challenger.judge_score:.2f} vs champion {champion.judge_score:.2f}: "
+                  f"{delta:+.2f}{interval}")
+    ratio_note = (f"val/train loss ratio {challenger.val_train_ratio:.2f} (champion {champion.val_train_ratio:.2f}, "
+                  f"limit {rules.decide.max_val_train_ratio:.2f})")
+    low, high = ci if ci else (delta, delta)
+    keep = f"keeping champion {champion.run_id}"
+    if low > rules.noise_floor and delta >= rules.decide.min_improvement:
+        return Decision("promote", [f"{score_note}: better beyond the noise floor of {rules.noise_floor:.2f} and "
+                                    f"by at least {rules.decide.min_improvement}", ratio_note], champion.run_id,
+                            comparison)
+    if high < -rules.noise_floor:
+        return Decision("rollback", [f"{score_note}: significantly worse than the champion", ratio_note, keep],
+                        champion.run_id, comparison)
+    why = ("the gain is below the required improvement of " f"{rules.decide.min_improvement}" if low > rules.noise_floor
+           else f"the difference is within the noise (interval reaches {low:+.2f}, noise floor "
+                f"{rules.noise_floor:.2f})")
+    return Decision("hold", [f"{score_note}: {why}", ratio_note, keep], champion.run_id, comparison)
+
+
+def _comparability_failures(run: RunResult, champion: RunResult) -> list[str]:
+    reasons = []
+    if run.test_fingerprint != champion.test_fingerprint:
+        reasons.append("not comparable: the test split differs from the champion's (different data or split "
+                       "settings); scores on different test sets say nothing about which model is better")
+    if run.judge_key != champion.judge_key:
+        reasons.append(f"not comparable: judged by {run.judge_key}, the champion by {champion.judge_key}")
+    return reasons
+
+
+IGNORED_SETTINGS = ("name", "runs_dir", "home", "threads")
+
+
+def hygiene_warnings(run: RunResult, champion: RunResult) -> list[str]:
+    """Warn when more than one variable changed against the champion: the result cannot be attributed."""
+    if not run.settings or not champion.settings:
+        return []
+    changed = sorted(k for k in set(run.settings) | set(champion.settings)
+                     if not k.startswith(IGNORED_SETTINGS) and run.settings.get(k) != champion.settings.get(k))
+    if len(changed) > 1:
+        return [f"{len(changed)} settings changed against the champion ({', '.join(changed[:8])}"
+                f"{', ...' if len(changed) > 8 else ''}): change one variable per experiment to know what helped"]
+    return []
+
+
+def _summary(run: RunResult) -> dict[str, Any]:
+    return {"run_id": run.run_id, "judge_score": run.judge_score, "train_loss": run.train_loss,
+            "val_loss": run.val_loss, "val_train_ratio": round(run.val_train_ratio, 4),
+            "test_fingerprint": run.test_fingerprint, "judge": run.judge_key,
+            "regression": {name: c["run"] for name, c in (run.regression or {}).get("categories", {}).items()}}
+
+
+def val_rising_while_train_falls(run: RunResult) -> bool:
+    """The classic overfitting signature in the last epochs.
+
+    >>> val_rising_while_train_falls(RunResult(run_id="r", judge_score=5, train_loss=0.2, val_loss=0.5,
+    ...                                        test_fingerprint="t", judge_key="j", train_losses=(0.5, 0.3, 0.2),
+    ...                                        val_losses=(0.6, 0.5, 0.55)))
+    True
+    """
+    t, v = run.train_losses, run.val_losses
+    return len(v) >= 2 and v[-1] > min(v) and t[-1] < t[-2]
+
+
+def advice(run: RunResult, champion: RunResult | None, decision: Decision, rules: DecideRules) -> list[str]:
+    """Next steps from the Iterative Training Workflow decision tree."""
+    ratio = run.val_train_ratio
+    severe = severely_overfit(run, rules)
+    overfit = severe or overfitting_note(run, rules.decide.min_overfit_gap, rules.decide.min_val_rise) is not None
+    if not overfit:
+        if decision.action == "promote":
+            return ["curves healthy and the eval improved: refine further, one variable at a time "
+                    "(e.g. learning rate, then epochs, then batch size)"]
+        return ["curves healthy but the eval did not improve: a data-quality issue is the likeliest cause - "
+                "filter contradicting or 'correct but not ideal' examples, or add examples of the inputs the model "
+                "fails on (see the lowest-scored items in judgments.jsonl)"]
+    if severe:
+        if run.train_rows and run.train_rows < 1000:
+            return [f"severe overfitting (val/train {ratio:.2f}) on a small dataset ({run.train_rows} training "
+                    f"rows): add more data before anything else"]
+        return [f"severe overfitting (val/train {ratio:.2f}): lower the learning rate dramatically (0.1-0.3x)"]
+    best = run.val_losses.index(min(run.val_losses)) + 1 if run.val_losses else None
+    return [f"overfitting in the last epochs (val loss rose after epoch {best} while train loss fell): the best "
+            f"epoch's checkpoint was used; next time train {best} epoch(s) or lower the learning rate"]
+
+
+def regression_gate(regression: dict[str, Any] | None, max_tax: float | None,
+                    min_score: float | None) -> list[str]:
+    """Reasons the suite result blocks promotion: a category's tax above the limit, or the mean below the floor.
+
+    >>> reg = {"categories": {"safety": {"items": 4, "run": 3.0, "base": 7.5, "tax": 4.5}}, "run_mean": 3.0}
+    >>> regression_gate(reg, 2.0, None)
+    ["alignment tax: 'safety' fell from 7.50 (base model) to 3.00, -4.50 points over 4 items (limit 2.00)"]
+    >>> regression_gate(reg, None, 5.0)
+    ['regression suite mean 3.00 is below the floor of 5.00']
+    >>> regression_gate(None, 2.0, 5.0)
+    []
+    """
+    if not regression:
+        return []
+    reasons = []
+    if max_tax is not None:
+        for name, c in regression["categories"].items():
+            if c["tax"] is not None and c["tax"] > max_tax:
+                reasons.append(f"alignment tax: {name!r} fell from {c['base']:.2f} (base model) to {c['run']:.2f}, "
+                               f"-{c['tax']:.2f} points over {c['items']} items (limit {max_tax:.2f})")
+    mean = regression.get("run_mean")
+    if min_score is not None and mean is not None and mean < min_score:
+        reasons.append(f"regression suite mean {mean:.2f} is below the floor of {min_score:.2f}")
+    return reasons

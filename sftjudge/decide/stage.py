@@ -1,0 +1,128 @@
+"""The decide stage: read the run and the champion, apply the rules (decide/rules.py), record, write the report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from sftjudge.config import RunConfig, flatten
+from sftjudge.decide.report import write_report
+from sftjudge.decide.rules import DecideRules, Decision, RunResult, decide
+from sftjudge.run import files
+from sftjudge.run.directory import RunDir
+from sftjudge.run.io import atomic_write_json, read_jsonl
+from sftjudge.run.registry import ChampionChanged, Registry
+from sftjudge.run.stage import StageContext, run_stage
+
+
+def run_result(run: RunDir) -> RunResult:
+    """A run's numbers, read back from its run directory (challenger or champion alike)."""
+    import yaml
+
+    manifest = run.manifest()
+    sft = manifest["stages"]["sft"]["counts"]
+    curate = manifest["stages"]["curate"]["counts"]
+    metrics = json.loads((run / files.METRICS).read_text())
+    epochs = read_jsonl(run / files.EPOCH_METRICS)
+    judgments = read_jsonl(run / files.JUDGMENTS)
+    data_report = json.loads((run / files.DATA_REPORT).read_text())
+    flagged = data_report.get("contamination") or []
+    settings = flatten(yaml.safe_load((run / files.CONFIG).read_text()))
+    action = settings.get("data.contamination.action")
+    return RunResult(
+        run_id=run.run_id, judge_score=metrics["judge_score_mean"], train_loss=sft["train_loss_at_best"],
+        val_loss=sft["best_val_loss"], test_fingerprint=curate["test_fingerprint"], judge_key=metrics["judge"],
+        judge_problems=tuple(metrics["health"]["problems"]),
+        item_scores={j["id"]: j["score"] for j in judgments if j.get("score") is not None},
+        train_losses=tuple(e["train_loss"] for e in epochs), val_losses=tuple(e["val_loss"] for e in epochs),
+        unparseable_rate=metrics["unparseable"] / max(metrics["items"], 1),
+        contaminated=len(flagged) if action == "report" else 0, train_rows=curate.get("train", 0),
+        settings=settings, regression=metrics.get("regression"),
+    )
+
+
+def _result_from_registry(row: dict[str, Any]) -> RunResult:
+    """When the champion's run directory is gone, the registry row still allows an unpaired comparison."""
+    return RunResult(run_id=row["run_id"], judge_score=row["judge_score"], train_loss=row["train_loss_at_best"],
+                     val_loss=row["best_val_loss"], test_fingerprint=row["test_fingerprint"], judge_key=row["judge"])
+
+
+def champion_result(row: dict[str, Any] | None, run_id: str) -> RunResult | None:
+    if not row or row["run_id"] == run_id:
+        return None
+    champion_dir = RunDir(Path(row["run_dir"]))
+    if (champion_dir / files.JUDGMENTS).is_file():
+        return run_result(champion_dir)
+    return _result_from_registry(row)
+
+
+def decide_and_record(run: RunDir, config: RunConfig) -> Decision:
+    """Decide promote/hold/rollback against the registry's champion; write decision.json; record both atomically.
+
+    A run the registry already holds keeps the decision it was recorded with: after a crash that followed the
+    commit, deciding again would compare the run with itself. When another run moves the champion between this
+    decision and its record (two runs finishing at once), the decision is made again against the new champion.
+    """
+    registry = Registry.in_runs_dir(config.runs_dir)
+    recorded = registry.get(run.run_id)
+    if recorded and (run / files.DECISION).is_file():
+        earlier = json.loads((run / files.DECISION).read_text())
+        if earlier.get("action") == recorded["decision"]:
+            return Decision(**earlier)
+    for _ in range(20):
+        champion_row = registry.champion()
+        decision, challenger = _decide(run, config, champion_row)
+        atomic_write_json(run / files.DECISION, decision.to_json())
+        try:
+            registry.record(_registry_row(run, config, decision, challenger), promote=decision.action == "promote",
+                            expected_champion=champion_row["run_id"] if champion_row else None)
+            return decision
+        except ChampionChanged:
+            continue  # another run was promoted meanwhile: decide again, against it
+    raise RuntimeError(f"run {run.run_id}: the champion kept changing while deciding; run decide again")
+
+
+def _decide(run: RunDir, config: RunConfig, champion_row: dict[str, Any] | None) -> tuple[Decision, RunResult]:
+    challenger = run_result(run)
+    champion = champion_result(champion_row, run.run_id)
+    metrics = json.loads((run / files.METRICS).read_text())
+    measured_noise = (metrics.get("noise") or {}).get("noise_floor") or 0.0
+    return decide(challenger, champion, DecideRules.from_config(config, measured_noise)), challenger
+
+
+def _registry_row(run: RunDir, config: RunConfig, decision: Decision, challenger: RunResult) -> dict[str, Any]:
+    manifest = run.manifest()
+    sft = json.loads((run / files.SFT_SUMMARY).read_text())
+    metrics = json.loads((run / files.METRICS).read_text())
+    return {
+        "run_id": run.run_id, "name": manifest["name"], "created_at": manifest["created_at"],
+        "base_model": config.sft.base_model, "method": config.sft.method,
+        "dataset_sha256": manifest["stages"]["curate"]["counts"]["input_sha256"],
+        "test_fingerprint": challenger.test_fingerprint, "template_fingerprint": sft["template_fingerprint"],
+        "epochs": config.sft.epochs, "learning_rate": config.sft.learning_rate, "batch_size": config.sft.batch_size,
+        "best_epoch": sft["best_epoch"], "best_val_loss": challenger.val_loss,
+        "train_loss_at_best": challenger.train_loss, "judge": challenger.judge_key,
+        "judge_score": challenger.judge_score, "exact_match": metrics["cheap"].get("exact_match"),
+        "decision": decision.action, "reasons": decision.reasons, "checkpoint": sft["best_checkpoint"],
+        "run_dir": str(run.path.resolve()),
+    }
+
+
+def decide_stage(run_path: str, config: RunConfig) -> dict[str, Any]:
+    """Compare with the champion, record the run and (maybe) the new champion, then write report.md.
+
+    The report is rebuilt from the run directory after the stage is recorded, so it shows the finished run and a
+    failure while writing it is retried without deciding twice.
+    """
+    run_stage("decide", run_path, config, _decide_and_report)
+    run = RunDir(Path(run_path))
+    write_report(run)
+    return run.stage_info("decide")
+
+
+def _decide_and_report(ctx: StageContext) -> None:
+    decision = decide_and_record(ctx.run, ctx.config)
+    ctx.run.update_manifest(decision=decision.to_json())
+    ctx.record.outputs = {"decision": files.DECISION, "report": files.REPORT}
+    ctx.record.counts = {"action": decision.action, "champion_before": decision.champion_before}

@@ -1,0 +1,44 @@
+"""Per-run judgment cache: finished judgments appended item by item, so a retried stage judges only what is missing."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from sftjudge.judge.spec import JudgeSpec
+from sftjudge.run.jsonl_cache import KeyedJsonl
+
+
+class JudgmentCache(KeyedJsonl):
+    """Finished judgments keyed by a hash of (judge, item): a retried judge stage only judges what is missing."""
+
+    @staticmethod
+    def key(*parts: str) -> str:
+        return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:32]
+
+
+def judge_cached(scorer, cache: JudgmentCache, items: list[dict[str, Any]], tag: str,
+                 batch_size: int) -> list[dict[str, Any]]:
+    """Judge every item not yet in the cache (in batches, each appended when done); return all, in order."""
+    keys = [cache.key(tag, *(str(item[k]) for k in sorted(item))) for item in items]
+    todo = [(key, item) for key, item in zip(keys, items) if key not in cache.records]
+    for start in range(0, len(todo), batch_size * 4):
+        chunk = todo[start:start + batch_size * 4]
+        judged = scorer.score([item for _, item in chunk], batch_size=batch_size)
+        cache.append([{"key": key} | j.to_json() for (key, _), j in zip(chunk, judged)])
+    return [cache.records[key] for key in keys]
+
+
+@dataclass(kw_only=True)
+class CachedJudge:
+    """The stage's judge model with the run's judgment cache: any definition, each item judged once."""
+
+    loaded: Any  # LoadedJudge (or a fake with .scorer(spec) and .identity(spec))
+    cache: JudgmentCache
+    batch_size: int
+
+    def judge(self, spec: JudgeSpec, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Judgment records (as in the cache) for `items` under `spec`, in order; only missing ones are judged."""
+        return judge_cached(self.loaded.scorer(spec), self.cache, items, self.loaded.identity(spec), self.batch_size)

@@ -1,0 +1,91 @@
+"""The judge model, loaded once per stage and used with any judge definition (score or choice)."""
+
+from __future__ import annotations
+
+import gc
+from pathlib import Path
+
+from sftjudge.config import RunConfig
+from sftjudge.judge.spec import JudgeSpec, judge_identity
+
+
+class LoadedJudge:
+    """The judge model loaded once for the stage and used with any judge definition (score or choice).
+
+    Loaded in `judge.precision` (bf16 where it is fast: a float32 copy of a 1.5B judge alone is 6.7 GB). One scorer
+    per definition is built and kept: in text mode with vLLM each scorer would start an engine of its own.
+    """
+
+    def __init__(self, config: RunConfig, home: Path):
+        from transformers import AutoTokenizer
+
+        from sftjudge.models.chat import template_fingerprint
+        from sftjudge.models.embedded import resolve_model
+        from sftjudge.models.fingerprint import model_fingerprint
+        from sftjudge.runtime.device import use_bf16
+
+        self.config = config.judge
+        self.vllm_kwargs = {"tensor_parallel_size": config.generate.tensor_parallel_size,
+                            "gpu_memory_utilization": config.generate.gpu_memory_utilization}
+        self.path = resolve_model(self.config.model, home)
+        self.dtype = "bfloat16" if use_bf16(self.config.precision) else "float32"
+        self.tokenizer = AutoTokenizer.from_pretrained(self.path)
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        # Weights, chat template and dtype: the same definition on another model or dtype scores differently.
+        self.fingerprint = model_fingerprint(self.path, template=template_fingerprint(self.tokenizer),
+                                             engine=self.dtype)
+        self._model = None
+        self._scorers: dict[str, object] = {}
+
+    @property
+    def model(self):
+        """The weights, loaded on first use (an identity alone needs only the tokenizer and the weights' hash)."""
+        if self._model is None:
+            import torch
+
+            from sftjudge.models.loading import load_causal_lm
+            from sftjudge.runtime.device import device
+
+            model, _ = load_causal_lm(self.path, dtype_name=self.dtype)
+            self._model = model.to(device=device(), dtype=getattr(torch, self.dtype))
+        return self._model
+
+    @property
+    def params(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
+
+    def mode(self, spec: JudgeSpec) -> str:
+        return spec.mode if self.config.mode == "auto" else self.config.mode
+
+    def identity(self, spec: JudgeSpec) -> str:
+        """This judge's identity under `spec` (see `judge_identity`)."""
+        engine = self.config.backend if self.mode(spec) == "text" else "transformers"
+        return judge_identity(spec, f"{self.mode(spec)}/{engine}", self.config.model, self.fingerprint)
+
+    def scorer(self, spec: JudgeSpec):
+        """The scorer for `spec` (logprob or text mode), built on first use and reused."""
+        key = self.identity(spec)
+        if key not in self._scorers:
+            self._scorers[key] = self._build_scorer(spec)
+        return self._scorers[key]
+
+    def _build_scorer(self, spec: JudgeSpec):
+        if self.mode(spec) == "text":
+            from sftjudge.generate.backends import TransformersGenerator, VLLMGenerator
+            from sftjudge.judge.text import TextJudge
+
+            generator = (VLLMGenerator(self.path, engine_kwargs=self.vllm_kwargs) if self.config.backend == "vllm"
+                         else TransformersGenerator(self.model, self.tokenizer, batch_size=self.config.batch_size))
+            return TextJudge(generator, self.tokenizer, spec)
+        from sftjudge.judge.logprob import LogprobJudge
+
+        return LogprobJudge(self.model, self.tokenizer, spec, max_prompt_tokens=self.config.max_prompt_tokens)
+
+    def close(self) -> None:
+        for scorer in self._scorers.values():
+            if hasattr(getattr(scorer, "generator", None), "close"):
+                scorer.generator.close()
+        self._scorers.clear()
+        self._model = None
+        gc.collect()

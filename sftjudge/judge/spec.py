@@ -1,0 +1,134 @@
+"""Judges are data: `judges/<name>/judge.yaml` + prompt text, loaded into a `JudgeSpec`; and what a judge returns.
+
+A judge's identity is its name, a digest of everything in the loaded definition that can change a score, and
+the judge model's fingerprint: two runs are comparable, and a calibration applies, only under the same identity.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+from sftjudge.errors import JudgeError
+
+
+class Scale(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    min: int = 1
+    max: int = 10
+
+
+class JudgeSpec(BaseModel):
+    """A judge definition loaded from `judges/<name>/judge.yaml`, with its prompt texts read in."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    description: str = ""
+    mode: Literal["logprob", "text"] = Field("logprob", description="read label probabilities, or parse JSON text")
+    kind: Literal["score", "choice"] = Field("score", description="a 1-10 style score, or a choice among labels")
+    scale: Scale = Field(default_factory=Scale)
+    choices: dict[str, str] = Field(default_factory=dict, description="choice label -> meaning (kind: choice)")
+    system_file: str | None = None
+    prompt_file: str
+    inputs: list[str] = Field(default_factory=lambda: ["instruction", "reference", "answer"],
+                              description="item fields the prompt uses; each must appear as {field} in it")
+    answer_prefix: str = Field("", description="text opening the judge's turn, right before the score token")
+    system: str = ""
+    prompt: str = ""
+
+    @property
+    def labels(self) -> list[str]:
+        """The strings the judge may answer with: score values, or choice labels."""
+        if self.kind == "choice":
+            return list(self.choices)
+        return [str(v) for v in range(self.scale.min, self.scale.max + 1)]
+
+    def render_messages(self, item: dict[str, str]) -> list[dict[str, str]]:
+        """The judge chat for one item; `item` must hold every field named in `inputs`."""
+        user = self.prompt.format(**{name: item[name] for name in self.inputs})
+        messages = [{"role": "system", "content": self.system}] if self.system.strip() else []
+        return messages + [{"role": "user", "content": user}]
+
+
+def load_judge(judges_dir: Path, name: str) -> JudgeSpec:
+    """Read judge.yaml and its prompt files; raise JudgeError naming the file on any problem."""
+    folder = Path(judges_dir) / name
+    settings = folder / "judge.yaml"
+    if not settings.is_file():
+        known = sorted(p.parent.name for p in Path(judges_dir).glob("*/judge.yaml"))
+        raise JudgeError(f"{settings}: no such judge definition (judges in {judges_dir}: {known or 'none'})")
+    try:
+        data = yaml.safe_load(settings.read_text(encoding="utf-8")) or {}
+        spec = JudgeSpec.model_validate(data)
+    except (yaml.YAMLError, ValueError) as exc:
+        raise JudgeError(f"{settings}: {exc}") from None
+    spec.prompt = (folder / spec.prompt_file).read_text(encoding="utf-8")
+    if spec.system_file:
+        spec.system = (folder / spec.system_file).read_text(encoding="utf-8").strip()
+    for placeholder in (f"{{{name}}}" for name in spec.inputs):
+        if placeholder not in spec.prompt:
+            raise JudgeError(f"{folder / spec.prompt_file}: prompt must contain {placeholder}")
+    if spec.kind == "choice" and len(spec.choices) < 2:
+        raise JudgeError(f"{settings}: a choice judge needs at least two entries under 'choices'")
+    return spec
+
+
+@dataclass
+class Judgment:
+    """One judged item. Score judges set `score`, choice judges set `choice`; `unparseable` (text mode only)
+    holds why the reply could not be read, and then neither is set - a failure is never turned into a number."""
+
+    id: str
+    score: float | None = None  # expected score over the labels, renormalised
+    choice: str | None = None  # most probable (logprob) or stated (text) choice label
+    label_mass: float | None = None  # probability on any valid label (logprob mode): low = judge wanted to say else
+    distribution: dict[str, float] = field(default_factory=dict)
+    prompt_tokens: int = 0
+    truncated: bool = False
+    unparseable: str | None = None
+    raw: str | None = None  # the judge's text (text mode)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "score": None if self.score is None else round(self.score, 4), "choice": self.choice,
+                "label_mass": None if self.label_mass is None else round(self.label_mass, 4),
+                "distribution": {k: round(v, 4) for k, v in self.distribution.items()},
+                "prompt_tokens": self.prompt_tokens, "truncated": self.truncated,
+                "unparseable": self.unparseable, "raw": self.raw}
+
+
+def definition_digest(spec: JudgeSpec, mode: str) -> str:
+    """SHA-256 (first 12 hex) of what decides a judge's scores besides its model: the prompt and system texts, the
+    answer prefix, the scale or choices, the inputs and the mode the judge runs in.
+
+    >>> spec = JudgeSpec(name="s", prompt_file="p", prompt="Rate {answer}")
+    >>> definition_digest(spec, "logprob") == definition_digest(spec.model_copy(update={"description": "x"}), "logprob")
+    True
+    >>> definition_digest(spec, "logprob") == definition_digest(spec.model_copy(update={"prompt": "Grade {answer}"}),
+    ...                                                         "logprob")
+    False
+    """
+    fields = spec.model_dump(include={"kind", "scale", "choices", "inputs", "answer_prefix", "system", "prompt"})
+    blob = json.dumps(fields | {"mode": mode}, sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def judge_identity(spec: JudgeSpec, mode: str, model: str, model_fingerprint: str) -> str:
+    """`name@model#definition-weights`: scores are comparable only between equal identities.
+
+    >>> spec = JudgeSpec(name="reference-score", prompt_file="p", prompt="{answer}")
+    >>> judge_identity(spec, "logprob", "qwen", "0123456789abcdef0123").startswith("reference-score@qwen#")
+    True
+    """
+    return f"{spec.name}@{model}#{definition_digest(spec, mode)}-{model_fingerprint[:12]}"
+
+
+def judge_item(generation: dict[str, Any]) -> dict[str, str]:
+    """The fields a pointwise judge reads, from one generations.jsonl record."""
+    return {"id": generation["id"], "instruction": generation["instruction"], "reference": generation["reference"],
+            "answer": generation["text"]}

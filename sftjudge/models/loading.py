@@ -1,0 +1,22 @@
+"""Loading a causal LM and its tokenizer from a local directory or hub id: safetensors only, pad token set."""
+
+from __future__ import annotations
+
+
+def load_causal_lm(path: str, *, dtype_name: str = "float32", trust_remote_code: bool = False):
+    """Load tokenizer + model from a local directory or hub id; safetensors only (no pickle execution)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from sftjudge.models.embedded import load_error_hint
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(
+            path, dtype=getattr(torch, dtype_name), use_safetensors=True, trust_remote_code=trust_remote_code
+        )
+    except (OSError, ValueError) as exc:
+        raise load_error_hint(path, exc) from exc
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer

@@ -1,0 +1,54 @@
+"""What every stage does around its own work, written once: skip when done, set threads, inject faults, record.
+
+Each stage entry point takes the run directory and the whole `RunConfig`, and hands `run_stage` a function of one
+`StageContext`; the stage picks from the config what it needs. A stage already marked completed returns its
+recorded summary without redoing work, so a retried or re-run cycle resumes where it stopped. Nothing here
+imports Prefect: tasks/ wraps the stage functions one to one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sftjudge.config import RunConfig, dump_config
+from sftjudge.models.embedded import sftjudge_home
+from sftjudge.run.directory import RunDir, StageRecord
+from sftjudge.run.faults import maybe_fail
+from sftjudge.runtime.device import set_threads
+
+
+@dataclass(frozen=True, kw_only=True)
+class StageContext:
+    """What a stage's work gets: its run directory, the whole config, the resolved model cache and its record."""
+
+    run: RunDir
+    config: RunConfig
+    home: Path  # the model cache ($SFTJUDGE_HOME, config.home, or ~/.cache/sftjudge), resolved once per stage
+    record: StageRecord  # outputs and counts the stage reports to the manifest
+
+
+def start_run(config: RunConfig, run_id: str | None = None) -> str:
+    """Create the run directory with the resolved config; return its path."""
+    run = RunDir.create(Path(config.runs_dir), dump_config(config), config.name, run_id=run_id)
+    return str(run.path)
+
+
+def run_stage(stage: str, run_path: str | Path, config: RunConfig,
+              work: Callable[[StageContext], None]) -> dict[str, Any]:
+    """Run `work` as stage `stage` of the run unless it already completed; return the stage's manifest entry.
+
+    Sets the torch thread count from `config.threads`, fails once first when fault injection names the stage
+    (SFTJUDGE_INJECT_FAULT), and records start, end, status, outputs and counts in the manifest; an exception
+    from `work` marks the stage failed and propagates.
+    """
+    run = RunDir(Path(run_path))
+    if run.is_completed(stage):
+        return run.stage_info(stage)
+    set_threads(config.threads)
+    with run.stage(stage) as record:
+        maybe_fail(stage, run.path)
+        work(StageContext(run=run, config=config, home=sftjudge_home(config.home), record=record))
+    return run.stage_info(stage)

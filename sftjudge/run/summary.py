@@ -1,0 +1,57 @@
+"""Human-sized summaries of a run, for the CLI and the flow's return value."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from sftjudge.run import files
+from sftjudge.run.directory import RunDir
+
+
+def run_summary(run_path: str | Path) -> dict[str, Any]:
+    """Run id, status, stage statuses, losses at the chosen epoch, judge score and the decision with reasons."""
+    run = RunDir(Path(run_path))
+    manifest = run.manifest()
+    stages = manifest["stages"]
+    sft = stages["sft"].get("counts", {})
+    judge = stages["judge"].get("counts", {})
+    decision = manifest.get("decision") or {}
+    return {
+        "run_id": run.run_id,
+        "run_dir": str(run.path),
+        "status": manifest["status"],
+        "stages": {name: info.get("status") for name, info in stages.items()},
+        "best_epoch": sft.get("best_epoch"),
+        "best_val_loss": sft.get("best_val_loss"),
+        "train_loss_at_best": sft.get("train_loss_at_best"),
+        "judge_score": judge.get("judge_score_mean"),
+        "exact_match": judge.get("exact_match"),
+        "regression_mean": judge.get("regression_mean"),
+        "decision": decision.get("action"),
+        "reasons": decision.get("reasons", []),
+        "report": str(run / files.REPORT) if (run / files.REPORT).exists() else None,
+    }
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    lines = [f"run {summary['run_id']}: {summary['status']}  ({summary['run_dir']})",
+             "stages: " + ", ".join(f"{k}={v}" for k, v in summary["stages"].items())]
+    if summary["best_val_loss"] is not None:
+        lines.append(f"best epoch {summary['best_epoch']}: val loss {summary['best_val_loss']:.4f}, "
+                     f"train loss {summary['train_loss_at_best']:.4f}")
+    if summary["judge_score"] is not None:
+        lines.append(f"judge score {summary['judge_score']:.2f}/10, exact match {summary['exact_match']}"
+                     + (f", regression suite {summary['regression_mean']:.2f}/10"
+                        if summary.get("regression_mean") is not None else ""))
+    if summary["decision"]:
+        lines.append(f"decision: {summary['decision'].upper()}")
+        lines += [f"  - {reason}" for reason in summary["reasons"]]
+    if summary["report"]:
+        lines.append(f"report: {summary['report']}")
+    return "\n".join(lines)
+
+
+def dumps(obj: Any) -> str:
+    return json.dumps(obj, indent=2, default=str)
