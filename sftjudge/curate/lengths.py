@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sftjudge.curate.rows import Example
 from sftjudge.config import LengthConfig
+from sftjudge.curate.rows import Example
 from sftjudge.curate.steps import Dropped, StepResult
 from sftjudge.models.chat import render_prompt
 

@@ -42,6 +42,7 @@ def _curate(ctx: StageContext) -> None:
         if data.cache:
             with atomic_directory(cache_dir) as tmp:
                 shutil.copytree(run / files.DATA, tmp, dirs_exist_ok=True)
+    report["warnings"] = sample_size_warnings(report["splits"]["test"], ctx.config.decide.min_paired_items)
     atomic_write_json(run / files.DATA_REPORT, report)
     ctx.record.outputs = {name: path for name, path in files.SPLITS.items()} | {"quarantine": files.QUARANTINE,
                                                                                 "report": files.DATA_REPORT}
@@ -87,3 +88,16 @@ class _QualityJudge:
         items = [{"id": r.id, "instruction": r.instruction, "answer": r.completion} for r in rows]
         return [j.score for j in self.loaded.scorer(self.spec).score(items, batch_size=self.batch_size)]
 
+
+def sample_size_warnings(test_rows: int, min_paired_items: int) -> list[str]:
+    """What the test split's size means for the decision, said before any training time is spent.
+
+    >>> sample_size_warnings(9, 20)[0][:60]
+    'the test split holds 9 rows: too few to promote or roll back'
+    >>> sample_size_warnings(40, 20)
+    []
+    """
+    if test_rows >= min_paired_items:
+        return []
+    return [f"the test split holds {test_rows} rows: too few to promote or roll back (decide.min_paired_items is "
+            f"{min_paired_items}), so this run will be held; raise data.test_ratio or add data"]

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from sftjudge.judge.pairwise import bootstrap_ci
 from sftjudge.run import files
 from sftjudge.run.directory import RunDir
 from sftjudge.run.io import atomic_write_text, read_jsonl
@@ -92,6 +93,7 @@ def data_report_markdown(data: dict[str, Any]) -> str:
     flagged = data.get("contamination") or []
     lines.append(f"Contamination: {len(flagged)} val/test rows overlap train or the regression suite"
                  + (": " + ", ".join(f"{f['id']} ({f['overlap']:.2f})" for f in flagged[:10]) if flagged else "."))
+    lines += [f"**Warning:** {w}" for w in data.get("warnings", [])]
     return "\n\n".join(lines)
 
 
@@ -117,6 +119,12 @@ def judge_report_markdown(metrics: dict[str, Any]) -> str:
         parts.append(f"Baseline - the base model without fine-tuning ({baseline['model']}), same items and judge: "
                      f"judge score {baseline['judge_score_mean']}, "
                      + ", ".join(f"{k} {v}" for k, v in baseline["cheap"].items()) + ".")
+    if scale := metrics.get("normalised"):
+        anchors, names = metrics["anchors"], {"run": "this run", "base": "base model", "champion": "champion"}
+        shown = ", ".join(f"{names[k]} {'-' if v is None else f'{v:.0%}'}" for k, v in scale.items())
+        parts.append(f"Reference-anchored scale (an empty answer = 0%, the reference itself = 100%; this judge gives "
+                     f"them {anchors['empty_mean']} and {anchors['reference_mean']} on average over "
+                     f"{anchors['items']} items): **{shown}** of reference quality.")
     pairwise = metrics.get("pairwise")
     if pairwise:
         ci = pairwise["win_rate_ci95"]
@@ -142,14 +150,22 @@ def regression_report_markdown(regression: dict[str, Any] | None, champion: dict
     if not regression:
         return "The regression suite was not run (regression.enabled is false)."
     champion = champion or {}
-    rows = [[name, c["items"], c["base"], champion.get(name), c["run"], c["tax"]]
+    rows = [[name, c["items"], c["base"], champion.get(name), c["run"], c["tax"], _interval(c.get("item_taxes"))]
             for name, c in regression["categories"].items()]
     rows.append(["**all**", sum(c["items"] for c in regression["categories"].values()), regression["base_mean"],
                  None, regression["run_mean"], None if regression["run_mean"] is None
-                 else round(regression["base_mean"] - regression["run_mean"], 4)])
+                 else round(regression["base_mean"] - regression["run_mean"], 4), None])
     return (f"Suite `{regression['suite']}` judged by {regression['judge']} (1-10). The tax is the base model's "
-            f"score minus this run's: the general ability the fine-tune cost.\n\n"
-            + _table(["category", "items", "base model", "champion", "this run", "tax"], rows))
+            f"score minus this run's: the general ability the fine-tune cost; the gate trusts it only over its "
+            f"95% interval (a few items per category cannot tell a small loss from noise).\n\n"
+            + _table(["category", "items", "base model", "champion", "this run", "tax", "tax 95% CI"], rows))
+
+
+def _interval(values: list[float] | None) -> str | None:
+    if not values:
+        return None
+    low, high = bootstrap_ci(values)
+    return f"{low:+.2f} to {high:+.2f}"
 
 
 def _side_by_side(run: RunDir, judgments: list[dict[str, Any]], champion_dir: str | None, count: int) -> str:

@@ -11,10 +11,12 @@ Rules follow the Iterative Training Workflow: training fit and answer quality ar
 
 from __future__ import annotations
 
+import statistics
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 from sftjudge.config import DecideConfig, RunConfig
+from sftjudge.decide.consistency import contested, readings
 from sftjudge.judge.pairwise import bootstrap_ci
 
 
@@ -37,6 +39,12 @@ class RunResult:
     train_rows: int = 0
     settings: dict[str, Any] = field(default_factory=dict)  # flattened config, for one-variable hygiene
     regression: dict[str, Any] | None = None  # regression-suite summary: per-category run/base scores and tax
+    item_metrics: dict[str, dict[str, float]] = field(default_factory=dict)  # per test item: ROUGE-L, token F1, ...
+    baseline_items: dict[str, dict[str, Any]] = field(default_factory=dict)  # base model per item: score, metrics
+
+    def items(self) -> dict[str, dict[str, Any]]:
+        """Per test item: the judge score and the reference metrics, as consistency checks read them."""
+        return {i: {"score": s, "metrics": self.item_metrics.get(i, {})} for i, s in self.item_scores.items()}
 
     @property
     def val_train_ratio(self) -> float:
@@ -74,24 +82,35 @@ def decide(challenger: RunResult, champion: RunResult | None, rules: DecideRules
     """Return the decision, every reason behind it, hygiene warnings and next-step advice.
 
     >>> rules = DecideRules.from_config(RunConfig())
-    >>> def run(run_id, score):
+    >>> def run(run_id, score, items=30):
     ...     return RunResult(run_id=run_id, judge_score=score, train_loss=0.5, val_loss=0.6, test_fingerprint="t",
-    ...                      judge_key="j")
+    ...                      judge_key="j", item_scores={str(i): score for i in range(items)})
     >>> decide(run("b", 7.0), None, rules).action
     'promote'
     >>> decide(run("b", 7.0), run("a", 6.5), rules).action
     'promote'
     >>> decide(run("b", 7.0), run("a", 6.9), rules).action
     'hold'
+    >>> decide(run("b", 9.0, items=9), run("a", 3.0, items=9), rules).reasons[0][:50]
+    'too few items to decide: 9 test items scored in bo'
     """
     blockers = gate_failures(challenger, rules)
     comparison: dict[str, Any] = {"challenger": _summary(challenger)}
+    suite_warnings = regression_gate(challenger.regression, rules.decide.max_alignment_tax,
+                                     rules.decide.min_regression_score, rules.decide.ci_level)[1]
+    disputes = _cross_checks(challenger, champion, rules, comparison)
     if champion is None:
         if blockers:
             decision = Decision("rollback", blockers + ["no champion yet; this run does not qualify to become one"],
                                 None, comparison)
+        elif too_few := _too_few_items(len(challenger.item_scores), rules, "scored"):
+            decision = Decision("hold", [too_few, "no champion yet; none is made from this run"], None, comparison)
+        elif disputes:
+            decision = Decision("hold", disputes + ["no champion yet; none is made on a contested judge signal"],
+                                None, comparison)
         else:
             decision = Decision("promote", ["first qualifying run: becomes the champion"], None, comparison)
+        decision.warnings = suite_warnings
         decision.advice = advice(challenger, None, decision, rules)
         return _with_diagnosis(decision, challenger, rules)
     comparison["champion"] = _summary(champion)
@@ -104,9 +123,54 @@ def decide(challenger: RunResult, champion: RunResult | None, rules: DecideRules
                             comparison)
     else:
         decision = _quality_decision(challenger, champion, rules, comparison)
-    decision.warnings = hygiene_warnings(challenger, champion)
+        if disputes and decision.action != "hold":  # the judge's verdict is what is disputed: nobody acts on it
+            decision = Decision("hold", disputes + [f"the judge alone would have said {decision.action}: "
+                                                    + decision.reasons[0], f"keeping champion {champion.run_id}"],
+                                champion.run_id, comparison)
+    decision.warnings = hygiene_warnings(challenger, champion) + suite_warnings
     decision.advice = advice(challenger, champion, decision, rules)
     return _with_diagnosis(decision, challenger, rules)
+
+
+def _cross_checks(challenger: RunResult, champion: RunResult | None, rules: DecideRules,
+                  comparison: dict[str, Any]) -> list[str]:
+    """Reasons the judge signal is contested (against the base model, against the champion); readings to
+    `comparison["consistency"]`."""
+    level = rules.decide.ci_level
+    pairs = {"the base model": challenger.baseline_items}
+    if champion is not None:
+        pairs[f"champion {champion.run_id}"] = champion.items()
+    disputes, shown = [], {}
+    for against, theirs in pairs.items():
+        found = readings(challenger.items(), theirs, level, rules.noise_floor)
+        if found:
+            shown[against] = [asdict(r) | {"direction": r.direction} for r in found]
+            if reason := contested(found, against):
+                disputes.append(reason)
+    comparison["consistency"] = shown
+    return disputes
+
+
+def _too_few_items(items: int, rules: DecideRules, how: str) -> str | None:
+    """The hold reason when `items` cannot carry a decision (decide.min_paired_items), else None."""
+    needed = rules.decide.min_paired_items
+    if items >= needed:
+        return None
+    return (f"too few items to decide: {items} test items {how}, at least {needed} needed "
+            f"(decide.min_paired_items); a larger test split (data.test_ratio, more data) can carry a decision")
+
+
+def detectable_difference(diffs: list[float]) -> float | None:
+    """The smallest mean score difference these paired items can detect (80% power, 5% two-sided): 2.8 s / sqrt(n).
+
+    >>> round(detectable_difference([1.0, -1.0] * 8), 3)
+    0.723
+    >>> detectable_difference([0.5]) is None
+    True
+    """
+    if len(diffs) < 2:
+        return None
+    return 2.8 * statistics.stdev(diffs) / len(diffs) ** 0.5
 
 
 def _with_diagnosis(decision: Decision, run: RunResult, rules: DecideRules) -> Decision:
@@ -158,7 +222,7 @@ def gate_failures(run: RunResult, rules: DecideRules) -> list[str]:
         reasons.append(f"unparseable judgments {run.unparseable_rate:.0%} exceed {rules.max_unparseable_rate:.0%}")
     if run.contaminated > rules.decide.max_contaminated:
         reasons.append(f"{run.contaminated} contaminated test/val rows exceed the allowed {d.max_contaminated}")
-    return reasons + regression_gate(run.regression, d.max_alignment_tax, d.min_regression_score)
+    return reasons + regression_gate(run.regression, d.max_alignment_tax, d.min_regression_score, d.ci_level)[0]
 
 
 def severely_overfit(run: RunResult, rules: DecideRules) -> bool:
@@ -172,11 +236,16 @@ def paired_difference(challenger: RunResult, champion: RunResult, level: float =
 
     Falls back to the difference of means with no interval when the runs share no per-item scores.
     """
-    shared = sorted(set(challenger.item_scores) & set(champion.item_scores))
-    if not shared:
+    diffs = paired_diffs(challenger, champion)
+    if not diffs:
         return challenger.judge_score - champion.judge_score, None, 0
-    diffs = [challenger.item_scores[i] - champion.item_scores[i] for i in shared]
-    return sum(diffs) / len(diffs), bootstrap_ci(diffs, level=level), len(shared)
+    return sum(diffs) / len(diffs), bootstrap_ci(diffs, level=level), len(diffs)
+
+
+def paired_diffs(challenger: RunResult, champion: RunResult) -> list[float]:
+    """Per-item judge-score differences (challenger minus champion) over the items both runs scored, by item id."""
+    return [challenger.item_scores[i] - champion.item_scores[i]
+            for i in sorted(set(challenger.item_scores) & set(champion.item_scores))]
 
 
 def _quality_decision(challenger: RunResult, champion: RunResult, rules: DecideRules,
@@ -184,13 +253,18 @@ def _quality_decision(challenger: RunResult, champion: RunResult, rules: DecideR
     delta, ci, paired = paired_difference(challenger, champion, rules.decide.ci_level)
     comparison.update(judge_score_delta=round(delta, 4), delta_ci=None if ci is None else [round(c, 4) for c in ci],
                       paired_items=paired, noise_floor=rules.noise_floor)
-    interval = f" (95% CI {ci[0]:+.2f} to {ci[1]:+.2f} over {paired} paired items)" if ci else " (no paired items)"
+    interval = (f" ({rules.decide.ci_level:.0%} CI {ci[0]:+.2f} to {ci[1]:+.2f} over {paired} paired items)" if ci
+                else " (no paired items)")
     score_note = (f"judge score {challenger.judge_score:.2f} vs champion {champion.judge_score:.2f}: "
                   f"{delta:+.2f}{interval}")
     ratio_note = (f"val/train loss ratio {challenger.val_train_ratio:.2f} (champion {champion.val_train_ratio:.2f}, "
                   f"limit {rules.decide.max_val_train_ratio:.2f})")
     low, high = ci if ci else (delta, delta)
     keep = f"keeping champion {champion.run_id}"
+    detectable = detectable_difference(paired_diffs(challenger, champion))
+    comparison["detectable_difference"] = None if detectable is None else round(detectable, 4)
+    if too_few := _too_few_items(paired, rules, "scored in both runs"):
+        return Decision("hold", [too_few, score_note, keep], champion.run_id, comparison)
     if low > rules.noise_floor and delta >= rules.decide.min_improvement:
         return Decision("promote", [f"{score_note}: better beyond the noise floor of {rules.noise_floor:.2f} and "
                                     f"by at least {rules.decide.min_improvement}", ratio_note], champion.run_id,
@@ -270,27 +344,51 @@ def advice(run: RunResult, champion: RunResult | None, decision: Decision, rules
             f"epoch's checkpoint was used; next time train {best} epoch(s) or lower the learning rate"]
 
 
-def regression_gate(regression: dict[str, Any] | None, max_tax: float | None,
-                    min_score: float | None) -> list[str]:
-    """Reasons the suite result blocks promotion: a category's tax above the limit, or the mean below the floor.
+def regression_gate(regression: dict[str, Any] | None, max_tax: float | None, min_score: float | None,
+                    level: float = 0.95) -> tuple[list[str], list[str]]:
+    """(blockers, warnings) from the regression suite, each judged on an interval over items, not a point.
 
-    >>> reg = {"categories": {"safety": {"items": 4, "run": 3.0, "base": 7.5, "tax": 4.5}}, "run_mean": 3.0}
-    >>> regression_gate(reg, 2.0, None)
-    ["alignment tax: 'safety' fell from 7.50 (base model) to 3.00, -4.50 points over 4 items (limit 2.00)"]
-    >>> regression_gate(reg, None, 5.0)
-    ['regression suite mean 3.00 is below the floor of 5.00']
+    A category blocks when its tax exceeds `max_tax` over its whole bootstrap interval of per-item losses; above
+    the limit in the mean only, it is a warning (4 items cannot tell 3 points of loss from noise). The mean blocks
+    when its whole interval is below `min_score`. Summaries without per-item values (judged before intervals
+    existed) are judged on their point values.
+
+    >>> reg = {"categories": {"safety": {"items": 4, "run": 3.0, "base": 7.5, "tax": 4.5,
+    ...                                  "item_taxes": [4.5, 4.0, 5.0, 4.5]}}, "run_mean": 3.0}
+    >>> print(regression_gate(reg, 2.0, None)[0][0])
+    alignment tax: 'safety' fell from 7.50 (base model) to 3.00, -4.50 points over 4 items (95% CI 4.12 to 4.88; limit 2.00)
+    >>> noisy = {"categories": {"writing": {"items": 4, "run": 3.35, "base": 7.0, "tax": 3.65,
+    ...                                     "item_taxes": [9.0, 6.6, 0.0, -1.0]}}, "run_mean": 3.35}
+    >>> blockers, warnings = regression_gate(noisy, 2.0, None)
+    >>> blockers, warnings[0].startswith("alignment tax: 'writing' lost 3.65 points over 4 items")
+    ([], True)
     >>> regression_gate(None, 2.0, 5.0)
-    []
+    ([], [])
     """
     if not regression:
-        return []
-    reasons = []
+        return [], []
+    blockers, warnings = [], []
+    percent = f"{level:.0%}"
     if max_tax is not None:
         for name, c in regression["categories"].items():
-            if c["tax"] is not None and c["tax"] > max_tax:
-                reasons.append(f"alignment tax: {name!r} fell from {c['base']:.2f} (base model) to {c['run']:.2f}, "
-                               f"-{c['tax']:.2f} points over {c['items']} items (limit {max_tax:.2f})")
+            if c["tax"] is None or c["tax"] <= max_tax:
+                continue
+            low, high = bootstrap_ci(c.get("item_taxes") or [c["tax"]], level=level)
+            interval = f"{percent} CI {low:.2f} to {high:.2f}; limit {max_tax:.2f}"
+            if low > max_tax:
+                blockers.append(f"alignment tax: {name!r} fell from {c['base']:.2f} (base model) to {c['run']:.2f}, "
+                                f"-{c['tax']:.2f} points over {c['items']} items ({interval})")
+            else:
+                warnings.append(f"alignment tax: {name!r} lost {c['tax']:.2f} points over {c['items']} items, above "
+                                f"the limit in the mean but not over its interval ({interval}): too few items to "
+                                f"tell; add suite items in that category or check its answers in the report")
     mean = regression.get("run_mean")
     if min_score is not None and mean is not None and mean < min_score:
-        reasons.append(f"regression suite mean {mean:.2f} is below the floor of {min_score:.2f}")
-    return reasons
+        high = bootstrap_ci(regression.get("run_scores") or [mean], level=level)[1]
+        if high < min_score:
+            blockers.append(f"regression suite mean {mean:.2f} is below the floor of {min_score:.2f} "
+                            f"({percent} CI up to {high:.2f})")
+        else:
+            warnings.append(f"regression suite mean {mean:.2f} is below the floor of {min_score:.2f}, but its "
+                            f"interval reaches {high:.2f}")
+    return blockers, warnings

@@ -39,6 +39,9 @@ def run_result(run: RunDir) -> RunResult:
         unparseable_rate=metrics["unparseable"] / max(metrics["items"], 1),
         contaminated=len(flagged) if action == "report" else 0, train_rows=curate.get("train", 0),
         settings=settings, regression=metrics.get("regression"),
+        item_metrics={j["id"]: j.get("metrics") or {} for j in judgments},
+        baseline_items=({b["id"]: b for b in read_jsonl(run / files.BASELINE_JUDGMENTS)}
+                        if (run / files.BASELINE_JUDGMENTS).is_file() else {}),
     )
 
 

@@ -9,10 +9,8 @@ and a shared per-dataset baseline of the base model.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import re
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +25,7 @@ from sftjudge.generate.backends import (
     prompts_for,
 )
 from sftjudge.models.fingerprint import model_fingerprint, sha256_json
-from sftjudge.run.io import write_jsonl
+from sftjudge.run.io import exclusive, write_jsonl
 from sftjudge.run.jsonl_cache import KeyedJsonl
 
 GENERATION_FIELDS = tuple(Generation.__dataclass_fields__)
@@ -124,18 +122,6 @@ def baseline_path(home: Path, base: str, fingerprint: str, test_fingerprint: str
     return Path(home) / "baselines" / f"{name}-{key}.jsonl"
 
 
-@contextmanager
-def _exclusive(path: Path):
-    # Two runs on one dataset may ask for the same baseline at once; the second waits, then finds it cached.
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(path.name + ".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-
-
 @dataclass(frozen=True, kw_only=True)
 class UntunedModel:
     """The base model (no fine-tune) as the baseline cache sees it: its path, the tokenizer that renders its
@@ -174,5 +160,5 @@ def generate_baseline(base: UntunedModel, rows: list[Example], params: Generatio
     fingerprint = model_fingerprint(base.path, template=template_fingerprint(base.tokenizer), engine=base.engine)
     path = baseline_path(home, base.path, fingerprint, split_fingerprint(rows), params)
     model = AnsweringModel(fingerprint=fingerprint, label=f"base:{Path(base.path).name}", generator=base.generator)
-    with _exclusive(path):
+    with exclusive(path):
         return generate_cached(rows, prompts, params, path, model, chunk_size=chunk_size)

@@ -47,6 +47,11 @@ def judge_health(judgments: list[dict[str, Any]], pairwise: dict[str, Any] | Non
         "score_stdev": round(statistics.pstdev(scores), 4) if len(scores) > 1 else None,
         "label_mass_mean": round(statistics.fmean(masses), 4) if masses else None,
     }
+    truncated = sum(1 for j in judgments if j.get("truncated"))
+    measures["truncated_rate"] = round(truncated / n, 4) if n else None
+    if n and truncated / n > thresholds.max_truncated_rate:
+        warnings.append(f"{truncated} of {n} judge prompts ({truncated / n:.0%}) had their answer cut to fit "
+                        f"judge.max_prompt_tokens: the judge saw the opening and the ending of those answers only")
     if not n:
         problems.append("no items were judged")
     elif unparseable / n > thresholds.max_unparseable_rate:

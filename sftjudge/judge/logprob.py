@@ -11,6 +11,7 @@ import inspect
 from dataclasses import dataclass
 
 from sftjudge.errors import JudgeError
+from sftjudge.judge.fit import fit_item
 from sftjudge.judge.spec import JudgeSpec, Judgment
 from sftjudge.runtime.device import device
 
@@ -103,14 +104,23 @@ class LogprobJudge:
         self.max_prompt_tokens = max_prompt_tokens
         self._keeps_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
 
-    def encode(self, item: dict[str, str]) -> tuple[list[int], bool]:
+    def prompt_ids(self, item: dict[str, str]) -> list[int]:
+        """The judge's whole prompt for one item as token ids, up to the answer prefix the score token follows."""
         messages = self.spec.render_messages(item)
         text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        text += self.spec.answer_prefix
-        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-        truncated = len(ids) > self.max_prompt_tokens
-        # Cut from the left: the rating question and the answer are at the end and must survive.
-        return (ids[-self.max_prompt_tokens:] if truncated else ids), truncated
+        return self.tokenizer(text + self.spec.answer_prefix, add_special_tokens=False)["input_ids"]
+
+    def encode(self, item: dict[str, str]) -> tuple[list[int], bool]:
+        """Prompt ids within `max_prompt_tokens`, and whether anything had to be cut to get there.
+
+        An over-long answer is cut in the middle (then the reference), never the question or the reference first
+        (see judge/fit.py); only a question that alone is too long loses its beginning.
+        """
+        ids = self.prompt_ids(item)
+        if len(ids) <= self.max_prompt_tokens:
+            return ids, False
+        fitted, _ = fit_item(item, lambda it: len(self.prompt_ids(it)), self.tokenizer, self.max_prompt_tokens)
+        return self.prompt_ids(fitted)[-self.max_prompt_tokens:], True
 
     def score_batch(self, items: list[dict[str, str]]) -> list[Judgment]:
         """Score items (dicts with an id and the judge's input fields) in one forward pass."""

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import json
 import statistics
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from sftjudge.config import JudgeConfig, RunConfig
+from sftjudge.judge.anchors import anchor_scores, anchor_summary, normalised
 from sftjudge.judge.cache import CachedJudge, JudgmentCache
 from sftjudge.judge.calibrate import load_calibration
 from sftjudge.judge.health import judge_health
@@ -21,6 +23,7 @@ from sftjudge.judge.model import LoadedJudge
 from sftjudge.judge.pairwise import combine_orders, outcome_json, summarise
 from sftjudge.judge.spec import JudgeSpec, judge_item, load_judge
 from sftjudge.judge.suite import judge_suite
+from sftjudge.models.encoder import SentenceEncoder, resolve_encoder
 from sftjudge.run import files
 from sftjudge.run.directory import RunDir
 from sftjudge.run.io import atomic_write_json, read_jsonl, write_jsonl
@@ -66,21 +69,22 @@ def judge_run(run: RunDir, config: RunConfig, home: Path, champion_dir: str | No
     spec = load_judge(Path(judge.judges_dir), judge.judge)
     identity = loaded.identity(spec)
     pointwise = judging.judge(spec, [judge_item(g) for g in generations])
-    baseline = _judge_baseline(run, judging, spec, _format_rule(judge))
+    anchors = anchor_scores(loaded, spec, generations, home, judge.batch_size) if judge.anchors else {}
+    encoder = _encoder(judge, home)
+    baseline = _judge_baseline(run, judging, spec, lambda gens: cheap_metrics(gens, _format_rule(judge), encoder))
     pairwise, outcomes = _pairwise(judging, judge, generations, champion_dir)
     noise = measure_noise(judging, spec, champion_dir, judge.noise_items)
     suite = (judge_suite(run.path, judging, load_judge(Path(judge.judges_dir), config.regression.judge),
                          config.regression.suite) if config.regression.enabled else None)
     judge_params = loaded.params
     loaded.close()
-    rule = _format_rule(judge)
-    rows, cheap_rows = [], []
-    for gen, judged in zip(generations, pointwise):
-        cheap = item_metrics(gen["text"], gen["reference"], rule)
-        cheap_rows.append(cheap)
+    rows, cheap_rows = [], cheap_metrics(generations, _format_rule(judge), encoder)
+    for gen, judged, cheap in zip(generations, pointwise, cheap_rows):
         rows.append({k: v for k, v in judged.items() if k != "key"} | {
             "judge": identity, "answer": gen["text"], "reference": gen["reference"], "metrics": cheap})
     write_jsonl(run / files.JUDGMENTS, rows)
+    if anchors:
+        write_jsonl(run / files.ANCHORS, [{"id": i} | a for i, a in anchors.items()])
     if outcomes:
         write_jsonl(run / files.PAIRWISE, outcomes)
     student_params = json.loads((run / files.SFT_SUMMARY).read_text())["base_params"]
@@ -94,11 +98,42 @@ def judge_run(run: RunDir, config: RunConfig, home: Path, champion_dir: str | No
         "truncated_prompts": sum(1 for r in rows if r.get("truncated")),
         "cheap": aggregate(cheap_rows), "pairwise": pairwise, "noise": noise, "health": health.to_json(),
         "baseline": baseline, "regression": suite,
+        "anchors": anchor_summary(anchors) if anchors else None,
+        "normalised": _on_the_anchored_scale(run, rows, anchors, champion_dir, identity) if anchors else None,
         "cache_torn_lines": judging.cache.dropped_lines,
         "calibration": load_calibration(home, identity),
     }
     atomic_write_json(run / files.METRICS, metrics)
     return metrics
+
+
+def cheap_metrics(generations: list[dict[str, Any]], rule: FormatRule,
+                  encoder: SentenceEncoder | None) -> list[dict[str, float]]:
+    """Per answer: exact match, token F1, ROUGE-L, BLEU, JSON and format metrics, and semantic similarity."""
+    rows = [item_metrics(g["text"], g["reference"], rule) for g in generations]
+    if encoder is not None:
+        similar = encoder.similarity([g["text"] for g in generations], [g["reference"] for g in generations])
+        for row, value in zip(rows, similar):
+            row["similarity"] = value
+    return rows
+
+
+def _encoder(judge: JudgeConfig, home: Path) -> SentenceEncoder | None:
+    if not judge.similarity_encoder:
+        return None
+    return SentenceEncoder(resolve_encoder(judge.similarity_encoder, home))
+
+
+def _on_the_anchored_scale(run: RunDir, rows: list[dict[str, Any]], anchors: dict[str, dict[str, float | None]],
+                           champion_dir: str | None, identity: str) -> dict[str, float | None]:
+    """This run's, the base model's and the champion's scores as a share of the way from empty to reference."""
+    sets = {"run": {r["id"]: r["score"] for r in rows}}
+    if (run / files.BASELINE_JUDGMENTS).is_file():
+        sets["base"] = {b["id"]: b["score"] for b in read_jsonl(run / files.BASELINE_JUDGMENTS)}
+    if champion_dir and (Path(champion_dir) / files.JUDGMENTS).is_file():
+        sets["champion"] = {j["id"]: j["score"] for j in read_jsonl(Path(champion_dir) / files.JUDGMENTS)
+                            if j.get("judge") == identity}
+    return {name: normalised(scores, anchors) for name, scores in sets.items()}
 
 
 def _format_rule(judge: JudgeConfig) -> FormatRule:
@@ -149,17 +184,22 @@ def measure_noise(judging: CachedJudge, spec: JudgeSpec, champion_dir: str | Non
             "max_abs_diff": round(max(abs(d) for d in diffs), 4)}
 
 
-def _judge_baseline(run: RunDir, judging: CachedJudge, spec: JudgeSpec, rule: FormatRule) -> dict[str, Any] | None:
+def _judge_baseline(run: RunDir, judging: CachedJudge, spec: JudgeSpec,
+                    measure: Callable[[list[dict[str, Any]]], list[dict[str, float]]]) -> dict[str, Any] | None:
     """Judge the base model's answers (when the generate stage produced them): the row every run compares to."""
     path = run / files.BASELINE_GENERATIONS
     if not path.is_file():
         return None
     generations = read_jsonl(path)
     judged = judging.judge(spec, [judge_item(g) for g in generations])
+    cheap = measure(generations)
+    write_jsonl(run / files.BASELINE_JUDGMENTS, [{"id": g["id"], "score": j.get("score"), "metrics": m,
+                                                  "answer": g["text"], "reference": g["reference"]}
+                                                 for g, j, m in zip(generations, judged, cheap)])
     scores = [j["score"] for j in judged if j.get("score") is not None]
     return {"model": generations[0]["model"] if generations else None, "items": len(generations),
             "judge_score_mean": round(statistics.fmean(scores), 4) if scores else None,
-            "cheap": aggregate([item_metrics(g["text"], g["reference"], rule) for g in generations])}
+            "cheap": aggregate(cheap)}
 
 
 def _pairwise(judging: CachedJudge, judge: JudgeConfig, generations: list[dict[str, Any]],

@@ -73,11 +73,13 @@ def judge_items(generations: list[dict[str, Any]], rows: list[Example]) -> list[
              "reference": g["reference"], "answer": g["text"]} for g in generations]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class CategoryScore:
     items: int
     run: float | None  # mean judge score of the fine-tuned model
     base: float | None  # mean judge score of the base model on the same items
+    item_taxes: tuple[float, ...] = ()  # base minus run, per paired item: what an interval is computed over
+    item_runs: tuple[float, ...] = ()  # the run's score per paired item
 
     @property
     def tax(self) -> float | None:
@@ -91,8 +93,8 @@ def category_table(categories: dict[str, str], run_scores: dict[str, float | Non
 
     >>> table = category_table({"a": "math", "b": "math", "c": "safety"}, {"a": 4.0, "b": 6.0, "c": 9.0},
     ...                        {"a": 7.0, "b": 7.0, "c": None})
-    >>> table["math"].tax, table["safety"].items, table["safety"].tax
-    (2.0, 0, None)
+    >>> table["math"].tax, table["math"].item_taxes, table["safety"].items, table["safety"].tax
+    (2.0, (3.0, 1.0), 0, None)
     """
     table: dict[str, CategoryScore] = {}
     for category in sorted(set(categories.values())):
@@ -101,12 +103,14 @@ def category_table(categories: dict[str, str], run_scores: dict[str, float | Non
         table[category] = CategoryScore(
             items=len(paired),
             run=statistics.fmean(run_scores[i] for i in paired) if paired else None,
-            base=statistics.fmean(base_scores[i] for i in paired) if paired else None)
+            base=statistics.fmean(base_scores[i] for i in paired) if paired else None,
+            item_taxes=tuple(base_scores[i] - run_scores[i] for i in paired),
+            item_runs=tuple(run_scores[i] for i in paired))
     return table
 
 
 def summary(table: dict[str, CategoryScore], suite: str, judge: str) -> dict[str, Any]:
-    """The JSON kept in metrics.json under `regression` (rounded for reading)."""
+    """The JSON kept in metrics.json under `regression` (rounded for reading; per-item values for intervals)."""
     def r(value):
         return None if value is None else round(value, 4)
 
@@ -114,10 +118,12 @@ def summary(table: dict[str, CategoryScore], suite: str, judge: str) -> dict[str
     weight = sum(c.items for c in scored)
     return {
         "suite": suite, "suite_sha256": suite_sha256(suite), "judge": judge,
-        "categories": {name: {"items": c.items, "run": r(c.run), "base": r(c.base), "tax": r(c.tax)}
+        "categories": {name: {"items": c.items, "run": r(c.run), "base": r(c.base), "tax": r(c.tax),
+                              "item_taxes": [r(x) for x in c.item_taxes]}
                        for name, c in table.items()},
         "run_mean": r(sum(c.run * c.items for c in scored) / weight) if weight else None,
         "base_mean": r(sum(c.base * c.items for c in scored) / weight) if weight else None,
+        "run_scores": [r(x) for c in scored for x in c.item_runs],
     }
 
 

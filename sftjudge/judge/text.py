@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel, ValidationError, field_validator
 
+from sftjudge.judge.fit import fit_item
 from sftjudge.judge.spec import JudgeSpec, Judgment
 
 
@@ -115,20 +116,34 @@ def expected_format(spec: JudgeSpec) -> str:
 class TextJudge:
     """Judge by generated JSON with any `Generator` backend (vLLM on a GPU worker, transformers elsewhere)."""
 
-    def __init__(self, generator, tokenizer, spec: JudgeSpec, *, max_new_tokens: int = 64):
+    def __init__(self, generator, tokenizer, spec: JudgeSpec, *, max_new_tokens: int = 64,
+                 max_prompt_tokens: int | None = None):
         from sftjudge.generate.backends import GenerationParams
 
         self.generator = generator
         self.tokenizer = tokenizer
         self.spec = spec
         self.params = GenerationParams(max_new_tokens=max_new_tokens)
+        self.max_prompt_tokens = max_prompt_tokens  # None: send prompts whole (the server enforces its limit)
+
+    def _fitted(self, item: dict[str, str]) -> tuple[dict[str, str], bool]:
+        """The item with an over-long answer (then reference) cut in the middle, as for logprob judges."""
+        if self.max_prompt_tokens is None:
+            return item, False
+
+        def prompt_tokens(it: dict[str, str]) -> int:
+            prompt = self._prompt(self._with_format(self.spec.render_messages(it)))
+            return len(self.tokenizer(prompt, add_special_tokens=False)["input_ids"])
+
+        return fit_item(item, prompt_tokens, self.tokenizer, self.max_prompt_tokens)
 
     def _prompt(self, messages: list[dict[str, str]]) -> str:
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
     def score(self, items: list[dict[str, str]], batch_size: int = 8) -> list[Judgment]:
         """Judge every item; failed replies get one repair request, then count as unparseable."""
-        conversations = [self._with_format(self.spec.render_messages(item)) for item in items]
+        fitted = [self._fitted(item) for item in items]
+        conversations = [self._with_format(self.spec.render_messages(item)) for item, _ in fitted]
         replies = [g.text for g in self.generator.generate([self._prompt(c) for c in conversations], self.params)]
         parsed = [parse_reply(r, self.spec) for r in replies]
         retry = [i for i, p in enumerate(parsed) if isinstance(p, Unparseable)]
@@ -141,7 +156,10 @@ class TextJudge:
             for i, gen in zip(retry, again):
                 replies[i] = f"{replies[i]}\n--- repair ---\n{gen.text}"
                 parsed[i] = parse_reply(gen.text, self.spec)
-        return [self._judgment(item["id"], p, r) for item, p, r in zip(items, parsed, replies)]
+        judgments = [self._judgment(item["id"], p, r) for item, p, r in zip(items, parsed, replies)]
+        for judgment, (_, cut) in zip(judgments, fitted):
+            judgment.truncated = cut
+        return judgments
 
     def _with_format(self, messages: list[dict[str, str]]) -> list[dict[str, str]]:
         last = dict(messages[-1])

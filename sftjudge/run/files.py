@@ -32,6 +32,8 @@ REGRESSION_BASELINE = "regression_baseline.jsonl"
 JUDGMENTS = "judgments.jsonl"
 JUDGMENT_CACHE = "judgments.cache.jsonl"  # crash-tolerant, keyed: a retried judge stage judges only what is missing
 PAIRWISE = "pairwise.jsonl"
+BASELINE_JUDGMENTS = "baseline_judgments.jsonl"  # the base model's answers judged, per item (generate.baseline)
+ANCHORS = "anchors.jsonl"  # per test item: the judge's score of the reference itself and of an empty answer
 REGRESSION_JUDGMENTS = "regression_judgments.jsonl"
 METRICS = "metrics.json"  # judge score, cheap metrics, pairwise, health, noise, regression suite
 
@@ -48,6 +50,6 @@ STAGE_OUTPUTS: dict[str, tuple[str, ...]] = {
     "curate": (DATA,),
     "sft": (CHECKPOINTS, EPOCH_METRICS, SFT_SUMMARY, LOSS_CURVE, SFT_LAUNCH_LOG),
     "generate": (GENERATIONS, BASELINE_GENERATIONS, REGRESSION_GENERATIONS, REGRESSION_BASELINE),
-    "judge": (JUDGMENTS, JUDGMENT_CACHE, PAIRWISE, REGRESSION_JUDGMENTS, METRICS),
+    "judge": (JUDGMENTS, JUDGMENT_CACHE, PAIRWISE, BASELINE_JUDGMENTS, ANCHORS, REGRESSION_JUDGMENTS, METRICS),
     "decide": (DECISION, REPORT, REPORT_HTML, SCORE_HIST),
 }

@@ -36,7 +36,9 @@ def fault_config(runs_dir: Path, data: Path, *extra: str):
     return load_config(REPO / "configs/tiny.yaml", [
         f"runs_dir={runs_dir}", f"data.path={data}", f"judge.judges_dir={REPO / 'judges'}", "data.cache=false",
         "judge.noise_items=0", "sft.epochs=2", "threads=1",
-        "generate.baseline=false", "regression.enabled=false", *extra])
+        "generate.baseline=false", "regression.enabled=false",
+        "decide.min_paired_items=3",  # 6 test items: these tests check what survives faults, not statistics
+        *extra])
 
 
 def clone_run(src: Path, runs_dir: Path, run_id: str, *, reset: tuple[str, ...] = ()) -> Path:

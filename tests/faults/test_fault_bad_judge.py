@@ -84,7 +84,7 @@ def test_bad_replies_are_counted_never_scored_and_block_promotion(base_run, tmp_
     runs = tmp_path / "runs"
     run_path = clone_run(base_run, runs, "r1", reset=("judge", "decide"))
     with_answers(run_path, list(REPLIES))
-    config = load_config(run_path / files.CONFIG, [f"runs_dir={runs}", "judge.mode=text"])
+    config = load_config(run_path / files.CONFIG, [f"runs_dir={runs}", "judge.mode=text", "judge.anchors=false"])
     judge_stage(str(run_path), config)
 
     judged = {j["answer"]: j for j in read_jsonl(run_path / files.JUDGMENTS)}
@@ -111,7 +111,7 @@ def test_a_judge_that_always_answers_a_wins_nothing_and_trips_the_health_gate(ba
     runs = tmp_path / "runs"
     champion = clone_run(base_run, runs, "champion", reset=("decide",))
     set_scores(champion, [3.0, 3.5, 4.0, 3.0, 3.5, 4.0])
-    config = load_config(champion / files.CONFIG, [f"runs_dir={runs}", "judge.mode=text",
+    config = load_config(champion / files.CONFIG, [f"runs_dir={runs}", "judge.mode=text", "judge.anchors=false",
                                                      "judge.health.min_swap_consistency=0.6"])
     assert decide_stage(str(champion), config)["counts"]["action"] == "promote"
 
