@@ -230,6 +230,10 @@ class JudgeConfig(_Strict):
     )
     format_regex: str | None = Field(None, description="Regex a whole answer must match when format is 'regex'.")
     json_schema: str | None = Field(None, description="JSON Schema file answers must satisfy when format is 'json'.")
+    rubric: str | None = Field(
+        "rubric", description="Rubric judge definition (kind: rubric) scoring each answer per dimension - accuracy, "
+                              "completeness, format, clarity and tone - for the report and the next-step advice; "
+                              "null: no per-dimension scores.")
     anchors: bool = Field(
         True, description="Also judge each test item's reference and an empty answer (once per split and judge, "
                           "cached) to report scores as % of the way from an empty answer to the reference.")

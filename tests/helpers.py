@@ -28,6 +28,6 @@ UNGATED = {"max_alignment_tax": None, "min_overfit_gap": 0.0, "min_val_rise": 0.
 def decide_rules(**settings):
     """DecideRules built from the config, as the decide stage builds them, with `settings` in the decide section."""
     from sftjudge.config import DecideConfig, RunConfig
-    from sftjudge.decide.rules import DecideRules
+    from sftjudge.decide.records import DecideRules
 
     return DecideRules.from_config(RunConfig(decide=DecideConfig(**(UNGATED | settings))))

@@ -5,11 +5,18 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import pytest
+from sftjudge.tasks.policy import retry_unless_user_error
 
 from sftjudge import cli
-from sftjudge.errors import (CalibrationError, ConfigError, DataError, JudgeError, ModelError, TemplateError,
-                             UserError)
-from sftjudge.tasks.policy import retry_unless_user_error
+from sftjudge.errors import (
+    CalibrationError,
+    ConfigError,
+    DataError,
+    JudgeError,
+    ModelError,
+    TemplateError,
+    UserError,
+)
 
 USER_ERRORS = [ConfigError, DataError, JudgeError, CalibrationError, ModelError, TemplateError]
 

@@ -63,6 +63,9 @@ def test_every_test_item_generated_and_judged(two_runs):
     assert [b["id"] for b in baseline] == test_ids and all("rouge_l" in b["metrics"] for b in baseline)
     metrics = json.loads((run / files.METRICS).read_text())
     assert metrics["anchors"]["items"] == len(test_ids) and set(metrics["normalised"]) == {"run", "base"}
+    dims = ["accuracy", "completeness", "format", "clarity"]
+    assert list(metrics["dimensions"]["run"]) == dims and list(metrics["dimensions"]["base"]) == dims
+    assert all(list(j["dimensions"]) == dims for j in judgments)
     assert [a["id"] for a in read_jsonl(run / files.ANCHORS)] == test_ids
     consistency = json.loads((run / files.DECISION).read_text())["comparison"]["consistency"]
     assert [r["signal"] for r in consistency["the base model"]] == ["judge", "ROUGE-L", "token F1",

@@ -4,7 +4,8 @@ from dataclasses import replace
 import pytest
 from helpers import decide_rules
 
-from sftjudge.decide.rules import RunResult, decide
+from sftjudge.decide.records import RunResult
+from sftjudge.decide.rules import decide
 from sftjudge.judge.metrics import FormatRule, aggregate, item_metrics
 
 RULES = decide_rules(min_improvement=0.25, max_val_train_ratio=2.0, min_judge_score=3.0)
@@ -147,7 +148,7 @@ def test_overfitting_rules_ignore_ratios_and_rises_of_near_zero_losses():
 
 def test_a_9_item_test_split_cannot_promote_or_roll_back():
     from sftjudge.config import RunConfig
-    from sftjudge.decide.rules import DecideRules
+    from sftjudge.decide.records import DecideRules
 
     rules = DecideRules.from_config(RunConfig())  # the shipped rules: 20 paired items needed
 

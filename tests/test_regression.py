@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 from helpers import decide_rules
 
-from sftjudge.decide.rules import RunResult, decide, regression_gate
+from sftjudge.decide.records import RunResult
+from sftjudge.decide.rules import decide, regression_gate
 from sftjudge.errors import DataError
 from sftjudge.judge.cache import CachedJudge, JudgmentCache
 from sftjudge.judge.spec import Judgment, load_judge

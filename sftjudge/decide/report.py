@@ -119,6 +119,12 @@ def judge_report_markdown(metrics: dict[str, Any]) -> str:
         parts.append(f"Baseline - the base model without fine-tuning ({baseline['model']}), same items and judge: "
                      f"judge score {baseline['judge_score_mean']}, "
                      + ", ".join(f"{k} {v}" for k, v in baseline["cheap"].items()) + ".")
+    if dims := metrics.get("dimensions"):
+        sides = [(k, label) for k, label in (("base", "base model"), ("champion", "champion"), ("run", "this run"))
+                 if dims.get(k)]
+        parts.append(f"Per dimension ({dims['judge']}, 1-10; the weakest one drives the advice):\n\n"
+                     + _table(["dimension", *(label for _, label in sides)],
+                              [[name, *(dims[k].get(name) for k, _ in sides)] for name in dims["run"]]))
     if scale := metrics.get("normalised"):
         anchors, names = metrics["anchors"], {"run": "this run", "base": "base model", "champion": "champion"}
         shown = ", ".join(f"{names[k]} {'-' if v is None else f'{v:.0%}'}" for k, v in scale.items())

@@ -12,75 +12,19 @@ Rules follow the Iterative Training Workflow: training fit and answer quality ar
 from __future__ import annotations
 
 import statistics
-from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from dataclasses import asdict
+from typing import Any
 
-from sftjudge.config import DecideConfig, RunConfig
+from sftjudge.decide.advice import advice, overfitting_note, severely_overfit
 from sftjudge.decide.consistency import contested, readings
+from sftjudge.decide.records import DecideRules, Decision, RunResult
 from sftjudge.judge.pairwise import bootstrap_ci
-
-
-@dataclass(frozen=True, kw_only=True)
-class RunResult:
-    """What decide needs to know about one run."""
-
-    run_id: str
-    judge_score: float | None
-    train_loss: float
-    val_loss: float
-    test_fingerprint: str
-    judge_key: str  # judge definition + judge model: scores from different judges are not comparable
-    judge_problems: tuple[str, ...] = ()  # judge health failures: the score cannot be trusted to decide
-    item_scores: dict[str, float] = field(default_factory=dict)  # per test item, for paired differences
-    train_losses: tuple[float, ...] = ()  # per epoch
-    val_losses: tuple[float, ...] = ()
-    unparseable_rate: float = 0.0
-    contaminated: int = 0
-    train_rows: int = 0
-    settings: dict[str, Any] = field(default_factory=dict)  # flattened config, for one-variable hygiene
-    regression: dict[str, Any] | None = None  # regression-suite summary: per-category run/base scores and tax
-    item_metrics: dict[str, dict[str, float]] = field(default_factory=dict)  # per test item: ROUGE-L, token F1, ...
-    baseline_items: dict[str, dict[str, Any]] = field(default_factory=dict)  # base model per item: score, metrics
-
-    def items(self) -> dict[str, dict[str, Any]]:
-        """Per test item: the judge score and the reference metrics, as consistency checks read them."""
-        return {i: {"score": s, "metrics": self.item_metrics.get(i, {})} for i, s in self.item_scores.items()}
-
-    @property
-    def val_train_ratio(self) -> float:
-        return self.val_loss / self.train_loss if self.train_loss > 0 else float("inf")
-
-
-@dataclass(frozen=True, kw_only=True)
-class DecideRules:
-    """The decide settings fixed in the run's config, plus the judge's noise floor measured in the run."""
-
-    decide: DecideConfig
-    max_unparseable_rate: float  # judge.health's limit, also a promotion gate
-    noise_floor: float  # run-to-run judge variance in score points, never below decide.min_noise_floor
-
-    @classmethod
-    def from_config(cls, config: RunConfig, measured_noise: float = 0.0) -> DecideRules:
-        return cls(decide=config.decide, max_unparseable_rate=config.judge.health.max_unparseable_rate,
-                   noise_floor=max(measured_noise, config.decide.min_noise_floor))
-
-
-@dataclass
-class Decision:
-    action: Literal["promote", "hold", "rollback"]
-    reasons: list[str]
-    champion_before: str | None
-    comparison: dict[str, Any] = field(default_factory=dict)
-    warnings: list[str] = field(default_factory=list)
-    advice: list[str] = field(default_factory=list)
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def decide(challenger: RunResult, champion: RunResult | None, rules: DecideRules) -> Decision:
     """Return the decision, every reason behind it, hygiene warnings and next-step advice.
 
+    >>> from sftjudge.config import RunConfig
     >>> rules = DecideRules.from_config(RunConfig())
     >>> def run(run_id, score, items=30):
     ...     return RunResult(run_id=run_id, judge_score=score, train_loss=0.5, val_loss=0.6, test_fingerprint="t",
@@ -181,29 +125,6 @@ def _with_diagnosis(decision: Decision, run: RunResult, rules: DecideRules) -> D
     return decision
 
 
-def overfitting_note(run: RunResult, min_rise: float = 0.0, min_relative_rise: float = 0.0) -> str | None:
-    """The val-rises-while-train-falls reading in words; None when the curves do not show it, or val rose less
-    than `min_rise` nats or less than `min_relative_rise` of its minimum (near zero loss, a rise of 0.0003 is
-    noise, not memorisation).
-
-    >>> run = RunResult(run_id="r", judge_score=5, train_loss=0.2, val_loss=0.5, test_fingerprint="t",
-    ...                 judge_key="j", train_losses=(0.5, 0.3, 0.2), val_losses=(0.6, 0.5, 0.7))
-    >>> print(overfitting_note(run))
-    overfitting: val loss rose after epoch 2 (0.5000 -> 0.7000) while train loss fell (0.3000 -> 0.2000); the epoch-2 checkpoint was judged
-    >>> overfitting_note(run, min_rise=0.25) is None
-    True
-    """
-    if not val_rising_while_train_falls(run):
-        return None
-    rise = run.val_losses[-1] - min(run.val_losses)
-    if rise < min_rise or rise < min_relative_rise * min(run.val_losses):
-        return None
-    best = run.val_losses.index(min(run.val_losses))
-    return (f"overfitting: val loss rose after epoch {best + 1} ({run.val_losses[best]:.4f} -> "
-            f"{run.val_losses[-1]:.4f}) while train loss fell ({run.train_losses[best]:.4f} -> "
-            f"{run.train_losses[-1]:.4f}); the epoch-{best + 1} checkpoint was judged")
-
-
 def gate_failures(run: RunResult, rules: DecideRules) -> list[str]:
     """Every gate the run fails; any failure means it cannot be promoted."""
     reasons = []
@@ -223,12 +144,6 @@ def gate_failures(run: RunResult, rules: DecideRules) -> list[str]:
     if run.contaminated > rules.decide.max_contaminated:
         reasons.append(f"{run.contaminated} contaminated test/val rows exceed the allowed {d.max_contaminated}")
     return reasons + regression_gate(run.regression, d.max_alignment_tax, d.min_regression_score, d.ci_level)[0]
-
-
-def severely_overfit(run: RunResult, rules: DecideRules) -> bool:
-    """Val/train ratio at the chosen epoch above the limit, with a loss difference large enough to mean it."""
-    return (run.val_train_ratio > rules.decide.max_val_train_ratio
-            and run.val_loss - run.train_loss >= rules.decide.min_overfit_gap)
 
 
 def paired_difference(challenger: RunResult, champion: RunResult, level: float = 0.95):
@@ -308,40 +223,6 @@ def _summary(run: RunResult) -> dict[str, Any]:
             "val_loss": run.val_loss, "val_train_ratio": round(run.val_train_ratio, 4),
             "test_fingerprint": run.test_fingerprint, "judge": run.judge_key,
             "regression": {name: c["run"] for name, c in (run.regression or {}).get("categories", {}).items()}}
-
-
-def val_rising_while_train_falls(run: RunResult) -> bool:
-    """The classic overfitting signature in the last epochs.
-
-    >>> val_rising_while_train_falls(RunResult(run_id="r", judge_score=5, train_loss=0.2, val_loss=0.5,
-    ...                                        test_fingerprint="t", judge_key="j", train_losses=(0.5, 0.3, 0.2),
-    ...                                        val_losses=(0.6, 0.5, 0.55)))
-    True
-    """
-    t, v = run.train_losses, run.val_losses
-    return len(v) >= 2 and v[-1] > min(v) and t[-1] < t[-2]
-
-
-def advice(run: RunResult, champion: RunResult | None, decision: Decision, rules: DecideRules) -> list[str]:
-    """Next steps from the Iterative Training Workflow decision tree."""
-    ratio = run.val_train_ratio
-    severe = severely_overfit(run, rules)
-    overfit = severe or overfitting_note(run, rules.decide.min_overfit_gap, rules.decide.min_val_rise) is not None
-    if not overfit:
-        if decision.action == "promote":
-            return ["curves healthy and the eval improved: refine further, one variable at a time "
-                    "(e.g. learning rate, then epochs, then batch size)"]
-        return ["curves healthy but the eval did not improve: a data-quality issue is the likeliest cause - "
-                "filter contradicting or 'correct but not ideal' examples, or add examples of the inputs the model "
-                "fails on (see the lowest-scored items in judgments.jsonl)"]
-    if severe:
-        if run.train_rows and run.train_rows < 1000:
-            return [f"severe overfitting (val/train {ratio:.2f}) on a small dataset ({run.train_rows} training "
-                    f"rows): add more data before anything else"]
-        return [f"severe overfitting (val/train {ratio:.2f}): lower the learning rate dramatically (0.1-0.3x)"]
-    best = run.val_losses.index(min(run.val_losses)) + 1 if run.val_losses else None
-    return [f"overfitting in the last epochs (val loss rose after epoch {best} while train loss fell): the best "
-            f"epoch's checkpoint was used; next time train {best} epoch(s) or lower the learning rate"]
 
 
 def regression_gate(regression: dict[str, Any] | None, max_tax: float | None, min_score: float | None,

@@ -7,8 +7,9 @@ from pathlib import Path
 from typing import Any
 
 from sftjudge.config import RunConfig, flatten
+from sftjudge.decide.records import DecideRules, Decision, RunResult
 from sftjudge.decide.report import write_report
-from sftjudge.decide.rules import DecideRules, Decision, RunResult, decide
+from sftjudge.decide.rules import decide
 from sftjudge.run import files
 from sftjudge.run.directory import RunDir
 from sftjudge.run.io import atomic_write_json, read_jsonl
@@ -40,6 +41,7 @@ def run_result(run: RunDir) -> RunResult:
         contaminated=len(flagged) if action == "report" else 0, train_rows=curate.get("train", 0),
         settings=settings, regression=metrics.get("regression"),
         item_metrics={j["id"]: j.get("metrics") or {} for j in judgments},
+        dimensions=(metrics.get("dimensions") or {}).get("run") or {},
         baseline_items=({b["id"]: b for b in read_jsonl(run / files.BASELINE_JUDGMENTS)}
                         if (run / files.BASELINE_JUDGMENTS).is_file() else {}),
     )

@@ -78,6 +78,10 @@ class LoadedJudge:
             generator = (VLLMGenerator(self.path, engine_kwargs=self.vllm_kwargs) if self.config.backend == "vllm"
                          else TransformersGenerator(self.model, self.tokenizer, batch_size=self.config.batch_size))
             return TextJudge(generator, self.tokenizer, spec, max_prompt_tokens=self.config.max_prompt_tokens)
+        if spec.kind == "rubric":
+            from sftjudge.judge.rubric import RubricJudge
+
+            return RubricJudge(self.model, self.tokenizer, spec, max_prompt_tokens=self.config.max_prompt_tokens)
         from sftjudge.judge.logprob import LogprobJudge
 
         return LogprobJudge(self.model, self.tokenizer, spec, max_prompt_tokens=self.config.max_prompt_tokens)

@@ -31,9 +31,12 @@ class JudgeSpec(BaseModel):
     name: str
     description: str = ""
     mode: Literal["logprob", "text"] = Field("logprob", description="read label probabilities, or parse JSON text")
-    kind: Literal["score", "choice"] = Field("score", description="a 1-10 style score, or a choice among labels")
+    kind: Literal["score", "choice", "rubric"] = Field(
+        "score", description="a 1-10 style score, a choice among labels, or one score per rubric criterion")
     scale: Scale = Field(default_factory=Scale)
     choices: dict[str, str] = Field(default_factory=dict, description="choice label -> meaning (kind: choice)")
+    criteria: dict[str, str] = Field(
+        default_factory=dict, description="dimension -> the words opening its line in the judge's turn (kind: rubric)")
     system_file: str | None = None
     prompt_file: str
     inputs: list[str] = Field(default_factory=lambda: ["instruction", "reference", "answer"],
@@ -76,6 +79,8 @@ def load_judge(judges_dir: Path, name: str) -> JudgeSpec:
             raise JudgeError(f"{folder / spec.prompt_file}: prompt must contain {placeholder}")
     if spec.kind == "choice" and len(spec.choices) < 2:
         raise JudgeError(f"{settings}: a choice judge needs at least two entries under 'choices'")
+    if spec.kind == "rubric" and (not spec.criteria or spec.mode != "logprob"):
+        raise JudgeError(f"{settings}: a rubric judge needs 'criteria' (dimension: line opening) and mode logprob")
     return spec
 
 
@@ -93,13 +98,17 @@ class Judgment:
     truncated: bool = False
     unparseable: str | None = None
     raw: str | None = None  # the judge's text (text mode)
+    dimensions: dict[str, float] = field(default_factory=dict)  # rubric judges: one expected score per criterion
 
     def to_json(self) -> dict[str, Any]:
-        return {"id": self.id, "score": None if self.score is None else round(self.score, 4), "choice": self.choice,
-                "label_mass": None if self.label_mass is None else round(self.label_mass, 4),
-                "distribution": {k: round(v, 4) for k, v in self.distribution.items()},
-                "prompt_tokens": self.prompt_tokens, "truncated": self.truncated,
-                "unparseable": self.unparseable, "raw": self.raw}
+        record = {"id": self.id, "score": None if self.score is None else round(self.score, 4), "choice": self.choice,
+                  "label_mass": None if self.label_mass is None else round(self.label_mass, 4),
+                  "distribution": {k: round(v, 4) for k, v in self.distribution.items()},
+                  "prompt_tokens": self.prompt_tokens, "truncated": self.truncated,
+                  "unparseable": self.unparseable, "raw": self.raw}
+        if self.dimensions:
+            record["dimensions"] = {k: round(v, 4) for k, v in self.dimensions.items()}
+        return record
 
 
 def definition_digest(spec: JudgeSpec, mode: str) -> str:
@@ -113,7 +122,8 @@ def definition_digest(spec: JudgeSpec, mode: str) -> str:
     ...                                                         "logprob")
     False
     """
-    fields = spec.model_dump(include={"kind", "scale", "choices", "inputs", "answer_prefix", "system", "prompt"})
+    fields = spec.model_dump(include={"kind", "scale", "choices", "criteria", "inputs", "answer_prefix", "system",
+                                      "prompt"})
     blob = json.dumps(fields | {"mode": mode}, sort_keys=True, ensure_ascii=False)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 

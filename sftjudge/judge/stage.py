@@ -14,13 +14,14 @@ from pathlib import Path
 from typing import Any
 
 from sftjudge.config import JudgeConfig, RunConfig
-from sftjudge.judge.anchors import anchor_scores, anchor_summary, normalised
+from sftjudge.judge.anchors import anchor_scores, anchor_summary, anchor_warnings, normalised
 from sftjudge.judge.cache import CachedJudge, JudgmentCache
 from sftjudge.judge.calibrate import load_calibration
 from sftjudge.judge.health import judge_health
 from sftjudge.judge.metrics import FormatRule, aggregate, item_metrics
 from sftjudge.judge.model import LoadedJudge
 from sftjudge.judge.pairwise import combine_orders, outcome_json, summarise
+from sftjudge.judge.rubric import dimension_means
 from sftjudge.judge.spec import JudgeSpec, judge_item, load_judge
 from sftjudge.judge.suite import judge_suite
 from sftjudge.models.encoder import SentenceEncoder, resolve_encoder
@@ -69,6 +70,7 @@ def judge_run(run: RunDir, config: RunConfig, home: Path, champion_dir: str | No
     spec = load_judge(Path(judge.judges_dir), judge.judge)
     identity = loaded.identity(spec)
     pointwise = judging.judge(spec, [judge_item(g) for g in generations])
+    dimensions = _dimensions(run, judging, judge, generations, champion_dir)
     anchors = anchor_scores(loaded, spec, generations, home, judge.batch_size) if judge.anchors else {}
     encoder = _encoder(judge, home)
     baseline = _judge_baseline(run, judging, spec, lambda gens: cheap_metrics(gens, _format_rule(judge), encoder))
@@ -81,7 +83,8 @@ def judge_run(run: RunDir, config: RunConfig, home: Path, champion_dir: str | No
     rows, cheap_rows = [], cheap_metrics(generations, _format_rule(judge), encoder)
     for gen, judged, cheap in zip(generations, pointwise, cheap_rows):
         rows.append({k: v for k, v in judged.items() if k != "key"} | {
-            "judge": identity, "answer": gen["text"], "reference": gen["reference"], "metrics": cheap})
+            "judge": identity, "answer": gen["text"], "reference": gen["reference"], "metrics": cheap}
+            | ({"dimensions": dimensions["items"].get(gen["id"], {})} if dimensions else {}))
     write_jsonl(run / files.JUDGMENTS, rows)
     if anchors:
         write_jsonl(run / files.ANCHORS, [{"id": i} | a for i, a in anchors.items()])
@@ -89,6 +92,8 @@ def judge_run(run: RunDir, config: RunConfig, home: Path, champion_dir: str | No
         write_jsonl(run / files.PAIRWISE, outcomes)
     student_params = json.loads((run / files.SFT_SUMMARY).read_text())["base_params"]
     health = judge_health(rows, pairwise, judge.health, judge_params=judge_params, student_params=student_params)
+    if anchors:
+        health.warnings += anchor_warnings(anchor_summary(anchors))
     scores = [r["score"] for r in rows if r["score"] is not None]
     metrics = {
         "judge": identity, "items": len(rows), "scored": len(scores),
@@ -99,6 +104,7 @@ def judge_run(run: RunDir, config: RunConfig, home: Path, champion_dir: str | No
         "cheap": aggregate(cheap_rows), "pairwise": pairwise, "noise": noise, "health": health.to_json(),
         "baseline": baseline, "regression": suite,
         "anchors": anchor_summary(anchors) if anchors else None,
+        "dimensions": dimensions["summary"] if dimensions else None,
         "normalised": _on_the_anchored_scale(run, rows, anchors, champion_dir, identity) if anchors else None,
         "cache_torn_lines": judging.cache.dropped_lines,
         "calibration": load_calibration(home, identity),
@@ -122,6 +128,27 @@ def _encoder(judge: JudgeConfig, home: Path) -> SentenceEncoder | None:
     if not judge.similarity_encoder:
         return None
     return SentenceEncoder(resolve_encoder(judge.similarity_encoder, home))
+
+
+def _dimensions(run: RunDir, judging: CachedJudge, judge: JudgeConfig, generations: list[dict[str, Any]],
+                champion_dir: str | None) -> dict[str, Any] | None:
+    """Per-item rubric scores of this run, and per-dimension means of this run, the base model and the champion."""
+    if not judge.rubric:
+        return None
+    spec = load_judge(Path(judge.judges_dir), judge.rubric)
+    identity = judging.loaded.identity(spec)
+    per_item = {j["id"]: j.get("dimensions") or {}
+                for j in judging.judge(spec, [judge_item(g) for g in generations])}
+    summary: dict[str, Any] = {"judge": identity, "run": dimension_means(per_item.values())}
+    if (run / files.BASELINE_GENERATIONS).is_file():
+        base = judging.judge(spec, [judge_item(g) for g in read_jsonl(run / files.BASELINE_GENERATIONS)])
+        summary["base"] = dimension_means(j.get("dimensions") or {} for j in base)
+    theirs = Path(champion_dir) / files.METRICS if champion_dir else None
+    if theirs and theirs.is_file():
+        champion = json.loads(theirs.read_text()).get("dimensions") or {}
+        if champion.get("judge") == identity:
+            summary["champion"] = champion["run"]
+    return {"items": per_item, "summary": summary}
 
 
 def _on_the_anchored_scale(run: RunDir, rows: list[dict[str, Any]], anchors: dict[str, dict[str, float | None]],

@@ -1,0 +1,114 @@
+"""Per-dimension scores (accuracy, completeness, format, clarity and tone) from one pass over the shared prompt.
+
+A rubric judge's prompt asks for one line per dimension. The prompt - system text, question, reference, answer,
+up to the opening of the judge's turn - is the same for every dimension, so it is run once per item; its keys and
+values are then reused for each dimension's short suffix ("Accuracy: "), whose next-token probabilities over the
+score labels give that dimension's expected score. The item's overall score is the mean over dimensions.
+"""
+
+from __future__ import annotations
+
+import inspect
+import statistics
+from collections.abc import Iterable
+
+from sftjudge.judge.logprob import (
+    LogprobJudge,
+    judgment_from_distribution,
+    label_distribution,
+)
+from sftjudge.judge.spec import JudgeSpec, Judgment
+from sftjudge.runtime.device import device
+
+
+class RubricJudge:
+    """Scores items on every criterion of a rubric judge definition, with the shared prefix computed once."""
+
+    def __init__(self, model, tokenizer, spec: JudgeSpec, *, max_prompt_tokens: int = 1024):
+        self.prompt = LogprobJudge(model, tokenizer, spec, max_prompt_tokens=max_prompt_tokens)
+        self.spec = spec
+        shared = self.prompt.labels.shared_first
+        # Each suffix ends with the shared first token of two-token labels ("1" of "10"), as in LogprobJudge.
+        self.suffixes = {name: tokenizer(f"{opening}: ", add_special_tokens=False)["input_ids"]
+                         + ([shared] if shared is not None else [])
+                         for name, opening in spec.criteria.items()}
+
+    def score_batch(self, items: list[dict[str, str]]) -> list[Judgment]:
+        """One forward pass over the items' prompts, one over every (item, criterion) suffix on the cached prefix."""
+        import torch
+
+        judge = self.prompt
+        encoded = [judge.encode(it) for it in items]
+        width = max(len(ids) for ids, _ in encoded)
+        pad = judge.tokenizer.pad_token_id if judge.tokenizer.pad_token_id is not None else 0
+        ids = torch.tensor([[pad] * (width - len(s)) + s for s, _ in encoded], device=device())
+        mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s, _ in encoded], device=device())
+        with torch.no_grad():
+            prefix = judge.model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+                                 use_cache=True, **({"logits_to_keep": 1} if judge._keeps_logits else {}))
+        names = list(self.suffixes)
+        # transformers 5 names the key/value cache `cache` (argument and output); older versions past_key_values.
+        cache_arg = "cache" if "cache" in inspect.signature(judge.model.forward).parameters else "past_key_values"
+        cache = getattr(prefix, cache_arg)
+        cache.batch_repeat_interleave(len(names))  # row i*C + c: item i, criterion c
+        longest = max(len(s) for s in self.suffixes.values())
+        rows = [self.suffixes[n] + [pad] * (longest - len(self.suffixes[n])) for _ in items for n in names]
+        suffix_mask = [[1] * len(self.suffixes[n]) + [0] * (longest - len(self.suffixes[n])) for _ in items
+                       for n in names]
+        lengths = mask.sum(-1).repeat_interleave(len(names))
+        positions = lengths[:, None] + torch.arange(longest, device=device())[None, :]
+        full_mask = torch.cat([mask.repeat_interleave(len(names), dim=0),
+                               torch.tensor(suffix_mask, device=device())], dim=1)
+        with torch.no_grad():
+            logits = judge.model(input_ids=torch.tensor(rows, device=device()), attention_mask=full_mask,
+                                 position_ids=positions, use_cache=True, **{cache_arg: cache}).logits.float()
+        return [self._judgment(item, prompt_ids, truncated, logits[i * len(names):(i + 1) * len(names)], names)
+                for i, (item, (prompt_ids, truncated)) in enumerate(zip(items, encoded))]
+
+    def _judgment(self, item, prompt_ids, truncated, logits, names) -> Judgment:
+        import torch
+
+        shared = self.prompt.labels.shared_first is not None
+        dims, masses = {}, []
+        for row, name in zip(logits, names):
+            end = len(self.suffixes[name])  # read-outs sit at the suffix's last one or two real positions
+            first = torch.softmax(row[end - (2 if shared else 1)], dim=-1).tolist()
+            second = torch.softmax(row[end - 1], dim=-1).tolist() if shared else None
+            one = judgment_from_distribution(item["id"], label_distribution(first, second, self.prompt.labels),
+                                             self.spec, len(prompt_ids), truncated)
+            masses.append(one.label_mass or 0.0)
+            if one.score is not None:
+                dims[name] = one.score
+        judgment = Judgment(item["id"], prompt_tokens=len(prompt_ids), truncated=truncated, dimensions=dims,
+                            label_mass=sum(masses) / len(masses) if masses else None)
+        if len(dims) == len(names):
+            judgment.score = sum(dims.values()) / len(dims)
+        else:
+            judgment.unparseable = "no probability on any label for " + ", ".join(n for n in names if n not in dims)
+        return judgment
+
+    def score(self, items: list[dict[str, str]], batch_size: int = 4) -> list[Judgment]:
+        from sftjudge.runtime.progress import progress
+
+        order = sorted(range(len(items)), key=lambda i: sum(len(items[i][k]) for k in self.spec.inputs))
+        results: dict[int, Judgment] = {}
+        with progress(total=len(items), desc="judge rubric", unit="item") as bar:
+            for start in range(0, len(order), batch_size):
+                idx = order[start:start + batch_size]
+                for i, judgment in zip(idx, self.score_batch([items[i] for i in idx])):
+                    results[i] = judgment
+                bar.update(len(idx))
+        return [results[i] for i in range(len(items))]
+
+
+def dimension_means(per_item: Iterable[dict[str, float]]) -> dict[str, float]:
+    """Mean score per dimension over the items that have one.
+
+    >>> dimension_means([{"accuracy": 8.0, "format": 4.0}, {"accuracy": 6.0, "format": 5.0}, {}])
+    {'accuracy': 7.0, 'format': 4.5}
+    """
+    values: dict[str, list[float]] = {}
+    for dims in per_item:
+        for name, score in dims.items():
+            values.setdefault(name, []).append(score)
+    return {name: round(statistics.fmean(scores), 4) for name, scores in values.items()}
