@@ -21,7 +21,7 @@ class LoadedJudge:
 
         from sftjudge.models.chat import template_fingerprint
         from sftjudge.models.embedded import resolve_model
-        from sftjudge.models.fingerprint import model_fingerprint
+        from sftjudge.models.fingerprint import engine_id, model_fingerprint
         from sftjudge.runtime.device import use_bf16
 
         self.config = config.judge
@@ -34,7 +34,7 @@ class LoadedJudge:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         # Weights, chat template and dtype: the same definition on another model or dtype scores differently.
         self.fingerprint = model_fingerprint(self.path, template=template_fingerprint(self.tokenizer),
-                                             engine=self.dtype)
+                                             engine=engine_id("transformers", self.config.precision))
         self._model = None
         self._scorers: dict[str, object] = {}
 
