@@ -295,11 +295,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)
-    except UserError as exc:  # config, data, judge definition, calibration file, model, template
+    except UserError as exc:  # config, data, judge definition, calibration file, model, template, registry refusal
         print(f"sftjudge: {exc}", file=sys.stderr)
-        return 2
-    except KeyError as exc:  # registry refusals: unknown run, nothing to roll back to
-        print(f"sftjudge: {exc.args[0]}", file=sys.stderr)
         return 2
 
 

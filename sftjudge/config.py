@@ -16,8 +16,9 @@ from sftjudge.errors import ConfigError
 
 
 class _Strict(BaseModel):
-    # An unknown key is almost always a typo; failing before any work beats silently ignoring it.
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # An unknown key is almost always a typo; failing before any work beats silently ignoring it. An infinite or NaN
+    # number is never a setting: sft.learning_rate=.inf passed gt=0, trained to NaN and was promoted.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class NearDedupConfig(_Strict):
@@ -343,7 +344,13 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"override {text!r} is not of the form key.sub=value")
-    return key.strip().split("."), yaml.safe_load(raw) if raw.strip() else ""
+    try:
+        return key.strip().split("."), yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        problem = str(exc).splitlines()[0]
+        # YAML single quotes take backslashes literally (double quotes would read "\d" as an escape).
+        raise ConfigError(f"override {text!r}: the value is read as YAML and is not valid YAML ({problem}); put it "
+                          f"in single quotes inside the argument: \"{key.strip()}='{raw}'\"") from None
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:

@@ -35,3 +35,10 @@ class ModelError(UserError, RuntimeError):
 
 class TemplateError(UserError, RuntimeError):
     """The tokenizer has no chat template, or it differs from the one a checkpoint was trained with."""
+
+
+class RegistryError(UserError, KeyError):
+    """A registry refusal: an unknown run, nothing to roll back to. (A KeyError for callers that look runs up.)"""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""

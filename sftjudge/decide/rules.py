@@ -11,6 +11,7 @@ Rules follow the Iterative Training Workflow: training fit and answer quality ar
 
 from __future__ import annotations
 
+import math
 import statistics
 from dataclasses import asdict
 from typing import Any
@@ -134,6 +135,9 @@ def gate_failures(run: RunResult, rules: DecideRules) -> list[str]:
     if severely_overfit(run, rules):
         reasons.append(f"overfitting: val/train loss ratio {run.val_train_ratio:.2f} at the chosen epoch exceeds "
                        f"{rules.decide.max_val_train_ratio:.2f} (val {run.val_loss:.4f}, train {run.train_loss:.4f})")
+    if not all(math.isfinite(x) for x in (run.train_loss, run.val_loss, *run.train_losses, *run.val_losses)):
+        reasons.append(f"training diverged: a loss is not a finite number (train {run.train_loss}, val "
+                       f"{run.val_loss}); lower the learning rate")
     reasons += [f"judge signal invalid: {problem}" for problem in run.judge_problems]
     if run.judge_score is None:
         reasons.append("no judge score: the judge produced no usable score for this run")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import string
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -71,17 +72,47 @@ def load_judge(judges_dir: Path, name: str) -> JudgeSpec:
         spec = JudgeSpec.model_validate(data)
     except (yaml.YAMLError, ValueError) as exc:
         raise JudgeError(f"{settings}: {exc}") from None
-    spec.prompt = (folder / spec.prompt_file).read_text(encoding="utf-8")
+    spec.prompt = _judge_file(folder, settings, spec.prompt_file)
     if spec.system_file:
-        spec.system = (folder / spec.system_file).read_text(encoding="utf-8").strip()
-    for placeholder in (f"{{{name}}}" for name in spec.inputs):
-        if placeholder not in spec.prompt:
-            raise JudgeError(f"{folder / spec.prompt_file}: prompt must contain {placeholder}")
+        spec.system = _judge_file(folder, settings, spec.system_file).strip()
+    _check_placeholders(folder / spec.prompt_file, spec.prompt, spec.inputs)
     if spec.kind == "choice" and len(spec.choices) < 2:
         raise JudgeError(f"{settings}: a choice judge needs at least two entries under 'choices'")
     if spec.kind == "rubric" and (not spec.criteria or spec.mode != "logprob"):
         raise JudgeError(f"{settings}: a rubric judge needs 'criteria' (dimension: line opening) and mode logprob")
     return spec
+
+
+def _judge_file(folder: Path, settings: Path, name: str) -> str:
+    """A prompt or system file of the judge, which must lie inside the judge's own folder."""
+    path = (folder / name).resolve()
+    if not path.is_relative_to(folder.resolve()):
+        raise JudgeError(f"{settings}: {name!r} points outside the judge folder {folder}; keep prompt files in it")
+    if not path.is_file():
+        raise JudgeError(f"{settings}: {name!r} does not exist in {folder}")
+    return path.read_text(encoding="utf-8")
+
+
+def _check_placeholders(path: Path, prompt: str, inputs: list[str]) -> None:
+    """Every input appears as {input}; every {...} is an input (a literal brace is written {{ or }}).
+
+    >>> _check_placeholders(Path("p.txt"), 'Rate {answer}. Reply {{"score": 7}}', ["answer"])
+    >>> try:
+    ...     _check_placeholders(Path("p.txt"), 'Rate {answer}. Reply {"score": 7}', ["answer"])
+    ... except JudgeError as exc:
+    ...     print(str(exc)[:58])
+    p.txt: {"score"} is not one of the judge's inputs (answer)
+    """
+    try:
+        fields = {name for _, name, _, _ in string.Formatter().parse(prompt) if name is not None}
+    except ValueError as exc:
+        raise JudgeError(f"{path}: {exc} - write literal braces doubled, {{{{ and }}}}") from None
+    for unknown in sorted(fields - set(inputs)):
+        raise JudgeError(f"{path}: {{{unknown}}} is not one of the judge's inputs ({', '.join(inputs)}); write literal "
+                         f"braces doubled, {{{{ and }}}} - e.g. {{{{\"score\": 7}}}}")
+    for name in inputs:
+        if name not in fields:
+            raise JudgeError(f"{path}: prompt must contain {{{name}}}")
 
 
 @dataclass

@@ -21,6 +21,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.pool import NullPool
 
+from sftjudge.errors import RegistryError
+
 ENV_URL = "SFTJUDGE_REGISTRY_URL"
 # PostgreSQL advisory lock taken by every registry write: the bytes of "sftjudge" read as one signed bigint,
 # fixed so that every process and every version takes the same lock (advisory locks are per database).
@@ -157,10 +159,10 @@ class Registry:
     def set_champion(self, run_id: str, how: str) -> str | None:
         """Point the champion at an already recorded run (manual promotion); returns the previous champion.
 
-        Raises KeyError when the registry has no such run."""
+        Raises RegistryError (a KeyError) when the registry has no such run."""
         with self._writing() as db:
             if db.scalar(sa.select(runs_table.c.run_id).where(runs_table.c.run_id == run_id)) is None:
-                raise KeyError(f"run {run_id!r} is not in the registry {self.where}")
+                raise RegistryError(f"run {run_id!r} is not in the registry {self.where}")
             current = db.scalar(_CHAMPION_ID)
             if current != run_id:
                 _append_history(db, run_id, current, how)
@@ -169,14 +171,16 @@ class Registry:
     def rollback(self) -> tuple[str, str]:
         """Restore the champion before the current one; returns (demoted, restored).
 
-        Raises KeyError when there is no earlier champion."""
+        Each rollback walks one step further back through the promotions (A -> B -> C: C to B, then B to A), never
+        back and forth between the last two. Raises RegistryError (a KeyError) when there is no earlier champion."""
         with self._writing() as db:
-            latest = db.execute(sa.select(history_table.c.run_id, history_table.c.previous_run_id)
-                                .order_by(history_table.c.seq.desc()).limit(1)).first()
-            if not latest or not latest.previous_run_id:
-                raise KeyError("there is no earlier champion to roll back to")
-            _append_history(db, latest.previous_run_id, latest.run_id, "rollback")
-            return latest.run_id, latest.previous_run_id
+            rows = db.execute(sa.select(history_table.c.run_id, history_table.c.previous_run_id, history_table.c.how)
+                              .order_by(history_table.c.seq)).all()
+            chain = champion_chain([(r.run_id, r.previous_run_id, r.how) for r in rows])
+            if len(chain) < 2:
+                raise RegistryError("there is no earlier champion to roll back to")
+            _append_history(db, chain[-2], chain[-1], "rollback")
+            return chain[-1], chain[-2]
 
     def champion(self) -> dict[str, Any] | None:
         """The champion's run row, or None before the first promotion."""
@@ -199,6 +203,27 @@ class Registry:
         """Every move of the champion pointer, oldest first: seq, run_id, previous_run_id, changed_at, how."""
         with self._reading() as db:
             return [dict(r._mapping) for r in db.execute(sa.select(history_table).order_by(history_table.c.seq))]
+
+
+def champion_chain(history: list[tuple[str, str | None, str]]) -> list[str]:
+    """The champions still standing, oldest first, from the history of (run_id, previous_run_id, how) moves.
+
+    A promotion stacks a champion; a rollback takes the top one off.
+
+    >>> champion_chain([("a", None, "auto"), ("b", "a", "auto"), ("a", "b", "rollback")])
+    ['a']
+    >>> champion_chain([("a", None, "auto"), ("b", "a", "auto"), ("c", "b", "manual"), ("b", "c", "rollback")])
+    ['a', 'b']
+    """
+    chain: list[str] = []
+    for run_id, previous, how in history:
+        if how == "rollback" and chain and chain[-1] == previous:
+            chain.pop()
+            if not chain or chain[-1] != run_id:
+                chain.append(run_id)
+        else:
+            chain.append(run_id)
+    return chain
 
 
 def _append_history(db: sa.Connection, run_id: str, previous: str | None, how: str) -> None:

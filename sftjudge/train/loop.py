@@ -190,6 +190,11 @@ def _epoch(state: _Training, epoch: int) -> EpochMetrics:
     seconds = time.time() - started
     train_loss = _split_loss(state, state.train_tok, f"epoch {epoch} train loss")
     val_loss = _split_loss(state, state.val_tok, f"epoch {epoch} val loss")
+    if not (math.isfinite(train_loss) and math.isfinite(val_loss)):
+        # A NaN run once answered everything empty and was promoted, every comparison with NaN being false.
+        raise ConfigError(f"training diverged in epoch {epoch} (train loss {train_loss}, val loss {val_loss}): lower "
+                          f"sft.learning_rate (now {state.sft.learning_rate}) or look for extreme rows in the data; "
+                          f"no checkpoint of this epoch was kept")
     return EpochMetrics(epoch=epoch, train_loss=train_loss, val_loss=val_loss, train_ppl=_ppl(train_loss),
                         val_ppl=_ppl(val_loss), step_loss_mean=sum(step_losses) / len(step_losses),
                         steps=len(step_losses), target_tokens=tokens, seconds=round(time.time() - started, 2),
