@@ -22,7 +22,7 @@ sys.path.insert(0, str(REPO))
 
 
 def tiny_config(runs_dir: Path):
-    from sftjudge.config import load_config
+    from sftjudge.config_yaml import load_config
 
     return load_config(REPO / "configs/tiny.yaml", [
         f"runs_dir={runs_dir}", f"data.path={REPO / 'data/sample/support_tickets.jsonl'}",

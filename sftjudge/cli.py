@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from sftjudge.config import load_config
+from sftjudge.config_yaml import load_config
 from sftjudge.errors import UserError
 from sftjudge.run import files
 from sftjudge.run.summary import dumps, format_summary, run_summary

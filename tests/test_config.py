@@ -2,7 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from sftjudge.config import RunConfig, apply_overrides, dump_config, load_config
+from sftjudge.config import RunConfig
+from sftjudge.config_yaml import apply_overrides, dump_config, load_config
 from sftjudge.errors import ConfigError
 from sftjudge.run import files
 

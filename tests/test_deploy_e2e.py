@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from sftjudge.config import load_config
+from sftjudge.config_yaml import load_config
 from sftjudge.run import files
 from sftjudge.run.directory import STAGES, RunDir
 

@@ -67,7 +67,7 @@ def test_target_modules_matching_nothing_is_a_config_error(tiny_model):
 
 
 def test_a_moved_setting_says_where_it_went():
-    from sftjudge.config import load_config
+    from sftjudge.config_yaml import load_config
 
     with pytest.raises(ConfigError, match="decide.noise_items is now judge.noise_items"):
         load_config(None, ["decide.noise_items=5"])

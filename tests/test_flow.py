@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from sftjudge.cli import main
-from sftjudge.config import load_config
+from sftjudge.config_yaml import load_config
 from sftjudge.run import files
 from sftjudge.run.directory import STAGES, RunDir
 from sftjudge.run.io import read_jsonl

@@ -51,6 +51,7 @@ def test_a_rubric_judge_needs_its_criteria(tmp_path):
 
 def test_the_weakest_dimension_drives_the_advice():
     from helpers import decide_rules
+
     from sftjudge.decide.records import RunResult
     from sftjudge.decide.rules import decide
 

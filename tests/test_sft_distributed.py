@@ -20,7 +20,8 @@ from pathlib import Path
 import pytest
 from helpers import example
 
-from sftjudge.config import RunConfig, SFTConfig, dump_config
+from sftjudge.config import RunConfig, SFTConfig
+from sftjudge.config_yaml import dump_config
 from sftjudge.run import files
 from sftjudge.run.directory import RunDir
 from sftjudge.run.io import read_jsonl, write_jsonl
@@ -184,7 +185,7 @@ def test_train_refuses_a_run_directory_that_was_not_curated(tmp_path, tiny_model
 
 
 def test_launch_command_carries_the_stage_settings(tmp_path, tiny_model_dir):
-    from sftjudge.config import load_config
+    from sftjudge.config_yaml import load_config
     from sftjudge.train.launch import launch_command
 
     sft = _sft(tiny_model_dir, 4).model_copy(update={"batch_size": 1, "grad_accum": 4})  # an OOM retry's settings
@@ -200,7 +201,7 @@ def test_launch_command_carries_the_stage_settings(tmp_path, tiny_model_dir):
 
 
 def test_out_of_memory_relaunches_with_half_the_batch(tmp_path, tiny_model_dir, monkeypatch):
-    from sftjudge.config import load_config
+    from sftjudge.config_yaml import load_config
     from sftjudge.train import launch
 
     launched = []

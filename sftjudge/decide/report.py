@@ -234,7 +234,7 @@ def run_diff(path_a: Path, path_b: Path) -> dict[str, Any]:
     """Config keys that differ (flattened) and the headline results of both runs."""
     import yaml
 
-    from sftjudge.config import flatten
+    from sftjudge.config_yaml import flatten
     from sftjudge.run.summary import run_summary
 
     cfg_a = flatten(yaml.safe_load((Path(path_a) / files.CONFIG).read_text()))

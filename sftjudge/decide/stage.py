@@ -6,7 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from sftjudge.config import RunConfig, flatten
+from sftjudge.config import RunConfig
+from sftjudge.config_yaml import flatten
 from sftjudge.decide.records import DecideRules, Decision, RunResult
 from sftjudge.decide.report import write_report
 from sftjudge.decide.rules import decide

@@ -14,7 +14,12 @@ from pathlib import Path
 from typing import Any
 
 from sftjudge.config import JudgeConfig, RunConfig
-from sftjudge.judge.anchors import anchor_scores, anchor_summary, anchor_warnings, normalised
+from sftjudge.judge.anchors import (
+    anchor_scores,
+    anchor_summary,
+    anchor_warnings,
+    normalised,
+)
 from sftjudge.judge.cache import CachedJudge, JudgmentCache
 from sftjudge.judge.calibrate import load_calibration
 from sftjudge.judge.health import judge_health

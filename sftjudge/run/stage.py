@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sftjudge.config import RunConfig, dump_config
+from sftjudge.config import RunConfig
+from sftjudge.config_yaml import dump_config
 from sftjudge.models.embedded import sftjudge_home
 from sftjudge.run.directory import RunDir, StageRecord
 from sftjudge.run.faults import maybe_fail

@@ -31,7 +31,7 @@ def tiny_rows(n: int = 60, seed: int = 0) -> list[dict]:
 
 
 def fault_config(runs_dir: Path, data: Path, *extra: str):
-    from sftjudge.config import load_config
+    from sftjudge.config_yaml import load_config
 
     return load_config(REPO / "configs/tiny.yaml", [
         f"runs_dir={runs_dir}", f"data.path={data}", f"judge.judges_dir={REPO / 'judges'}", "data.cache=false",

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from sftjudge.config import load_config
+from sftjudge.config_yaml import load_config
 from sftjudge.decide.stage import decide_stage
 from sftjudge.generate.backends import Generation
 from sftjudge.judge.logprob import judgment_from_distribution

@@ -10,7 +10,8 @@ import pytest
 from pydantic import ValidationError
 
 from sftjudge.cli import main
-from sftjudge.config import RunConfig, load_config
+from sftjudge.config import RunConfig
+from sftjudge.config_yaml import load_config
 from sftjudge.errors import ConfigError
 
 from .faultkit import REPO

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from sftjudge.config import load_config
+from sftjudge.config_yaml import load_config
 from sftjudge.decide.stage import decide_stage
 from sftjudge.run import files
 from sftjudge.run.directory import RunDir
@@ -28,7 +28,7 @@ BETTER = [7.0, 7.2, 6.8, 7.1, 6.9, 7.0]
 KILL_AT_POINTER_WRITE = """
 import os, signal
 from faults.faultkit import AtPointerWrite
-from sftjudge.config import load_config
+from sftjudge.config_yaml import load_config
 from sftjudge.run.registry import Registry
 from sftjudge.decide.stage import decide_stage
 real_connect = Registry._connect
@@ -98,7 +98,7 @@ def test_crash_after_the_registry_commit_rerun_keeps_the_recorded_decision(champ
 DECIDE_TOGETHER = """
 import time
 from pathlib import Path
-from sftjudge.config import load_config
+from sftjudge.config_yaml import load_config
 from sftjudge.run.registry import Registry
 from sftjudge.decide.stage import decide_stage
 

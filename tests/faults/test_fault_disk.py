@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from sftjudge.config import load_config
+from sftjudge.config_yaml import load_config
 from sftjudge.decide.stage import decide_stage
 from sftjudge.run import files
 from sftjudge.run.directory import RunDir

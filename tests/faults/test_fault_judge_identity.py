@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from sftjudge.config import load_config
+from sftjudge.config_yaml import load_config
 from sftjudge.decide.stage import decide_stage
 from sftjudge.judge.calibrate import save_calibration
 from sftjudge.judge.model import LoadedJudge

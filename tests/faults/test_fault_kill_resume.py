@@ -12,7 +12,7 @@ import json
 
 import pytest
 
-from sftjudge.config import load_config
+from sftjudge.config_yaml import load_config
 from sftjudge.generate.stage import generate_stage
 from sftjudge.judge.stage import judge_stage
 from sftjudge.run import files
@@ -28,7 +28,7 @@ pytestmark = pytest.mark.model
 SFT_KILL = """
 import os, signal
 import sftjudge.train.loop as loop
-from sftjudge.config import load_config
+from sftjudge.config_yaml import load_config
 from sftjudge.train.stage import sft_stage
 
 real_save = loop.save_checkpoint
@@ -47,7 +47,7 @@ sft_stage({run!r}, load_config({run!r} + "/config.yaml"))
 TORN_WRITE_KILL = """
 import json, os, signal
 from {module} import {cls} as Cache
-from sftjudge.config import load_config
+from sftjudge.config_yaml import load_config
 from sftjudge.generate.stage import generate_stage
 from sftjudge.judge.stage import judge_stage
 

@@ -8,7 +8,7 @@ import math
 import pytest
 
 from sftjudge import cli
-from sftjudge.config import load_config
+from sftjudge.config_yaml import load_config
 from sftjudge.errors import ConfigError, JudgeError, RegistryError
 
 from .faultkit import REPO
@@ -34,6 +34,7 @@ def test_an_infinite_or_nan_setting_is_refused(override):
 def test_a_diverging_training_stops_with_what_to_change_and_keeps_no_checkpoint(tiny_model_dir, tmp_path,
                                                                                 monkeypatch):
     from helpers import example
+
     from sftjudge.config import SFTConfig
     from sftjudge.models.loading import load_causal_lm
     from sftjudge.train import loop
@@ -49,6 +50,7 @@ def test_a_diverging_training_stops_with_what_to_change_and_keeps_no_checkpoint(
 
 def test_a_run_with_a_non_finite_loss_is_never_promoted():
     from helpers import decide_rules
+
     from sftjudge.decide.records import RunResult
     from sftjudge.decide.rules import decide
 

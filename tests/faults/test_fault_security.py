@@ -17,7 +17,7 @@ from urllib.parse import urlparse
 import pytest
 import yaml
 
-from sftjudge.config import load_config
+from sftjudge.config_yaml import load_config
 from sftjudge.errors import ModelError
 from sftjudge.generate.stage import generate_stage
 from sftjudge.models.loading import load_causal_lm
