@@ -233,7 +233,14 @@ def _cluster_size_histogram(clusters: dict[str, int]) -> dict[str, int]:
 
 def curation_cache_key(data: DataConfig, input_sha256: str, tokenizer_id: str | None,
                        max_seq_len: int | None, quality_judge_id: str | None) -> str:
-    """Same input content + same data settings + same tokenizer → same curation result."""
+    """Same input content + same data settings + same tokenizer → same curation result.
+
+    The contamination reference suite counts by its content, not its path: an edited suite file is a new key.
+    """
+    from sftjudge.run.io import file_sha256
+
     settings = data.model_dump(mode="json", exclude={"cache"})
+    suite = data.contamination.regression_suite
+    settings["contamination"]["regression_suite"] = file_sha256(Path(suite)) if suite else None
     blob = json.dumps([settings, input_sha256, tokenizer_id, max_seq_len, quality_judge_id], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:24]

@@ -32,18 +32,18 @@ def _curate(ctx: StageContext) -> None:
     key = curation_cache_key(data, source_sha256(data.path), ctx.config.sft.base_model, ctx.config.sft.max_seq_len,
                              quality.identity if quality else None)
     cache_dir = ctx.home / "curation" / key
-    if data.cache and (cache_dir / "report.json").is_file():
+    hit = data.cache and (cache_dir / "report.json").is_file()
+    if hit:
         shutil.copytree(cache_dir, run / files.DATA, dirs_exist_ok=True)
         report = json.loads((run / files.DATA_REPORT).read_text())
-        report["cache"] = {"key": key, "hit": True}
     else:
         report = _curate_into(ctx, quality)
-        report["cache"] = {"key": key, "hit": False}
-        if data.cache:
-            with atomic_directory(cache_dir) as tmp:
-                shutil.copytree(run / files.DATA, tmp, dirs_exist_ok=True)
+    report["cache"] = {"key": key, "hit": hit}
     report["warnings"] = sample_size_warnings(report["splits"]["test"], ctx.config.decide.min_paired_items)
     atomic_write_json(run / files.DATA_REPORT, report)
+    if data.cache and not hit:  # after report.json is written: a cache entry without it never hits
+        with atomic_directory(cache_dir) as tmp:
+            shutil.copytree(run / files.DATA, tmp, dirs_exist_ok=True)
     ctx.record.outputs = {name: path for name, path in files.SPLITS.items()} | {"quarantine": files.QUARANTINE,
                                                                                 "report": files.DATA_REPORT}
     ctx.record.counts = {"rows_in": report["rows_in"], "dropped": report["rows_dropped"], **report["splits"],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -18,6 +19,7 @@ def atomic_write_text(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp's 0600 would make every run file private
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
             handle.flush()
@@ -46,13 +48,45 @@ def atomic_directory(final: Path) -> Iterator[Path]:
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".tmp-{final.name}-"))
     try:
+        os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp's 0700 would hide it from a teammate or another worker
         yield tmp
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        _replace_directory(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _replace_directory(tmp: Path, final: Path) -> None:
+    """Move `tmp` to `final`, replacing what is there, also when another writer replaces it at the same moment.
+
+    A directory cannot be renamed over a non-empty one, so the old one is first renamed aside (atomic) and removed
+    after; when another writer's copy lands in between, it is moved aside in turn. The last writer wins, whole.
+    """
+    for _ in range(50):
+        aside = final.with_name(f".old-{final.name}-{os.getpid()}-{id(tmp)}")
+        with contextlib.suppress(FileNotFoundError):
+            os.replace(final, aside)
+        try:
+            os.replace(tmp, final)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                raise
+            continue  # another writer's copy arrived between our two renames: move it aside too
+        finally:
+            shutil.rmtree(aside, ignore_errors=True)
+        return
+    raise OSError(errno.EBUSY, f"could not replace {final}: other writers kept replacing it")
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it (Linux reports it in /proc; elsewhere set and restore)."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:

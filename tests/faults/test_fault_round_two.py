@@ -4,6 +4,7 @@ failed before the fix."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 
@@ -111,3 +112,81 @@ def test_rollback_walks_back_through_the_champions_and_never_ping_pongs(tmp_path
     assert registry.champion()["run_id"] == "a"
     assert cli.main(["rollback", "--runs-dir", str(tmp_path)]) == 2
     assert capsys.readouterr().err.strip() == "sftjudge: there is no earlier champion to roll back to"
+
+
+@pytest.mark.model
+def test_the_curation_cache_hits_and_keys_the_suite_by_its_content(tiny_data, tiny_model_dir, tmp_path):
+    import shutil
+
+    from sftjudge.curate.stage import curate_stage
+    from sftjudge.run import files
+    from sftjudge.run.stage import start_run
+
+    from .faultkit import fault_config
+
+    suite = tmp_path / "suite.jsonl"
+    suite.write_text('{"prompt": "What is the capital of France?", "completion": "Paris"}\n')
+    home = tmp_path / "home"
+    (home / "models").mkdir(parents=True)
+    shutil.copytree(tiny_model_dir, home / "models" / tiny_model_dir.name)  # the session's tiny model, not rebuilt
+
+    def curate(*extra):
+        config = fault_config(tmp_path / "runs", tiny_data, "data.cache=true", f"home={home}", *extra)
+        run = start_run(config)
+        info = curate_stage(run, config)
+        return info["counts"]["cache_hit"], (Path(run) / files.TEST).read_text()
+
+    first, split = curate()
+    assert (first, curate()) == (False, (True, split))  # before: 22 of 22 manifests said cache_hit false
+    with_suite = f"data.contamination.regression_suite={suite}"
+    assert curate(with_suite)[0] is False and curate(with_suite)[0] is True
+    suite.write_text('{"prompt": "What is 2 + 2?", "completion": "4"}\n')  # same path, new content
+    assert curate(with_suite)[0] is False
+
+
+def test_two_writers_of_one_directory_both_finish_and_leave_one_whole_copy(tmp_path):
+    import threading
+
+    from sftjudge.run.io import atomic_directory
+
+    final = tmp_path / "cache"
+    for round_ in range(30):
+        barrier, errors = threading.Barrier(2), []
+
+        def write(name: str) -> None:
+            try:
+                with atomic_directory(final) as tmp:
+                    (tmp / "a").write_text(name)
+                    (tmp / "b").write_text(name)
+                    barrier.wait()  # both inside the context at once: the race the issue measured (117 of 200)
+            except Exception as exc:  # noqa: BLE001 - the test reports any failure of either writer
+                errors.append(exc)
+
+        threads = [threading.Thread(target=write, args=(f"w{i}",)) for i in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert errors == [], f"round {round_}: {errors}"
+        assert (final / "a").read_text() == (final / "b").read_text()  # one writer's copy, whole
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache"]  # nothing left aside
+
+
+def test_run_files_and_folders_follow_the_umask(tmp_path):
+    import os
+    import stat
+
+    from sftjudge.run.io import atomic_directory, atomic_write_text
+
+    before = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "report.md", "shared")
+        with atomic_directory(tmp_path / "checkpoint") as tmp:
+            (tmp / "x").write_text("y")
+        assert stat.S_IMODE((tmp_path / "report.md").stat().st_mode) == 0o644  # before: 0o600
+        assert stat.S_IMODE((tmp_path / "checkpoint").stat().st_mode) == 0o755  # before: 0o700
+        os.umask(0o077)
+        atomic_write_text(tmp_path / "private.md", "mine")
+        assert stat.S_IMODE((tmp_path / "private.md").stat().st_mode) == 0o600
+    finally:
+        os.umask(before)
