@@ -135,7 +135,9 @@ def minhash_signatures(texts: list[str], *, num_perm: int = 128, shingle_size: i
     for lo in range(0, len(texts), _BATCH_ROWS):
         hashes, starts = batch_ngram_hashes(texts[lo:lo + _BATCH_ROWS], shingle_size)
         mixed = _fmix32(hashes.astype(np.uint32))  # astype keeps the low 32 bits
-        block = max(1, _WORK_ELEMENTS // len(mixed))
+        if len(mixed) > work.size:  # one batch longer than the buffer (a 50 MB row): grow it for one permutation
+            work = np.empty(len(mixed), dtype=np.uint32)
+        block = max(1, work.size // len(mixed))
         for p0 in range(0, num_perm, block):
             p1 = min(num_perm, p0 + block)
             # Layout (permutations, shingles): reducing along the contiguous last axis is ~40x faster.

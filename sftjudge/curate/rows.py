@@ -65,6 +65,11 @@ def _text(obj: dict[str, Any], key: str, *, required: bool = True) -> str:
     value = obj[key]
     if not isinstance(value, str):
         raise RowError(key, f"must be a string, got {type(value).__name__}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:  # a lone surrogate escape ("\ud83d" without its pair) cannot be written out
+        raise RowError(key, f"has an unpaired surrogate: {value[exc.start]!r} at character {exc.start} "
+                            f"(a broken emoji escape); fix or remove it") from None
     if required and not value.strip():
         raise RowError(key, "is empty")
     return value

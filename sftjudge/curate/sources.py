@@ -79,6 +79,10 @@ def _jsonl_records(path: Path) -> Iterator[Record]:
                 yield Record(source, error=("not valid UTF-8", f"undecodable byte at offset {exc.start}"), raw=text)
             except json.JSONDecodeError as exc:
                 yield Record(source, error=("invalid JSON", f"{exc.msg} at column {exc.colno}"), raw=text)
+            except RecursionError:
+                yield Record(source, error=("invalid JSON", "nested too deeply to read"), raw=text[:2000])
+            except ValueError as exc:  # e.g. an integer beyond Python's digit limit
+                yield Record(source, error=("invalid JSON", str(exc).split(";")[0]), raw=text[:2000])
 
 
 def _json_records(path: Path) -> Iterator[Record]:

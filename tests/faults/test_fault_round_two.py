@@ -190,3 +190,37 @@ def test_run_files_and_folders_follow_the_umask(tmp_path):
         assert stat.S_IMODE((tmp_path / "private.md").stat().st_mode) == 0o600
     finally:
         os.umask(before)
+
+
+def test_near_dedup_survives_a_row_longer_than_its_work_buffer(monkeypatch):
+    import random
+
+    import sftjudge.curate.dedup as dedup
+
+    rng = random.Random(7)
+    long_row = " ".join(rng.choice(["router", "modem", "refund", "cable", "email"]) for _ in range(12_000))
+    texts = [long_row, "a short row", "x"]
+    whole = dedup.minhash_signatures(texts, num_perm=32)
+    # A buffer smaller than the row's shingles is what a 50 MB line (or 256 rows of 16k words) meets by default;
+    # before: "ValueError: cannot reshape array", naming no row, retried twice.
+    monkeypatch.setattr(dedup, "_WORK_ELEMENTS", 5000)
+    assert (dedup.minhash_signatures(texts, num_perm=32) == whole).all()
+
+
+@pytest.mark.parametrize("line, reason, detail", [
+    ('{"prompt": "broken emoji \\ud83d here", "completion": "x"}', "field 'prompt' has an unpaired surrogate",
+     "'\\ud83d' at character 13"),
+    ('{"messages": [{"role": "user", "content": "hi \\udc00"}, {"role": "assistant", "content": "ok"}]}',
+     "field 'messages[0].content' has an unpaired surrogate", "at character 3"),
+    ("[" * 100_000 + "]" * 100_000, "invalid JSON", "nested too deeply"),
+    ('{"prompt": "p", "completion": "c", "n": ' + "9" * 5000 + "}", "invalid JSON", "limit (4300 digits)"),
+])
+def test_one_unreadable_line_is_quarantined_with_file_and_line_not_fatal(tmp_path, line, reason, detail):
+    from sftjudge.curate.steps import load_rows
+
+    path = tmp_path / "rows.jsonl"
+    path.write_text('{"prompt": "ok", "completion": "fine"}\n' + line + '\n{"prompt": "ok 2", "completion": "2"}\n')
+    result, _ = load_rows(path)
+    assert [r.instruction for r in result.kept] == ["ok", "ok 2"]  # the good lines around it are kept
+    [dropped] = result.dropped
+    assert dropped.source == f"{path}:2" and dropped.reason == reason and detail in dropped.detail
