@@ -18,7 +18,15 @@ class ConfigError(UserError, ValueError):
 
 
 class DataError(UserError, ValueError):
-    """Instruction data that cannot be used as a whole (or, with data.strict, one bad row); names file and row."""
+    """Instruction data that cannot be used as a whole (or, with data.strict, one bad row); names file and row.
+
+    `dropped` holds the rows curation had set aside (with their reasons) when it gave up, so the stage can still
+    write them to the quarantine: the books balance also when curation fails.
+    """
+
+    def __init__(self, message: str, dropped: list | tuple = ()):
+        super().__init__(message)
+        self.dropped = list(dropped)
 
 
 class JudgeError(UserError, ValueError):

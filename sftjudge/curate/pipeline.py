@@ -99,7 +99,8 @@ def build_dataset(data: DataConfig, *, tokenizer=None, max_seq_len: int | None =
     rows = _quality_step(books, rows, data, quality_scorer)
     if len(rows) < 3:
         raise DataError(f"{data.path}: only {len(rows)} usable rows after curation; need at least 3 to split "
-                        f"(see the quarantine for the {len(books.dropped)} dropped rows)")
+                        f"(see data/quarantine.jsonl for the {len(books.dropped)} dropped rows and why)",
+                        dropped=books.dropped)
     strata = {r.id: str(r.meta.get(data.stratify_by, "(missing)")) for r in rows} if data.stratify_by else None
     splits = split_rows(rows, val_ratio=data.val_ratio, test_ratio=data.test_ratio, seed=data.seed,
                         groups=clusters, strata=strata)
@@ -216,7 +217,8 @@ def _contamination_step(books: Books, splits: Splits, data: DataConfig, regressi
     if flagged and cfg.action == "fail":
         listing = "; ".join(f"{f['id']} ({f['source']}, overlap {f['overlap']:.2f})" for f in flagged[:10])
         raise DataError(f"{len(flagged)} val/test rows overlap the training data (n={cfg.n}, threshold "
-                        f"{cfg.threshold}): {listing}. Set data.contamination.action=drop to remove them.")
+                        f"{cfg.threshold}): {listing}. Set data.contamination.action=drop to remove them.",
+                        dropped=books.dropped)
     result = drop_contaminated(splits.val + splits.test, flagged if cfg.action == "drop" else [], cfg.n)
     kept = {row.id for row in result.kept}
     out = Splits(splits.train, [r for r in splits.val if r.id in kept], [r for r in splits.test if r.id in kept])

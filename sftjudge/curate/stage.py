@@ -15,6 +15,7 @@ from typing import Any
 from sftjudge.config import RunConfig
 from sftjudge.curate.pipeline import build_dataset, curation_cache_key, source_sha256
 from sftjudge.curate.rows import Example
+from sftjudge.errors import DataError
 from sftjudge.models.embedded import resolve_model
 from sftjudge.run import files
 from sftjudge.run.io import atomic_directory, atomic_write_json, write_jsonl
@@ -62,8 +63,12 @@ def _curate_into(ctx: StageContext, quality: _QualityJudge | None) -> dict:
     suite = None
     if config.data.contamination.regression_suite:
         suite = load_rows(config.data.contamination.regression_suite)[0].kept
-    result = build_dataset(config.data, tokenizer=tokenizer, max_seq_len=config.sft.max_seq_len,
-                           quality_scorer=quality.score if quality else None, regression_rows=suite)
+    try:
+        result = build_dataset(config.data, tokenizer=tokenizer, max_seq_len=config.sft.max_seq_len,
+                               quality_scorer=quality.score if quality else None, regression_rows=suite)
+    except DataError as exc:  # the rows set aside so far are still quarantined, each with its reason
+        write_jsonl(run / files.QUARANTINE, [d.to_json() for d in exc.dropped])
+        raise
     for name, rows in (("train", result.splits.train), ("val", result.splits.val), ("test", result.splits.test)):
         write_jsonl(run / files.SPLITS[name], [r.to_json() for r in rows])
     write_jsonl(run / files.QUARANTINE, [d.to_json() for d in result.dropped])

@@ -224,3 +224,28 @@ def test_one_unreadable_line_is_quarantined_with_file_and_line_not_fatal(tmp_pat
     assert [r.instruction for r in result.kept] == ["ok", "ok 2"]  # the good lines around it are kept
     [dropped] = result.dropped
     assert dropped.source == f"{path}:2" and dropped.reason == reason and detail in dropped.detail
+
+
+@pytest.mark.model
+@pytest.mark.parametrize("lines, kept", [
+    (['{"prompt": "x"}', "not json"], 0),  # the reproduction: every row bad
+    (['{"prompt": "a", "completion": "b"}', "not json", '{"prompt": "c", "completion": "d"}', "[1, 2"], 2),
+])
+def test_failed_curation_still_quarantines_every_dropped_row(tiny_data, tiny_model_dir, tmp_path, lines, kept):
+    from sftjudge.curate.stage import curate_stage
+    from sftjudge.errors import DataError
+    from sftjudge.run import files
+    from sftjudge.run.io import read_jsonl
+    from sftjudge.run.stage import start_run
+
+    from .faultkit import fault_config
+
+    path = tmp_path / "bad.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    config = fault_config(tmp_path / "runs", path)
+    run = Path(start_run(config))
+    with pytest.raises(DataError, match=rf"only {kept} usable rows .*\(see data/quarantine.jsonl"):
+        curate_stage(str(run), config)
+    quarantine = read_jsonl(run / files.QUARANTINE)  # before: the message pointed at a file never written
+    assert len(quarantine) + kept == len(lines)
+    assert {q["source"] for q in quarantine} >= {f"{path}:2"} and all(q["reason"] for q in quarantine)
