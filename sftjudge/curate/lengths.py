@@ -31,23 +31,35 @@ class LengthBounds:
                    max_total=max_seq_len if length.drop_over_max_seq_len else None)
 
 
-def token_lengths(tokenizer, rows: list[Example], batch_size: int = 512) -> dict[str, tuple[int, int]]:
-    """(prompt tokens, completion tokens) per row id, the completion counted with its end-of-turn tokens."""
-    lengths: dict[str, tuple[int, int]] = {}
+def token_lengths(tokenizer, rows: list[Example], batch_size: int = 512) -> dict[str, tuple[int, int] | str]:
+    """(prompt tokens, completion tokens) per row id, the completion counted with its end-of-turn tokens.
+
+    A row the chat template refuses to render (strict templates demand alternating user/assistant turns; jinja
+    raises) gets the template's message instead of lengths, so it is quarantined, not fatal to the whole step.
+    """
+    from jinja2.exceptions import TemplateError as JinjaTemplateError
+
+    lengths: dict[str, tuple[int, int] | str] = {}
     for start in range(0, len(rows), batch_size):
-        batch = rows[start:start + batch_size]
-        prompts = [render_prompt(tokenizer, row.prompt_messages) for row in batch]
-        fulls = [tokenizer.apply_chat_template(row.prompt_messages + [{"role": "assistant",
-                                                                        "content": row.completion}], tokenize=False)
-                 for row in batch]
-        prompt_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
-        full_ids = tokenizer(fulls, add_special_tokens=False)["input_ids"]
-        for row, p, f in zip(batch, prompt_ids, full_ids):
+        rendered = []
+        for row in rows[start:start + batch_size]:
+            try:
+                full = tokenizer.apply_chat_template(
+                    row.prompt_messages + [{"role": "assistant", "content": row.completion}], tokenize=False)
+                rendered.append((row, render_prompt(tokenizer, row.prompt_messages), full))
+            except JinjaTemplateError as exc:
+                lengths[row.id] = f"the student's chat template refuses this conversation: {exc}"
+        if not rendered:
+            continue
+        prompt_ids = tokenizer([p for _, p, _ in rendered], add_special_tokens=False)["input_ids"]
+        full_ids = tokenizer([f for _, _, f in rendered], add_special_tokens=False)["input_ids"]
+        for (row, _, _), p, f in zip(rendered, prompt_ids, full_ids):
             lengths[row.id] = (len(p), max(len(f) - len(p), 0))
     return lengths
 
 
-def drop_by_length(rows: list[Example], lengths: dict[str, tuple[int, int]], bounds: LengthBounds) -> StepResult:
+def drop_by_length(rows: list[Example], lengths: dict[str, tuple[int, int] | str],
+                   bounds: LengthBounds) -> StepResult:
     """Keep rows whose prompt, completion and total token counts are within `bounds`; say which bound failed.
 
     >>> from sftjudge.curate.rows import ChatMessage
@@ -58,6 +70,10 @@ def drop_by_length(rows: list[Example], lengths: dict[str, tuple[int, int]], bou
     """
     result = StepResult([])
     for row in rows:
+        if isinstance(lengths[row.id], str):
+            result.dropped.append(Dropped("length", "rejected by the chat template", row.source, row,
+                                          detail=lengths[row.id]))
+            continue
         prompt, completion = lengths[row.id]
         problem = _length_problem(prompt, completion, bounds)
         if problem:

@@ -249,3 +249,34 @@ def test_failed_curation_still_quarantines_every_dropped_row(tiny_data, tiny_mod
     quarantine = read_jsonl(run / files.QUARANTINE)  # before: the message pointed at a file never written
     assert len(quarantine) + kept == len(lines)
     assert {q["source"] for q in quarantine} >= {f"{path}:2"} and all(q["reason"] for q in quarantine)
+
+
+STRICT_TEMPLATE = (  # Llama-2/Mistral style: roles must alternate user/assistant, starting with the user
+    "{% for message in messages %}"
+    "{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
+    "{{ '[' + message['role'] + '] ' + message['content'] + '\\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '[assistant] ' }}{% endif %}")
+
+
+@pytest.mark.model
+def test_a_row_the_chat_template_refuses_is_quarantined_with_its_message(tiny_model):
+    import copy
+
+    from sftjudge.config import LengthConfig
+    from sftjudge.curate.lengths import LengthBounds, drop_by_length, token_lengths
+    from sftjudge.curate.rows import example_from_obj
+
+    _, tok = tiny_model
+    strict = copy.deepcopy(tok)
+    strict.chat_template = STRICT_TEMPLATE
+    good = example_from_obj({"prompt": "hi", "completion": "hello"}, row_id="good", source="d.jsonl:1")
+    twice = example_from_obj({"messages": [{"role": "user", "content": "a"}, {"role": "user", "content": "b"},
+                                           {"role": "assistant", "content": "c"}]}, row_id="twice",
+                             source="d.jsonl:2")
+    lengths = token_lengths(strict, [good, twice])  # before: jinja2's TemplateError, no row named, retried
+    result = drop_by_length([good, twice], lengths, LengthBounds.from_config(LengthConfig(), 256))
+    assert [r.id for r in result.kept] == ["good"]
+    [dropped] = result.dropped
+    assert (dropped.source, dropped.reason) == ("d.jsonl:2", "rejected by the chat template")
+    assert "roles must alternate" in dropped.detail
