@@ -111,10 +111,30 @@ def _table_records(path: Path, suffix: str) -> Iterator[Record]:
             first_row = 2  # line 1 is the header
     except Exception as exc:  # noqa: BLE001 - pandas raises many types; all mean "cannot read this table"
         raise SourceError(f"{path}: cannot read as {suffix[1:]}: {exc}") from None
+    lines = _csv_record_lines(path, "\t" if suffix == ".tsv" else ",") if first_row else []
+    if len(lines) != len(frame):  # the two readers disagree on the records: name rows, not lines we cannot vouch for
+        lines = []
     for i, row in enumerate(frame.to_dict(orient="records")):
-        label = f"{path}:line {i + first_row}" if first_row else f"{path}:row {i}"
+        label = f"{path}:line {lines[i]}" if lines else f"{path}:row {i}"
         obj = {k: _plain(v) for k, v in row.items()}
         yield Record(label, obj=obj, raw=json.dumps(obj, ensure_ascii=False, default=str)[:10000])
+
+
+def _csv_record_lines(path: Path, sep: str) -> list[int]:
+    """The line each data record of a CSV starts on (header and blank lines skipped, as pandas reads it).
+
+    A quoted field may hold newlines, so a record can span several lines: counting records is not counting lines.
+    """
+    import csv
+
+    starts, previous = [], 0
+    with path.open(newline="", encoding="utf-8", errors="replace") as handle:
+        reader = csv.reader(handle, delimiter=sep)
+        for number, record in enumerate(reader):
+            if number and record and any(cell.strip() for cell in record):
+                starts.append(previous + 1)
+            previous = reader.line_num
+    return starts
 
 
 def _plain(value: Any) -> Any:

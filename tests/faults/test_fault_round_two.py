@@ -280,3 +280,14 @@ def test_a_row_the_chat_template_refuses_is_quarantined_with_its_message(tiny_mo
     [dropped] = result.dropped
     assert (dropped.source, dropped.reason) == ("d.jsonl:2", "rejected by the chat template")
     assert "roles must alternate" in dropped.detail
+
+
+def test_csv_rows_are_named_by_the_line_they_start_on_when_fields_hold_newlines(tmp_path):
+    from sftjudge.curate.steps import load_rows
+
+    path = tmp_path / "tickets.csv"
+    path.write_text('prompt,completion\n"my router\nbroke\nagain",bug\nsecond,ok\n\n"third",\n')
+    result, _ = load_rows(path)
+    assert [r.source for r in result.kept] == [f"{path}:line 2", f"{path}:line 5"]
+    [dropped] = result.dropped  # the empty completion, named by its real line (before: "line 4", the 3rd record)
+    assert dropped.source == f"{path}:line 7" and "completion" in dropped.reason
