@@ -93,7 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from sftjudge.config_checks import check_references
+
     config = load_config(args.config, args.overrides)
+    check_references(config)  # here too: a typo is reported before a Prefect server is started for nothing
     from sftjudge.flows.cycle import (
         fine_tune_then_judge,  # Prefect is imported only when a cycle actually runs
     )

@@ -25,6 +25,7 @@ from sftjudge.curate.steps import (
     StepResult,
     drop_duplicate_ids,
     drop_exact_duplicates,
+    drop_special_tokens,
     load_rows,
 )
 
@@ -95,6 +96,9 @@ def build_dataset(data: DataConfig, *, tokenizer=None, max_seq_len: int | None =
     rows = _timed(books, "unique_ids", rows, drop_duplicate_ids)
     rows = _timed(books, "exact_dedup", rows, drop_exact_duplicates)
     rows, clusters = _near_dedup_step(books, rows, data)
+    if tokenizer is not None:
+        rows = _timed(books, "special_tokens", rows,
+                      lambda batch: drop_special_tokens(batch, list(tokenizer.all_special_tokens)))
     rows, lengths = _length_step(books, rows, data, tokenizer, max_seq_len)
     rows = _quality_step(books, rows, data, quality_scorer)
     if len(rows) < 3:

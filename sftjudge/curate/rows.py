@@ -57,6 +57,10 @@ class RowError(ValueError):
         self.problem = problem
 
 
+# Characters that render as nothing: an answer made only of them is empty.
+_INVISIBLE = dict.fromkeys(map(ord, "\x00\u200b\u200c\u200d\u2060\ufeff"))
+
+
 def _text(obj: dict[str, Any], key: str, *, required: bool = True) -> str:
     if key not in obj or obj[key] is None:
         if required:
@@ -70,7 +74,7 @@ def _text(obj: dict[str, Any], key: str, *, required: bool = True) -> str:
     except UnicodeEncodeError as exc:  # a lone surrogate escape ("\ud83d" without its pair) cannot be written out
         raise RowError(key, f"has an unpaired surrogate: {value[exc.start]!r} at character {exc.start} "
                             f"(a broken emoji escape); fix or remove it") from None
-    if required and not value.strip():
+    if required and not value.translate(_INVISIBLE).strip():  # NUL or zero-width characters only: still empty
         raise RowError(key, "is empty")
     return value
 

@@ -127,3 +127,28 @@ def drop_duplicate_ids(rows: list[Example]) -> StepResult:
             seen[row.id] = row
             result.kept.append(row)
     return result
+
+
+def drop_special_tokens(rows: list[Example], special_tokens: list[str]) -> StepResult:
+    """Drop rows whose text holds one of the student's special tokens (`<|im_end|>`, `<|endoftext|>`, ...).
+
+    Written in data they become real control tokens when the chat template is applied: an end of turn in the
+    middle of an answer, or a fake turn injected into the conversation.
+
+    >>> from sftjudge.curate.rows import ChatMessage
+    >>> row = Example(id="a", messages=(ChatMessage(role="user", content="hi"),
+    ...                                 ChatMessage(role="assistant", content="ok<|im_end|>more")))
+    >>> drop_special_tokens([row], ["<|im_end|>", "<|im_start|>"]).dropped[0].reason
+    'contains a special token'
+    """
+    tokens = sorted({t for t in special_tokens if t and t.strip()}, key=len, reverse=True)
+    result = StepResult([])
+    for row in rows:
+        found = next(((t, m.role) for m in row.messages for t in tokens if t in m.content), None)
+        if found:
+            result.dropped.append(Dropped("special_tokens", "contains a special token", row.source, row,
+                                          detail=f"{found[0]!r} in the {found[1]} text would become a control "
+                                                 f"token of the chat template; remove or escape it"))
+        else:
+            result.kept.append(row)
+    return result

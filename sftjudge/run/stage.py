@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from sftjudge.config import RunConfig
+from sftjudge.config_checks import check_references
 from sftjudge.config_yaml import dump_config
 from sftjudge.models.embedded import sftjudge_home
 from sftjudge.run.directory import RunDir, StageRecord
@@ -32,7 +33,9 @@ class StageContext:
 
 
 def start_run(config: RunConfig, run_id: str | None = None) -> str:
-    """Create the run directory with the resolved config; return its path."""
+    """Check what the config refers to (judges, files, a format regex), then create the run directory with the
+    resolved config; return its path. Raises ConfigError before anything is created when a reference is bad."""
+    check_references(config)
     run = RunDir.create(Path(config.runs_dir), dump_config(config), config.name, run_id=run_id)
     return str(run.path)
 
