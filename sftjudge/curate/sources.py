@@ -66,16 +66,28 @@ def read_records(path: str | Path, *, split: str = "train") -> Iterator[Record]:
 
 
 def _jsonl_records(path: Path) -> Iterator[Record]:
+    """One Record per line. A UTF-8 byte-order mark is skipped; a UTF-16 file, or one whose lines are mostly not
+    UTF-8 (Latin-1, Windows-1252), is refused once at file level instead of quarantining every line."""
+    with path.open("rb") as handle:
+        head = handle.read(4096)
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")) or (head and head.count(b"\x00") > len(head) // 4):
+        raise SourceError(f"{path}: this file is UTF-16 encoded; re-encode it as UTF-8 (for example `iconv -f UTF-16 "
+                          f"-t UTF-8 {path.name} > {path.stem}.utf8.jsonl`)")
+    undecodable = lines = 0
     with path.open("rb") as handle:
         for line_no, raw in enumerate(handle, start=1):
+            if line_no == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                raw = raw[3:]  # a UTF-8 BOM (Windows editors) is not part of the first row
             source = f"{path}:{line_no}"
             if not raw.strip():
                 yield Record(source)
                 continue
+            lines += 1
             text = raw.decode("utf-8", errors="replace").rstrip("\n")
             try:
                 yield Record(source, obj=json.loads(raw.decode("utf-8")), raw=text)
             except UnicodeDecodeError as exc:
+                undecodable += 1
                 yield Record(source, error=("not valid UTF-8", f"undecodable byte at offset {exc.start}"), raw=text)
             except json.JSONDecodeError as exc:
                 yield Record(source, error=("invalid JSON", f"{exc.msg} at column {exc.colno}"), raw=text)
@@ -83,6 +95,10 @@ def _jsonl_records(path: Path) -> Iterator[Record]:
                 yield Record(source, error=("invalid JSON", "nested too deeply to read"), raw=text[:2000])
             except ValueError as exc:  # e.g. an integer beyond Python's digit limit
                 yield Record(source, error=("invalid JSON", str(exc).split(";")[0]), raw=text[:2000])
+    if lines and undecodable * 2 > lines:
+        raise SourceError(f"{path}: {undecodable} of {lines} lines are not UTF-8; the file is probably Latin-1 or "
+                          f"Windows-1252: re-encode it as UTF-8 (for example `iconv -f WINDOWS-1252 -t UTF-8 "
+                          f"{path.name} > {path.stem}.utf8.jsonl`)")
 
 
 def _json_records(path: Path) -> Iterator[Record]:

@@ -11,10 +11,11 @@ from sftjudge.config_yaml import flatten
 from sftjudge.decide.records import DecideRules, Decision, RunResult
 from sftjudge.decide.report import write_report
 from sftjudge.decide.rules import decide
+from sftjudge.errors import RegistryError
 from sftjudge.run import files
 from sftjudge.run.directory import RunDir
 from sftjudge.run.io import atomic_write_json, read_jsonl
-from sftjudge.run.registry import ChampionChanged, Registry
+from sftjudge.run.registry import ChampionChanged, Registry, registry_url
 from sftjudge.run.stage import StageContext, run_stage
 
 
@@ -132,3 +133,27 @@ def _decide_and_report(ctx: StageContext) -> None:
     ctx.run.update_manifest(decision=decision.to_json())
     ctx.record.outputs = {"decision": files.DECISION, "report": files.REPORT}
     ctx.record.counts = {"action": decision.action, "champion_before": decision.champion_before}
+
+
+def rebuild_registry(runs_dir: str | Path) -> Registry:
+    """A new registry from the decided runs in `runs_dir`, replayed in creation order (promotions included).
+
+    The damaged file is kept beside it as `registry.sqlite.damaged`. Manual promotions and rollbacks are not in
+    the run directories, so the champion is the last run a decision promoted. Returns the new registry.
+    """
+    from sftjudge.config_yaml import load_config
+
+    url = registry_url(runs_dir)
+    if url.get_backend_name() != "sqlite":
+        raise RegistryError("registry rebuild writes the SQLite registry of a runs directory; a PostgreSQL registry "
+                            "($SFTJUDGE_REGISTRY_URL) is restored from the database's own backups")
+    runs_dir, target = Path(runs_dir), Path(url.database)
+    if target.exists():
+        target.replace(target.with_name(target.name + ".damaged"))
+    registry = Registry(target)
+    decided = [RunDir(p.parent) for p in runs_dir.glob(f"*/{files.DECISION}")]
+    for run in sorted(decided, key=lambda r: (r.manifest()["created_at"], r.run_id)):
+        config = load_config(run / files.CONFIG)
+        decision = Decision(**json.loads((run / files.DECISION).read_text()))
+        registry.record(_registry_row(run, config, decision, run_result(run)), promote=decision.action == "promote")
+    return registry

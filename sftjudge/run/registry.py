@@ -82,6 +82,11 @@ class Registry:
         self.where = str(self.path) if self.path else self.url.render_as_string(hide_password=True)
         if self.path:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            if self.path.is_file() and self.path.stat().st_size == 0:
+                # SQLite would take a 0-byte file for a new database and every run and champion would vanish.
+                raise RegistryError(f"{self.path} is empty (0 bytes): the registry was truncated, not created. Restore "
+                                    f"it from a backup, or rebuild it from the run directories: `sftjudge registry "
+                                    f"rebuild --runs-dir {self.path.parent}`")
         self._create_tables()
 
     @classmethod

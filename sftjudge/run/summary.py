@@ -32,6 +32,8 @@ def run_summary(run_path: str | Path) -> dict[str, Any]:
         "decision": decision.get("action"),
         "reasons": decision.get("reasons", []),
         "report": str(run / files.REPORT) if (run / files.REPORT).exists() else None,
+        "errors": {name: info["error"] for name, info in stages.items() if info.get("status") == "failed"
+                   and info.get("error")},
     }
 
 
@@ -48,6 +50,8 @@ def format_summary(summary: dict[str, Any]) -> str:
     if summary["decision"]:
         lines.append(f"decision: {summary['decision'].upper()}")
         lines += [f"  - {reason}" for reason in summary["reasons"]]
+    for stage, error in summary.get("errors", {}).items():
+        lines.append(f"{stage} failed: {error}")
     if summary["report"]:
         lines.append(f"report: {summary['report']}")
     return "\n".join(lines)

@@ -343,3 +343,68 @@ def test_an_answer_of_invisible_characters_is_empty(answer):
 
     with pytest.raises(RowError, match="'completion': is empty"):
         example_from_obj({"prompt": "q", "completion": answer}, row_id="x", source="d.jsonl:1")
+
+
+def test_file_encodings_are_named_once_and_a_utf8_bom_loses_no_row(tmp_path):
+    import json
+
+    from sftjudge.curate.steps import load_rows
+    from sftjudge.errors import DataError
+
+    rows = [{"prompt": f"café numéro {i}", "completion": "réponse"} for i in range(10)]
+    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    (tmp_path / "utf16.jsonl").write_text(text, encoding="utf-16")
+    with pytest.raises(DataError, match="this file is UTF-16 encoded; re-encode it as UTF-8"):
+        load_rows(tmp_path / "utf16.jsonl")  # before: 10 rows quarantined one by one, plus a phantom NUL row
+    (tmp_path / "latin1.jsonl").write_text(text, encoding="latin-1")
+    with pytest.raises(DataError, match="10 of 10 lines are not UTF-8; the file is probably Latin-1"):
+        load_rows(tmp_path / "latin1.jsonl")
+    (tmp_path / "bom.jsonl").write_text(text, encoding="utf-8-sig")
+    result, _ = load_rows(tmp_path / "bom.jsonl")
+    assert len(result.kept) == 10 and result.dropped == []  # before: the first row lost to "invalid JSON"
+
+
+@pytest.mark.model
+def test_show_prints_the_error_of_a_failed_stage(tiny_data, tiny_model_dir, tmp_path, capsys):
+    from sftjudge.curate.stage import curate_stage
+    from sftjudge.errors import DataError
+    from sftjudge.run.stage import start_run
+
+    from .faultkit import fault_config
+
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"prompt": "x"}\nnot json\n')
+    config = fault_config(tmp_path / "runs", path)
+    run = Path(start_run(config))
+    with pytest.raises(DataError):
+        curate_stage(str(run), config)
+    assert cli.main(["show", run.name, "--runs-dir", str(tmp_path / "runs")]) == 0
+    out = capsys.readouterr().out
+    assert "curate failed: DataError:" in out and "only 0 usable rows" in out
+
+
+def test_a_truncated_registry_is_refused_and_rebuilt_from_the_run_directories(base_run, tmp_path, capsys):
+    from sftjudge.decide.stage import decide_stage
+    from sftjudge.run import files
+    from sftjudge.run.registry import Registry
+
+    from .faultkit import clone_run, set_scores
+
+    runs = tmp_path / "runs"
+    a, b = clone_run(base_run, runs, "a", reset=("decide",)), clone_run(base_run, runs, "b", reset=("decide",))
+    set_scores(a, [4.0, 4.2, 3.8, 4.1, 3.9, 4.0])
+    set_scores(b, [7.0, 7.2, 6.8, 7.1, 6.9, 7.0])
+    config = load_config(a / files.CONFIG, [f"runs_dir={runs}"])
+    assert [decide_stage(str(run), config)["counts"]["action"] for run in (a, b)] == ["promote", "promote"]
+
+    (runs / "registry.sqlite").write_bytes(b"")  # truncated: before, silently taken for a new, empty registry
+    with pytest.raises(RegistryError, match="is empty .0 bytes.: the registry was truncated"):
+        Registry.in_runs_dir(runs)
+    assert cli.main(["runs", "--runs-dir", str(runs)]) == 2
+    assert "sftjudge registry rebuild" in capsys.readouterr().err
+
+    assert cli.main(["registry", "rebuild", "--runs-dir", str(runs)]) == 0
+    assert "2 runs, champion b" in capsys.readouterr().out
+    registry = Registry.in_runs_dir(runs)
+    assert [r["run_id"] for r in registry.runs()] == ["a", "b"] and registry.champion()["run_id"] == "b"
+    assert (runs / "registry.sqlite.damaged").exists()
