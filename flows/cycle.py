@@ -13,9 +13,12 @@ from sftjudge.run.summary import run_summary
 
 
 @flow(name="fine-tune-then-judge", log_prints=True)
-def fine_tune_then_judge(config: RunConfig = RunConfig()) -> dict[str, Any]:
-    """Fine-tune the student on curated data, judge its test answers, and promote it or keep the champion."""
-    run = stages.start_run(config)
+def fine_tune_then_judge(config: RunConfig = RunConfig(), resume: str | None = None) -> dict[str, Any]:
+    """Fine-tune the student on curated data, judge its test answers, and promote it or keep the champion.
+
+    `resume`: an existing run directory to finish instead of starting a new run; its completed stages are skipped.
+    """
+    run = resume or stages.start_run(config)
     stages.curate(run, config)
     if config.orchestration.gpu_deployment:
         on_gpu_worker(config.orchestration.gpu_deployment, run, config)

@@ -17,6 +17,7 @@ EPILOG = """examples:
   sftjudge run configs/demo.yaml sft.epochs=3 sft.learning_rate=5e-4
   sftjudge runs                                # experiment table; --json for machines
   sftjudge show RUN_ID                         # one run's stages, losses, score and decision
+  sftjudge resume RUN_ID                       # finish an interrupted run (kill -9, lost worker)
   sftjudge champion                            # the current champion and how it got there
   sftjudge diff RUN_A RUN_B                    # what changed in config and in results
   sftjudge promote RUN_ID | sftjudge rollback  # move the champion by hand (recorded)
@@ -30,12 +31,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sftjudge", description="Fine-tune, judge with a local LLM, and promote or roll back - every cycle.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--debug", action="store_true",
+                        help="on an unexpected error, show the full traceback instead of one line")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = sub.add_parser("run", help="run one curate → sft → generate → judge → decide cycle")
     run.add_argument("config", nargs="?", help="YAML run config (default: built-in defaults)")
     run.add_argument("overrides", nargs="*", metavar="key.sub=value", help="dotted overrides, e.g. sft.epochs=3")
     run.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+    resume = sub.add_parser("resume", help="finish an interrupted or failed run: its unfinished stages run again "
+                                           "(training from its last complete epoch), finished ones are skipped")
+    resume.add_argument("run_id", help="run id (a unique prefix is enough)")
+    resume.add_argument("--runs-dir", default="runs")
+    resume.add_argument("--json", action="store_true", help="print the summary as JSON")
 
     train = sub.add_parser("train", help="the sft stage's training on a curated run directory; start it with "
                                          "`accelerate launch ... -m sftjudge.cli train RUN_DIR` for several GPUs")
@@ -108,6 +117,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
 
     summary = fine_tune_then_judge(config)
+    print(dumps(summary) if args.json else format_summary(summary))
+    return 0 if summary["status"] == "completed" else 1
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    from sftjudge.flows.cycle import fine_tune_then_judge
+    from sftjudge.run import files
+
+    run = _find_run(args.runs_dir, args.run_id)
+    summary = fine_tune_then_judge(load_config(run / files.CONFIG), resume=str(run))
     print(dumps(summary) if args.json else format_summary(summary))
     return 0 if summary["status"] == "completed" else 1
 
@@ -206,6 +225,7 @@ def cmd_champion(args: argparse.Namespace) -> int:
     print(f"champion: {champion['run_id']}  judge score {_fmt('judge_score', champion['judge_score'])}, "
           f"best val loss {_fmt('best_val_loss', champion['best_val_loss'])}")
     print(f"checkpoint: {champion['checkpoint']}")
+    _warn_if_gone(champion)
     for entry in history:
         print(f"  {entry['changed_at']}  {entry['previous_run_id'] or '(none)'} -> {entry['run_id']} ({entry['how']})")
     return 0
@@ -240,9 +260,18 @@ def cmd_promote(args: argparse.Namespace) -> int:
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
-    demoted, restored = _registry(args.runs_dir).rollback()
+    registry = _registry(args.runs_dir)
+    demoted, restored = registry.rollback()
     print(f"champion: {demoted} -> {restored} (rollback)")
+    _warn_if_gone(registry.champion())
     return 0
+
+
+def _warn_if_gone(champion: dict | None) -> None:
+    from sftjudge.decide.stage import champion_dir_missing
+
+    if warning := champion_dir_missing(champion):
+        print(f"sftjudge: warning: {warning}", file=sys.stderr)
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
@@ -304,9 +333,9 @@ def cmd_registry(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "train": cmd_train, "runs": cmd_runs, "show": cmd_show, "champion": cmd_champion,
-            "models": cmd_models, "judge": cmd_judge, "promote": cmd_promote, "rollback": cmd_rollback,
-            "diff": cmd_diff, "report": cmd_report, "registry": cmd_registry}
+COMMANDS = {"run": cmd_run, "resume": cmd_resume, "train": cmd_train, "runs": cmd_runs, "show": cmd_show,
+            "champion": cmd_champion, "models": cmd_models, "judge": cmd_judge, "promote": cmd_promote,
+            "rollback": cmd_rollback, "diff": cmd_diff, "report": cmd_report, "registry": cmd_registry}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -317,6 +346,12 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:  # config, data, judge definition, calibration file, model, template, registry refusal
         print(f"sftjudge: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:  # a bug or a failure outside the user's hands: one line unless asked for more
+        if args.debug:
+            raise
+        print(f"sftjudge: {type(exc).__name__}: {exc}\n(an unexpected error: `sftjudge --debug {args.command} ...` "
+              f"shows the traceback; a failed run's manifest and the Prefect log keep it too)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -47,13 +47,15 @@ def test_cli_prints_any_user_error_and_exits_2(cls, monkeypatch, capsys):
     assert "sftjudge: data.path: tickets.jsonl:3: field 'prompt' missing" in capsys.readouterr().err
 
 
-def test_cli_lets_a_bug_show_its_traceback(monkeypatch):
+def test_cli_shows_a_bug_in_one_line_and_its_traceback_with_debug(monkeypatch, capsys):
     def fails(args):
         raise ValueError("a bug")
 
     monkeypatch.setitem(cli.COMMANDS, "runs", fails)
+    assert cli.main(["runs"]) == 1
+    assert "sftjudge: ValueError: a bug\n(an unexpected error: `sftjudge --debug runs ...`" in capsys.readouterr().err
     with pytest.raises(ValueError, match="a bug"):
-        cli.main(["runs"])
+        cli.main(["--debug", "runs"])
 
 
 @pytest.mark.model

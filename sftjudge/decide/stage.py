@@ -95,7 +95,19 @@ def _decide(run: RunDir, config: RunConfig, champion_row: dict[str, Any] | None)
     champion = champion_result(champion_row, run.run_id)
     metrics = json.loads((run / files.METRICS).read_text())
     measured_noise = (metrics.get("noise") or {}).get("noise_floor") or 0.0
-    return decide(challenger, champion, DecideRules.from_config(config, measured_noise)), challenger
+    decision = decide(challenger, champion, DecideRules.from_config(config, measured_noise))
+    if missing := champion_dir_missing(champion_row):
+        decision.warnings.append(missing)
+    return decision, challenger
+
+
+def champion_dir_missing(champion_row: dict[str, Any] | None) -> str | None:
+    """A warning when the champion's run directory is gone (its answers and per-item scores with it)."""
+    if not champion_row or Path(champion_row["run_dir"]).is_dir():
+        return None
+    return (f"the champion's run directory {champion_row['run_dir']} is gone: compared on its registry numbers only "
+            f"(no paired items, pairwise judging or noise floor), and its checkpoint cannot be served; restore it "
+            f"or promote another run (`sftjudge promote RUN_ID`)")
 
 
 def _registry_row(run: RunDir, config: RunConfig, decision: Decision, challenger: RunResult) -> dict[str, Any]:

@@ -21,7 +21,7 @@ def run_summary(run_path: str | Path) -> dict[str, Any]:
     return {
         "run_id": run.run_id,
         "run_dir": str(run.path),
-        "status": manifest["status"],
+        "status": "interrupted" if manifest["status"] == "running" and run.interrupted_stages() else manifest["status"],
         "stages": {name: info.get("status") for name, info in stages.items()},
         "best_epoch": sft.get("best_epoch"),
         "best_val_loss": sft.get("best_val_loss"),
@@ -52,6 +52,9 @@ def format_summary(summary: dict[str, Any]) -> str:
         lines += [f"  - {reason}" for reason in summary["reasons"]]
     for stage, error in summary.get("errors", {}).items():
         lines.append(f"{stage} failed: {error}")
+    if summary["status"] == "interrupted":
+        lines.append(f"the process running it is gone (killed, or its worker lost): `sftjudge resume "
+                     f"{summary['run_id']}` finishes the unfinished stages")
     if summary["report"]:
         lines.append(f"report: {summary['report']}")
     return "\n".join(lines)

@@ -11,6 +11,7 @@ its shard of every batch, and losses are sums over all ranks, so the numbers mat
 from __future__ import annotations
 
 import math
+import pickle
 import random
 import time
 from collections.abc import Callable
@@ -20,7 +21,7 @@ from typing import Any
 
 from sftjudge.config import SFTConfig
 from sftjudge.curate.rows import Example
-from sftjudge.errors import ConfigError
+from sftjudge.errors import ConfigError, ModelError
 from sftjudge.models.chat import template_fingerprint, tokenize_for_training
 from sftjudge.runtime.device import autocast, device, use_bf16
 from sftjudge.train.batching import (
@@ -228,18 +229,30 @@ def _prepare_model(model, sft: SFTConfig):
 
 
 def _resume(state: _Training) -> list[EpochMetrics]:
-    """Restore the newest complete checkpoint into the live objects; return the epoch history so far."""
+    """Restore the newest complete checkpoint into the live objects; return the epoch history so far.
+
+    Raises ModelError (not retried) naming the checkpoint and its epoch when it cannot be read.
+    """
     import torch
+    from safetensors import SafetensorError
 
     checkpoints = epoch_checkpoints(state.checkpoints_dir)
     if not checkpoints:
         return []
-    path = checkpoints[max(checkpoints)]
-    saved = load_training_state(path)
-    if saved is None:
-        raise ValueError(f"{path}: has no training_state.pt; cannot resume from it (delete the checkpoints "
-                         f"directory to start over)")
-    restore_weights(state.model, path, state.sft.method)
+    epoch = max(checkpoints)
+    path = checkpoints[epoch]
+    try:
+        saved = load_training_state(path)
+        if saved is None:
+            raise FileNotFoundError("no training_state.pt")
+        restore_weights(state.model, path, state.sft.method)
+    except pickle.UnpicklingError:
+        raise  # a training state carrying code is refused as such (never loaded), not reported as mere damage
+    except (OSError, RuntimeError, ValueError, EOFError, SafetensorError) as exc:
+        # A damaged file will not load on a retry either: the user decides what to keep.
+        raise ModelError(f"{path}: the epoch-{epoch} checkpoint cannot be resumed from ({type(exc).__name__}: "
+                         f"{exc}); delete {path} to resume from the epoch before it, or the whole "
+                         f"{path.parent} folder to start over") from exc
     state.optimizer.load_state_dict(saved["optimizer"])
     state.scheduler.load_state_dict(saved["scheduler"])
     version, internal, gauss = saved["rng"]

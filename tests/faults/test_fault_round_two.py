@@ -94,8 +94,9 @@ def test_a_bug_raising_key_error_is_not_printed_as_a_registry_refusal(monkeypatc
         raise KeyError("nonexistent_field")
 
     monkeypatch.setitem(cli.COMMANDS, "runs", buggy)
+    assert cli.main(["runs"]) == 1  # not 2 and "sftjudge: nonexistent_field": a bug, named as one
     with pytest.raises(KeyError):
-        cli.main(["runs"])
+        cli.main(["--debug", "runs"])
 
 
 def test_rollback_walks_back_through_the_champions_and_never_ping_pongs(tmp_path, capsys):
@@ -408,3 +409,82 @@ def test_a_truncated_registry_is_refused_and_rebuilt_from_the_run_directories(ba
     registry = Registry.in_runs_dir(runs)
     assert [r["run_id"] for r in registry.runs()] == ["a", "b"] and registry.champion()["run_id"] == "b"
     assert (runs / "registry.sqlite.damaged").exists()
+
+
+@pytest.mark.parametrize("override", ["sft.epochs=true", "judge.noise_items=false", "decide.min_improvement=true"])
+def test_a_yes_no_where_a_number_belongs_is_refused(override):
+    with pytest.raises(ConfigError, match="is a yes/no, but .* takes a number"):  # before: true became 1
+        load_config(None, [override])
+
+
+@pytest.mark.model
+def test_a_damaged_checkpoint_names_its_epoch_and_is_not_retried(tiny_model_dir, tmp_path):
+    from helpers import example
+    from sftjudge.config import SFTConfig
+    from sftjudge.errors import ModelError, UserError
+    from sftjudge.models.loading import load_causal_lm
+    from sftjudge.train.loop import TrainData, train
+
+    rows = [example(i, f"question {i}", "answer") for i in range(4)]
+    data = TrainData(train=rows, val=rows[:2])
+    sft = SFTConfig(epochs=1, batch_size=2, max_seq_len=64, lora_r=4, precision="fp32")
+    model, tok = load_causal_lm(str(tiny_model_dir))
+    train(model, tok, data, sft, tmp_path)
+    (tmp_path / "epoch-1" / "adapter_model.safetensors").write_bytes(b"half a file")  # a disk error, a bad copy
+    model, tok = load_causal_lm(str(tiny_model_dir))
+    with pytest.raises(ModelError, match=r"epoch-1: the epoch-1 checkpoint cannot be resumed from .*delete") as info:
+        train(model, tok, data, sft.model_copy(update={"epochs": 2}), tmp_path)
+    assert isinstance(info.value, UserError)  # the retry policy fails it at once instead of retrying twice
+
+
+def test_a_deleted_champion_directory_is_named_in_decide_champion_and_rollback(base_run, tmp_path, capsys):
+    import shutil
+
+    from sftjudge.decide.stage import decide_stage
+    from sftjudge.run import files
+
+    from .faultkit import clone_run, set_scores
+
+    runs = tmp_path / "runs"
+    a, b, c = (clone_run(base_run, runs, name, reset=("decide",)) for name in ("a", "b", "c"))
+    for run, scores in ((a, [4.0] * 6), (b, [7.0, 7.2, 6.8, 7.1, 6.9, 7.0])):
+        set_scores(run, scores)
+    config = load_config(a / files.CONFIG, [f"runs_dir={runs}"])
+    decide_stage(str(a), config)
+    decide_stage(str(b), config)
+    shutil.rmtree(b)  # the champion's run directory, deleted by hand
+    decide_stage(str(c), config)
+    warnings = __import__("json").loads((c / files.DECISION).read_text())["warnings"]
+    assert any(w.startswith(f"the champion's run directory {b.resolve()} is gone") for w in warnings)
+    assert cli.main(["champion", "--runs-dir", str(runs)]) == 0
+    assert "warning: the champion's run directory" in capsys.readouterr().err
+    assert cli.main(["rollback", "--runs-dir", str(runs)]) == 0  # back to a, whose directory exists: no warning
+    assert "warning" not in capsys.readouterr().err
+
+
+@pytest.mark.flow
+def test_an_interrupted_run_is_shown_as_such_and_resumed(prefect_harness, base_run, tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    from sftjudge.run import files
+    from sftjudge.run.directory import RunDir
+
+    from .faultkit import clone_run
+
+    runs = tmp_path / "runs"
+    run = RunDir(clone_run(base_run, runs, "killed", reset=("judge", "decide")))
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+
+    run._set_stage("judge", {"status": "running", "started_at": "2026-12-02T08:00:00+00:00", "attempts": 1,
+                             "pid": int(gone.stdout), "host": socket.gethostname()})  # as kill -9 leaves it
+    from sftjudge.run.summary import format_summary, run_summary
+
+    out = format_summary(run_summary(run.path))  # what `sftjudge show killed` prints
+    assert "run killed: interrupted" in out and "sftjudge resume killed" in out  # before: "running", forever
+    assert cli.main(["resume", "killed", "--runs-dir", str(runs)]) == 0
+    manifest = run.manifest()
+    assert manifest["status"] == "completed" and manifest["stages"]["judge"]["attempts"] == 2
+    assert manifest["stages"]["sft"]["attempts"] == 1  # finished stages were not redone
+    assert (run.path / files.DECISION).is_file()
