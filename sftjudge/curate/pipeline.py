@@ -105,6 +105,11 @@ def build_dataset(data: DataConfig, *, tokenizer=None, max_seq_len: int | None =
         raise DataError(f"{data.path}: only {len(rows)} usable rows after curation; need at least 3 to split "
                         f"(see data/quarantine.jsonl for the {len(books.dropped)} dropped rows and why)",
                         dropped=books.dropped)
+    if data.stratify_by and not any(data.stratify_by in r.meta for r in rows):
+        seen = sorted({key for r in rows for key in r.meta})[:20]
+        raise DataError(f"data.stratify_by={data.stratify_by!r} names no field of {data.path} (extra fields seen: "
+                        f"{', '.join(seen) or 'none'}); name a top-level field of the rows, or unset it",
+                        dropped=books.dropped)
     strata = {r.id: str(r.meta.get(data.stratify_by, "(missing)")) for r in rows} if data.stratify_by else None
     splits = split_rows(rows, val_ratio=data.val_ratio, test_ratio=data.test_ratio, seed=data.seed,
                         groups=clusters, strata=strata)

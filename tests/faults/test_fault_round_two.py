@@ -488,3 +488,19 @@ def test_an_interrupted_run_is_shown_as_such_and_resumed(prefect_harness, base_r
     assert manifest["status"] == "completed" and manifest["stages"]["judge"]["attempts"] == 2
     assert manifest["stages"]["sft"]["attempts"] == 1  # finished stages were not redone
     assert (run.path / files.DECISION).is_file()
+
+
+def test_stratify_by_a_field_the_data_does_not_have_is_refused(tmp_path):
+    import json
+
+    from sftjudge.config import DataConfig
+    from sftjudge.curate.pipeline import build_dataset
+    from sftjudge.errors import DataError
+
+    from .faultkit import tiny_rows
+
+    path = tmp_path / "rows.jsonl"
+    path.write_text("".join(json.dumps(r | {"team": "billing"}) + "\n" for r in tiny_rows(12)))
+    with pytest.raises(DataError, match=r"data.stratify_by=.intent. names no field .* \(extra fields seen: team\)"):
+        build_dataset(DataConfig(path=str(path), stratify_by="intent", cache=False))  # before: one "(missing)" stratum
+    assert build_dataset(DataConfig(path=str(path), stratify_by="team", cache=False)).report["rows_kept"] == 12
