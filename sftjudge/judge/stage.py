@@ -77,15 +77,15 @@ def judge_run(run: RunDir, config: RunConfig, home: Path, champion_dir: str | No
     pointwise = judging.judge(spec, [judge_item(g) for g in generations])
     dimensions = _dimensions(run, judging, judge, generations, champion_dir)
     anchors = anchor_scores(loaded, spec, generations, home, judge.batch_size) if judge.anchors else {}
-    encoder = _encoder(judge, home)
-    baseline = _judge_baseline(run, judging, spec, lambda gens: cheap_metrics(gens, _format_rule(judge), encoder))
+    encoder, rule = _encoder(judge, home), _format_rule(judge)
+    baseline = _judge_baseline(run, judging, spec, lambda gens: cheap_metrics(gens, rule, encoder))
     pairwise, outcomes = _pairwise(judging, judge, generations, champion_dir)
     noise = measure_noise(judging, spec, champion_dir, judge.noise_items)
     suite = (judge_suite(run.path, judging, load_judge(Path(judge.judges_dir), config.regression.judge),
                          config.regression.suite) if config.regression.enabled else None)
     judge_params = loaded.params
     loaded.close()
-    rows, cheap_rows = [], cheap_metrics(generations, _format_rule(judge), encoder)
+    rows, cheap_rows = [], cheap_metrics(generations, rule, encoder)
     for gen, judged, cheap in zip(generations, pointwise, cheap_rows):
         rows.append({k: v for k, v in judged.items() if k != "key"} | {
             "judge": identity, "answer": gen["text"], "reference": gen["reference"], "metrics": cheap}
@@ -97,8 +97,9 @@ def judge_run(run: RunDir, config: RunConfig, home: Path, champion_dir: str | No
         write_jsonl(run / files.PAIRWISE, outcomes)
     student_params = json.loads((run / files.SFT_SUMMARY).read_text())["base_params"]
     health = judge_health(rows, pairwise, judge.health, judge_params=judge_params, student_params=student_params)
-    if anchors:
-        health.warnings += anchor_warnings(anchor_summary(anchors))
+    scale = anchor_summary(anchors) if anchors else None
+    if scale:
+        health.warnings += anchor_warnings(scale)
     scores = [r["score"] for r in rows if r["score"] is not None]
     metrics = {
         "judge": identity, "items": len(rows), "scored": len(scores),
@@ -108,7 +109,7 @@ def judge_run(run: RunDir, config: RunConfig, home: Path, champion_dir: str | No
         "truncated_prompts": sum(1 for r in rows if r.get("truncated")),
         "cheap": aggregate(cheap_rows), "pairwise": pairwise, "noise": noise, "health": health.to_json(),
         "baseline": baseline, "regression": suite,
-        "anchors": anchor_summary(anchors) if anchors else None,
+        "anchors": scale,
         "dimensions": dimensions["summary"] if dimensions else None,
         "normalised": _on_the_anchored_scale(run, rows, anchors, champion_dir, identity) if anchors else None,
         "cache_torn_lines": judging.cache.dropped_lines,
