@@ -65,12 +65,34 @@ def read_records(path: str | Path, *, split: str = "train") -> Iterator[Record]:
         raise SourceError(f"{p}: unsupported file type {suffix!r}; use .jsonl, .json, .csv, .tsv or .parquet")
 
 
+# Non-UTF-8 lines needed (and more than half of all lines) before the whole file is called Latin-1; fewer are
+# quarantined one by one like any other bad line.
+_WHOLE_FILE_EVIDENCE = 5
+
+
+def _looks_utf16(head: bytes) -> bool:
+    """A UTF-16 byte-order mark or many NUL bytes, and text that decodes to JSON rows: a UTF-16 JSONL file.
+
+    >>> _looks_utf16('{"prompt": "x"}'.encode("utf-16"))
+    True
+    >>> _looks_utf16(b"\\xff\\xfe\\x00\\n{}")  # a stray BOM-like line in a UTF-8 file: one bad row, not UTF-16
+    False
+    """
+    if not (head.startswith((b"\xff\xfe", b"\xfe\xff")) or head.count(b"\x00") > len(head) // 4):
+        return False
+    for encoding in ("utf-16", "utf-16-le", "utf-16-be"):
+        text = head.decode(encoding, errors="ignore").lstrip("\ufeff \t\r\n")
+        if text[:1] in ("{", "["):
+            return True
+    return False
+
+
 def _jsonl_records(path: Path) -> Iterator[Record]:
     """One Record per line. A UTF-8 byte-order mark is skipped; a UTF-16 file, or one whose lines are mostly not
     UTF-8 (Latin-1, Windows-1252), is refused once at file level instead of quarantining every line."""
     with path.open("rb") as handle:
         head = handle.read(4096)
-    if head.startswith((b"\xff\xfe", b"\xfe\xff")) or (head and head.count(b"\x00") > len(head) // 4):
+    if _looks_utf16(head):
         raise SourceError(f"{path}: this file is UTF-16 encoded; re-encode it as UTF-8 (for example `iconv -f UTF-16 "
                           f"-t UTF-8 {path.name} > {path.stem}.utf8.jsonl`)")
     undecodable = lines = 0
@@ -95,7 +117,7 @@ def _jsonl_records(path: Path) -> Iterator[Record]:
                 yield Record(source, error=("invalid JSON", "nested too deeply to read"), raw=text[:2000])
             except ValueError as exc:  # e.g. an integer beyond Python's digit limit
                 yield Record(source, error=("invalid JSON", str(exc).split(";")[0]), raw=text[:2000])
-    if lines and undecodable * 2 > lines:
+    if undecodable >= _WHOLE_FILE_EVIDENCE and undecodable * 2 > lines:
         raise SourceError(f"{path}: {undecodable} of {lines} lines are not UTF-8; the file is probably Latin-1 or "
                           f"Windows-1252: re-encode it as UTF-8 (for example `iconv -f WINDOWS-1252 -t UTF-8 "
                           f"{path.name} > {path.stem}.utf8.jsonl`)")

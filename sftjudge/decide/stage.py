@@ -103,8 +103,8 @@ def _decide(run: RunDir, config: RunConfig, champion_row: dict[str, Any] | None)
 
 def champion_dir_missing(champion_row: dict[str, Any] | None) -> str | None:
     """A warning when the champion's run directory is gone (its answers and per-item scores with it)."""
-    if not champion_row or Path(champion_row["run_dir"]).is_dir():
-        return None
+    if not champion_row or not champion_row.get("run_dir") or Path(champion_row["run_dir"]).is_dir():
+        return None  # no champion, a row recorded without a directory, or the directory is there
     return (f"the champion's run directory {champion_row['run_dir']} is gone: compared on its registry numbers only "
             f"(no paired items, pairwise judging or noise floor), and its checkpoint cannot be served; restore it "
             f"or promote another run (`sftjudge promote RUN_ID`)")
