@@ -15,7 +15,7 @@ from sftjudge.generate.backends import (
     VLLMGenerator,
 )
 from sftjudge.models.chat import template_fingerprint
-from sftjudge.models.loading import load_causal_lm
+from sftjudge.models.loading import load_causal_lm, with_pad
 from sftjudge.runtime.device import device, use_bf16
 
 # vLLM only accepts these LoRA ranks for `max_lora_rank`; the adapter's rank is rounded up to one of them.
@@ -43,19 +43,13 @@ def load_finetuned(base_path: str, checkpoint: Path, *, precision: str = "auto",
         tokenizer = checkpoint_tokenizer(checkpoint)
         model = PeftModel.from_pretrained(model, str(checkpoint)).merge_and_unload()
     check_template(tokenizer, meta["template_fingerprint"], checkpoint)
-    return _placed(model, precision), _with_pad(tokenizer)
+    return _placed(model, precision), with_pad(tokenizer)
 
 
 def _placed(model, precision: str):
     import torch
 
     return model.to(device=device(), dtype=torch.bfloat16 if use_bf16(precision) else torch.float32)
-
-
-def _with_pad(tokenizer):
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
 
 
 def checkpoint_tokenizer(checkpoint: Path):
@@ -70,7 +64,7 @@ def checkpoint_tokenizer(checkpoint: Path):
 
     tokenizer = AutoTokenizer.from_pretrained(checkpoint)
     check_template(tokenizer, checkpoint_meta(checkpoint)["template_fingerprint"], checkpoint)
-    return _with_pad(tokenizer)
+    return with_pad(tokenizer)
 
 
 def make_generator(engine: Engine, base_path: str, checkpoint: Path | None = None) -> tuple[Generator, Any]:
@@ -95,7 +89,7 @@ def _make_vllm(base_path: str, checkpoint: Path | None, engine: dict[str, Any]) 
     if checkpoint is None:
         from transformers import AutoTokenizer
 
-        tokenizer = _with_pad(AutoTokenizer.from_pretrained(base_path))
+        tokenizer = with_pad(AutoTokenizer.from_pretrained(base_path))
         return VLLMGenerator(base_path, tokenizer=tokenizer, engine_kwargs=engine), tokenizer
     tokenizer = checkpoint_tokenizer(checkpoint)
     if checkpoint_meta(checkpoint)["method"] == "full":

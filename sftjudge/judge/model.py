@@ -22,6 +22,7 @@ class LoadedJudge:
         from sftjudge.models.chat import template_fingerprint
         from sftjudge.models.embedded import resolve_model
         from sftjudge.models.fingerprint import engine_id, model_fingerprint
+        from sftjudge.models.loading import with_pad
         from sftjudge.runtime.device import use_bf16
 
         self.config = config.judge
@@ -29,9 +30,7 @@ class LoadedJudge:
                             "gpu_memory_utilization": config.generate.gpu_memory_utilization}
         self.path = resolve_model(self.config.model, home)
         self.dtype = "bfloat16" if use_bf16(self.config.precision) else "float32"
-        self.tokenizer = AutoTokenizer.from_pretrained(self.path)
-        if self.tokenizer.pad_token_id is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.tokenizer = with_pad(AutoTokenizer.from_pretrained(self.path))
         # Weights, chat template and dtype: the same definition on another model or dtype scores differently.
         self.fingerprint = model_fingerprint(self.path, template=template_fingerprint(self.tokenizer),
                                              engine=engine_id("transformers", self.config.precision))

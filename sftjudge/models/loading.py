@@ -17,6 +17,11 @@ def load_causal_lm(path: str, *, dtype_name: str = "float32", trust_remote_code:
         )
     except (OSError, ValueError) as exc:
         raise load_error_hint(path, exc) from exc
+    return model, with_pad(tokenizer)
+
+
+def with_pad(tokenizer):
+    """The tokenizer with a pad token: its end-of-sequence token when it has none (batching needs one)."""
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    return model, tokenizer
+    return tokenizer
