@@ -39,10 +39,11 @@ def decide(challenger: RunResult, champion: RunResult | None, rules: DecideRules
     >>> decide(run("b", 9.0, items=9), run("a", 3.0, items=9), rules).reasons[0][:50]
     'too few items to decide: 9 test items scored in bo'
     """
-    blockers = gate_failures(challenger, rules)
+    # The suite's blockers and warnings come from one pass of the gate (it bootstraps every category).
+    suite_blockers, suite_warnings = regression_gate(challenger.regression, rules.decide.max_alignment_tax,
+                                                     rules.decide.min_regression_score, rules.decide.ci_level)
+    blockers = gate_failures(challenger, rules) + suite_blockers
     comparison: dict[str, Any] = {"challenger": _summary(challenger)}
-    suite_warnings = regression_gate(challenger.regression, rules.decide.max_alignment_tax,
-                                     rules.decide.min_regression_score, rules.decide.ci_level)[1]
     disputes = _cross_checks(challenger, champion, rules, comparison)
     if champion is None:
         if blockers:
@@ -127,7 +128,8 @@ def _with_diagnosis(decision: Decision, run: RunResult, rules: DecideRules) -> D
 
 
 def gate_failures(run: RunResult, rules: DecideRules) -> list[str]:
-    """Every gate the run fails; any failure means it cannot be promoted."""
+    """Every gate the run fails but the regression suite's (`regression_gate`); any failure means it cannot be
+    promoted."""
     reasons = []
     d = rules.decide
     if d.block_val_rise and (note := overfitting_note(run, d.min_overfit_gap, d.min_val_rise)):
@@ -147,7 +149,7 @@ def gate_failures(run: RunResult, rules: DecideRules) -> list[str]:
         reasons.append(f"unparseable judgments {run.unparseable_rate:.0%} exceed {rules.max_unparseable_rate:.0%}")
     if run.contaminated > rules.decide.max_contaminated:
         reasons.append(f"{run.contaminated} contaminated test/val rows exceed the allowed {d.max_contaminated}")
-    return reasons + regression_gate(run.regression, d.max_alignment_tax, d.min_regression_score, d.ci_level)[0]
+    return reasons
 
 
 def paired_difference(challenger: RunResult, champion: RunResult, level: float = 0.95):
