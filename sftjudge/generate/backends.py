@@ -1,8 +1,8 @@
 """Answer generation behind one `Generator` protocol: batched transformers (CPU or GPU) or vLLM (GPU worker).
 
 Prompts are rendered with the same chat template the checkpoint was trained with; a fingerprint mismatch is
-refused rather than silently evaluating the model on a format it never saw. Caching and resuming live in
-`sftjudge.generate_cache`; this module only turns prompts into generations.
+refused rather than silently evaluating the model on a format it never saw (generate/loading.py). Caching and
+resuming live in generate/cache.py; this module only turns prompts into generations.
 """
 
 from __future__ import annotations
