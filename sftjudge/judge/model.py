@@ -3,17 +3,38 @@
 from __future__ import annotations
 
 import gc
+import hashlib
+import json
 from pathlib import Path
 
-from sftjudge.config import RunConfig
+from sftjudge.config import JudgeConfig, RunConfig
 from sftjudge.judge.spec import JudgeSpec, judge_identity
+
+
+def served_client(judge: JudgeConfig):
+    """The client for judge.backend=openai."""
+    from sftjudge.judge.served_client import ServedClient
+
+    served = judge.openai
+    return ServedClient(base_url=served.base_url, model=served.model, api_key_env=served.api_key_env,
+                        concurrency=served.concurrency, max_retries=served.max_retries, timeout_s=served.timeout_s)
+
+
+def served_fingerprint(client) -> str:
+    """What identifies a served judge: the server's description of the model (vLLM: the path it loaded and its
+    context length). Weights cannot be hashed over the wire: the same name serving other weights would share an
+    identity, so keep served model names meaningful."""
+    entry = client.served_model()
+    described = {key: entry.get(key) for key in ("id", "root", "max_model_len", "owned_by")}
+    return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()
 
 
 class LoadedJudge:
     """The judge model loaded once for the stage and used with any judge definition (score or choice).
 
     Loaded in `judge.precision` (bf16 where it is fast: a float32 copy of a 1.5B judge alone is 6.7 GB). One scorer
-    per definition is built and kept: in text mode with vLLM each scorer would start an engine of its own.
+    per definition is built and kept: in text mode with vLLM each scorer would start an engine of its own. With
+    judge.backend=openai nothing is loaded but the tokenizer (to fit prompts): a server does the judging.
     """
 
     def __init__(self, config: RunConfig, home: Path):
@@ -31,9 +52,11 @@ class LoadedJudge:
         self.path = resolve_model(self.config.model, home)
         self.dtype = "bfloat16" if use_bf16(self.config.precision) else "float32"
         self.tokenizer = with_pad(AutoTokenizer.from_pretrained(self.path))
+        self.client = served_client(self.config) if self.config.backend == "openai" else None
         # Weights, chat template and dtype: the same definition on another model or dtype scores differently.
-        self.fingerprint = model_fingerprint(self.path, template=template_fingerprint(self.tokenizer),
-                                             engine=engine_id("transformers", self.config.precision))
+        self.fingerprint = (served_fingerprint(self.client) if self.client is not None else
+                            model_fingerprint(self.path, template=template_fingerprint(self.tokenizer),
+                                              engine=engine_id("transformers", self.config.precision)))
         self._model = None
         self._scorers: dict[str, object] = {}
 
@@ -51,7 +74,10 @@ class LoadedJudge:
         return self._model
 
     @property
-    def params(self) -> int:
+    def params(self) -> int | None:
+        """The judge's parameter count; None for a served judge (the server does not say)."""
+        if self.client is not None:
+            return None
         return sum(p.numel() for p in self.model.parameters())
 
     def mode(self, spec: JudgeSpec) -> str:
@@ -59,6 +85,8 @@ class LoadedJudge:
 
     def identity(self, spec: JudgeSpec) -> str:
         """This judge's identity under `spec` (see `judge_identity`)."""
+        if self.client is not None:
+            return judge_identity(spec, f"{self.mode(spec)}/openai", self.config.openai.model, self.fingerprint)
         engine = self.config.backend if self.mode(spec) == "text" else "transformers"
         return judge_identity(spec, f"{self.mode(spec)}/{engine}", self.config.model, self.fingerprint)
 
@@ -70,6 +98,8 @@ class LoadedJudge:
         return self._scorers[key]
 
     def _build_scorer(self, spec: JudgeSpec):
+        if self.client is not None:
+            return self._served_scorer(spec)
         if self.mode(spec) == "text":
             from sftjudge.generate.backends import TransformersGenerator, VLLMGenerator
             from sftjudge.judge.text import TextJudge
@@ -85,10 +115,23 @@ class LoadedJudge:
 
         return LogprobJudge(self.model, self.tokenizer, spec, max_prompt_tokens=self.config.max_prompt_tokens)
 
+    def _served_scorer(self, spec: JudgeSpec):
+        from sftjudge.judge.served import ServedChat, ServedLogprobJudge, ServedRubricJudge
+        from sftjudge.judge.text import TextJudge
+
+        if self.mode(spec) == "text":
+            return TextJudge(ServedChat(self.client), self.tokenizer, spec,
+                             max_prompt_tokens=self.config.max_prompt_tokens)
+        kind = ServedRubricJudge if spec.kind == "rubric" else ServedLogprobJudge
+        return kind(self.client, self.tokenizer, spec, max_prompt_tokens=self.config.max_prompt_tokens,
+                    prefill=self.config.openai.prefill, top_logprobs=self.config.openai.top_logprobs)
+
     def close(self) -> None:
         for scorer in self._scorers.values():
             if hasattr(getattr(scorer, "generator", None), "close"):
                 scorer.generator.close()
         self._scorers.clear()
+        if self.client is not None:
+            self.client.close()
         self._model = None
         gc.collect()

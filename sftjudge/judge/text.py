@@ -114,7 +114,8 @@ def expected_format(spec: JudgeSpec) -> str:
 
 
 class TextJudge:
-    """Judge by generated JSON with any `Generator` backend (vLLM on a GPU worker, transformers elsewhere)."""
+    """Judge by generated JSON with any `Generator` backend (vLLM on a GPU worker, transformers elsewhere) or a
+    served model's chat endpoint (judge/served.py `ServedChat`)."""
 
     def __init__(self, generator, tokenizer, spec: JudgeSpec, *, max_new_tokens: int = 64,
                  max_prompt_tokens: int | None = None):
@@ -144,7 +145,7 @@ class TextJudge:
         """Judge every item; failed replies get one repair request, then count as unparseable."""
         fitted = [self._fitted(item) for item in items]
         conversations = [self._with_format(self.spec.render_messages(item)) for item, _ in fitted]
-        replies = [g.text for g in self.generator.generate([self._prompt(c) for c in conversations], self.params)]
+        replies = self._replies(conversations)
         parsed = [parse_reply(r, self.spec) for r in replies]
         retry = [i for i, p in enumerate(parsed) if isinstance(p, Unparseable)]
         if retry:
@@ -152,14 +153,20 @@ class TextJudge:
                 {"role": "assistant", "content": replies[i]},
                 {"role": "user", "content": f"That reply could not be read ({parsed[i].reason}). Reply again "
                                             f"with only the JSON {expected_format(self.spec)}."}] for i in retry]
-            again = self.generator.generate([self._prompt(c) for c in repairs], self.params)
-            for i, gen in zip(retry, again):
-                replies[i] = f"{replies[i]}\n--- repair ---\n{gen.text}"
-                parsed[i] = parse_reply(gen.text, self.spec)
+            for i, text in zip(retry, self._replies(repairs)):
+                replies[i] = f"{replies[i]}\n--- repair ---\n{text}"
+                parsed[i] = parse_reply(text, self.spec)
         judgments = [self._judgment(item["id"], p, r) for item, p, r in zip(items, parsed, replies)]
         for judgment, (_, cut) in zip(judgments, fitted):
             judgment.truncated = cut
         return judgments
+
+    def _replies(self, conversations: list[list[dict[str, str]]]) -> list[str]:
+        """The judge's reply to each conversation: a chat endpoint takes the messages, a local generator the
+        prompt rendered with the judge's chat template."""
+        if getattr(self.generator, "chat_messages", False):
+            return self.generator.reply(conversations, self.params)
+        return [g.text for g in self.generator.generate([self._prompt(c) for c in conversations], self.params)]
 
     def _with_format(self, messages: list[dict[str, str]]) -> list[dict[str, str]]:
         last = dict(messages[-1])
