@@ -49,15 +49,25 @@ def reference_score(tok, url, **settings):
 
 def test_the_expected_score_comes_from_the_label_probabilities(server, tok):
     script, url = server
-    script.distribution = lambda body: {"8": 0.6, "9": 0.3, " 9": 0.05, "!": 0.05}  # " 9" is the label 9 too
+    script.distribution = lambda body: {"8": 0.6, "9": 0.3, " 9": 0.05, "!": 0.05}
     [judgment] = reference_score(tok, url).score([ITEM])
-    assert judgment.score == pytest.approx((8 * 0.6 + 9 * 0.35) / 0.95)
-    assert judgment.label_mass == pytest.approx(0.95)
+    # After "Score: " only the exact label token counts (as in process): " 9" would read "Score:  9".
+    assert judgment.score == pytest.approx((8 * 0.6 + 9 * 0.3) / 0.9)
+    assert judgment.label_mass == pytest.approx(0.9)
     body = script.requests[-1]["body"]
     # The judge's answer prefix is a started reply the server continues, as in process.
     assert body["messages"][-1] == {"role": "assistant", "content": "Score: "}
     assert body["continue_final_message"] is True and body["add_generation_prompt"] is False
     assert body["logprobs"] is True and body["top_logprobs"] == 20 and body["temperature"] == 0
+
+
+def test_without_prefill_a_digit_with_a_leading_space_is_the_same_label(server, tok):
+    script, url = server
+    script.distribution = lambda body: {"8": 0.6, "9": 0.3, " 9": 0.05, "!": 0.05}
+    spec = load_judge(REPO / "judges", "reference-score")
+    [judgment] = ServedLogprobJudge(client(url), tok, spec, prefill=False).score([ITEM])
+    assert judgment.score == pytest.approx((8 * 0.6 + 9 * 0.35) / 0.95)
+    assert script.requests[-1]["body"]["messages"][-1]["role"] == "user"  # no started reply sent
 
 
 def test_ten_is_read_from_one_then_zero(server, tok):
@@ -173,4 +183,5 @@ def test_a_text_judge_replies_through_chat_and_is_validated(server, tok):
     [judgment] = judge.score([ITEM])
     assert judgment.score == 6.0 and "--- repair ---" in judgment.raw  # out of range, repaired once
     repair = script.requests[-1]["body"]["messages"]
-    assert [m["role"] for m in repair][-2:] == ["assistant", "user"] and "score 11 outside 1-10" in repair[-1]["content"]
+    assert [m["role"] for m in repair][-2:] == ["assistant", "user"]
+    assert "score 11 outside 1-10" in repair[-1]["content"]

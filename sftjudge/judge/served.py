@@ -5,8 +5,9 @@ answer prefix ("Score: ") is sent as a started assistant message that the server
 `continue_final_message`), so the served judge sees the same prompt as the in-process one. A two-character label
 such as "10" is read as P("1") x P("0" after "1"), the second factor from the sampled second token when the server
 chose "1", else from a second request that continues "Score: 1". Text judges reply in JSON through chat and are
-validated exactly as in-process. Prompts are fitted (answer cut in the middle, never the question or reference)
-with the tokenizer of `judge.model`, an approximation when the served model tokenizes differently.
+validated exactly as in-process. A label outside the returned top tokens counts 0, so the label mass is a lower
+bound and a judge whose labels fall outside is refused by the health gate (judge.health.min_label_mass). Prompts
+are fitted (answer cut in the middle, never the question or reference) with the tokenizer of `judge.model`, an approximation when the served model tokenizes differently.
 """
 
 from __future__ import annotations
@@ -25,11 +26,16 @@ from sftjudge.judge.spec import JudgeSpec, Judgment
 MIN_HEAD_PROBABILITY = 1e-3
 
 
-def _merged(top: list[dict[str, Any]]) -> dict[str, float]:
-    """{token text without surrounding spaces: probability} from one position's top_logprobs."""
+def _merged(top: list[dict[str, Any]], strip: bool) -> dict[str, float]:
+    """{token text: probability} from one position's top_logprobs; with `strip`, "8" and " 8" are one label.
+
+    After a sent answer prefix ("Score: ") only the exact label token counts, as in process; at the start of a
+    reply (no prefill) the same digit with or without a leading space is the same answer.
+    """
     probs: dict[str, float] = {}
     for entry in top:
-        key = str(entry.get("token", "")).strip()
+        key = str(entry.get("token", ""))
+        key = key.strip() if strip else key
         probs[key] = probs.get(key, 0.0) + math.exp(float(entry["logprob"]))
     return probs
 
@@ -94,13 +100,15 @@ class ServedLogprobJudge:
     def read(self, messages: list[dict[str, str]], prefix: str) -> dict[str, float]:
         """Label probabilities after `messages` and the started judge turn `prefix`."""
         positions = self._ask(messages, prefix, max_tokens=2 if self.head else 1)
-        first = _merged(positions[0]["top_logprobs"])
+        first = _merged(positions[0]["top_logprobs"], strip=not self.prefill)
         after_head = None
         if self.head is not None and first.get(self.head, 0.0) >= MIN_HEAD_PROBABILITY:
             if len(positions) > 1 and str(positions[0].get("token", "")).strip() == self.head:
-                after_head = _merged(positions[1]["top_logprobs"])  # the server chose "1": its next position
+                after_head = _merged(positions[1]["top_logprobs"], strip=False)  # the server chose "1": next
+                # position
             elif self.prefill:
-                after_head = _merged(self._ask(messages, prefix + self.head, max_tokens=1)[0]["top_logprobs"])
+                after_head = _merged(self._ask(messages, prefix + self.head, max_tokens=1)[0]["top_logprobs"],
+                                     strip=False)
         return served_distribution(first, after_head, self.spec.labels)
 
     def _ask(self, messages: list[dict[str, str]], prefix: str, *, max_tokens: int) -> list[dict[str, Any]]:
@@ -113,8 +121,14 @@ class ServedLogprobJudge:
 
     def judge_one(self, item: dict[str, str]) -> Judgment:
         messages, tokens, cut = self.fitted(item)
-        return judgment_from_distribution(item["id"], self.read(messages, self.spec.answer_prefix), self.spec,
-                                          tokens, cut)
+        return self.judgment(item["id"], self.read(messages, self.spec.answer_prefix), tokens, cut)
+
+    def judgment(self, item_id: str, dist: dict[str, float], tokens: int, cut: bool) -> Judgment:
+        judgment = judgment_from_distribution(item_id, dist, self.spec, tokens, cut)
+        if not judgment.label_mass:
+            judgment.unparseable = (f"none of the labels {self.spec.labels} among the server's top "
+                                    f"{self.top_logprobs} tokens: the judge wanted to say something else")
+        return judgment
 
     def score(self, items: list[dict[str, str]], batch_size: int = 4) -> list[Judgment]:
         return _scored(self.client, self.judge_one, items, f"judge {self.spec.name} (served)")
@@ -134,8 +148,7 @@ class ServedRubricJudge(ServedLogprobJudge):
         messages, tokens, cut = self.fitted(item)
         dims, masses = {}, []
         for name, opening in self.spec.criteria.items():
-            one = judgment_from_distribution(item["id"], self.read(messages, f"{opening}: "), self.spec, tokens,
-                                             cut)
+            one = self.judgment(item["id"], self.read(messages, f"{opening}: "), tokens, cut)
             masses.append(one.label_mass or 0.0)
             if one.score is not None:
                 dims[name] = one.score
