@@ -252,6 +252,10 @@ class JudgeConfig(_Strict):
     noise_items: int = Field(
         20, ge=0, description="Champion answers re-judged each run to measure the judge's run-to-run noise; the "
                               "decision requires a gain beyond it.")
+    prefix_cache_mb: int = Field(
+        2048, ge=0, description="Memory (MiB, on the judge's device) for reusing the keys and values of judge prompts' "
+                                "shared openings (system text, question, reference) across the answers judged against "
+                                "them in one stage; 0: every prompt computed whole.")
     max_prompt_tokens: int = Field(
         1024, ge=64, description="Judge prompts longer than this have the answer cut in the middle (then the "
                                  "reference); the question, the reference and the rating instruction are kept.")

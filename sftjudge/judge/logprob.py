@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from sftjudge.errors import JudgeError
 from sftjudge.judge.fit import fit_item
+from sftjudge.judge.prefix import CANDIDATE_FIELDS, PrefixStore, forward_with_prefixes, prefix_length
 from sftjudge.judge.spec import JudgeSpec, Judgment
 from sftjudge.runtime.device import device
 
@@ -96,19 +97,24 @@ def judgment_from_distribution(item_id: str, dist: dict[str, float], spec: Judge
 class LogprobJudge:
     """Scores items (dicts holding the judge's `inputs` fields) with a causal LM's score-label probabilities."""
 
-    def __init__(self, model, tokenizer, spec: JudgeSpec, *, max_prompt_tokens: int = 1024):
+    def __init__(self, model, tokenizer, spec: JudgeSpec, *, max_prompt_tokens: int = 1024,
+                 prefixes: PrefixStore | None = None):
         self.model = model.eval()
+        self.prefixes = prefixes  # None: every prompt computed whole
         self.tokenizer = tokenizer
         self.spec = spec
         self.labels = label_tokens(tokenizer, spec.labels)
         self.max_prompt_tokens = max_prompt_tokens
         self._keeps_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
 
-    def prompt_ids(self, item: dict[str, str]) -> list[int]:
-        """The judge's whole prompt for one item as token ids, up to the answer prefix the score token follows."""
+    def prompt_text(self, item: dict[str, str]) -> str:
+        """The judge's whole prompt for one item, up to the answer prefix the score token follows."""
         messages = self.spec.render_messages(item)
         text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        return self.tokenizer(text + self.spec.answer_prefix, add_special_tokens=False)["input_ids"]
+        return text + self.spec.answer_prefix
+
+    def prompt_ids(self, item: dict[str, str]) -> list[int]:
+        return self.tokenizer(self.prompt_text(item), add_special_tokens=False)["input_ids"]
 
     def encode(self, item: dict[str, str]) -> tuple[list[int], bool]:
         """Prompt ids within `max_prompt_tokens`, and whether anything had to be cut to get there.
@@ -116,37 +122,49 @@ class LogprobJudge:
         An over-long answer is cut in the middle (then the reference), never the question or the reference first
         (see judge/fit.py); only a question that alone is too long loses its beginning.
         """
+        ids, cut, _ = self.encode_fitted(item)
+        return ids, cut
+
+    def encode_fitted(self, item: dict[str, str]) -> tuple[list[int], bool, int]:
+        """As `encode`, plus how many leading ids are the same for any answer (see judge/prefix.py)."""
         ids = self.prompt_ids(item)
-        if len(ids) <= self.max_prompt_tokens:
-            return ids, False
-        fitted, _ = fit_item(item, lambda it: len(self.prompt_ids(it)), self.tokenizer, self.max_prompt_tokens)
-        return self.prompt_ids(fitted)[-self.max_prompt_tokens:], True
+        fitted, cut = item, False
+        if len(ids) > self.max_prompt_tokens:
+            fitted, _ = fit_item(item, lambda it: len(self.prompt_ids(it)), self.tokenizer, self.max_prompt_tokens)
+            ids, cut = self.prompt_ids(fitted)[-self.max_prompt_tokens:], True
+        shared = (prefix_length(self.tokenizer, self.prompt_text, fitted, ids, CANDIDATE_FIELDS)
+                  if self.prefixes is not None else 0)
+        return ids, cut, shared
 
     def score_batch(self, items: list[dict[str, str]]) -> list[Judgment]:
         """Score items (dicts with an id and the judge's input fields) in one forward pass."""
         import torch
 
-        encoded = [self.encode(it) for it in items]
+        encoded = [self.encode_fitted(it) for it in items]
         shared = self.labels.shared_first
-        seqs = [ids + ([shared] if shared is not None else []) for ids, _ in encoded]
-        width = max(len(s) for s in seqs)
+        seqs = [ids + ([shared] if shared is not None else []) for ids, _, _ in encoded]
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        ids = torch.tensor([[pad] * (width - len(s)) + s for s in seqs], device=device())
-        mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in seqs], device=device())
-        # Left padding: positions must count real tokens only, or padded rows would score differently.
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
         offset = 2 if shared is not None else 1
-        extra = {"logits_to_keep": offset} if self._keeps_logits else {}
-        with torch.no_grad():
-            # Only the last one or two positions are read: projecting every position onto a 150k vocabulary
-            # would cost ~15% more compute and a [batch, length, vocab] float tensor for nothing.
-            logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, **extra).logits
-        logits = logits[:, -offset:, :].float()
+        if self.prefixes is not None:
+            logits = forward_with_prefixes(self.model, self.prefixes, seqs, [p for _, _, p in encoded], pad,
+                                           keep=offset)[0]
+        else:
+            width = max(len(s) for s in seqs)
+            ids = torch.tensor([[pad] * (width - len(s)) + s for s in seqs], device=device())
+            mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in seqs], device=device())
+            # Left padding: positions must count real tokens only, or padded rows would score differently.
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)
+            extra = {"logits_to_keep": offset} if self._keeps_logits else {}
+            with torch.no_grad():
+                # Only the last one or two positions are read: projecting every position onto a 150k vocabulary
+                # would cost ~15% more compute and a [batch, length, vocab] float tensor for nothing.
+                logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, **extra).logits
+            logits = logits[:, -offset:, :].float()
         first = torch.softmax(logits[:, -offset, :], dim=-1).tolist()
         second = torch.softmax(logits[:, -1, :], dim=-1).tolist() if shared is not None else [None] * len(items)
         return [judgment_from_distribution(item["id"], label_distribution(p1, p2, self.labels), self.spec,
                                            len(prompt_ids), truncated)
-                for item, (prompt_ids, truncated), p1, p2 in zip(items, encoded, first, second)]
+                for item, (prompt_ids, truncated, _), p1, p2 in zip(items, encoded, first, second)]
 
     def score(self, items: list[dict[str, str]], batch_size: int = 4) -> list[Judgment]:
         from sftjudge.runtime.progress import progress

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 from sftjudge.config import JudgeConfig, RunConfig
+from sftjudge.judge.prefix import PrefixStore
 from sftjudge.judge.spec import JudgeSpec, judge_identity
 
 
@@ -59,6 +60,8 @@ class LoadedJudge:
                                               engine=engine_id("transformers", self.config.precision)))
         self._model = None
         self._scorers: dict[str, object] = {}
+        # One store for every logprob scorer of the stage: keys are exact token ids, so definitions never mix.
+        self.prefixes = PrefixStore(self.config.prefix_cache_mb * 2**20) if self.config.prefix_cache_mb else None
 
     @property
     def model(self):
@@ -110,10 +113,12 @@ class LoadedJudge:
         if spec.kind == "rubric":
             from sftjudge.judge.rubric import RubricJudge
 
-            return RubricJudge(self.model, self.tokenizer, spec, max_prompt_tokens=self.config.max_prompt_tokens)
+            return RubricJudge(self.model, self.tokenizer, spec, max_prompt_tokens=self.config.max_prompt_tokens,
+                               prefixes=self.prefixes)
         from sftjudge.judge.logprob import LogprobJudge
 
-        return LogprobJudge(self.model, self.tokenizer, spec, max_prompt_tokens=self.config.max_prompt_tokens)
+        return LogprobJudge(self.model, self.tokenizer, spec, max_prompt_tokens=self.config.max_prompt_tokens,
+                            prefixes=self.prefixes)
 
     def _served_scorer(self, spec: JudgeSpec):
         from sftjudge.judge.served import ServedChat, ServedLogprobJudge, ServedRubricJudge
@@ -131,6 +136,7 @@ class LoadedJudge:
             if hasattr(getattr(scorer, "generator", None), "close"):
                 scorer.generator.close()
         self._scorers.clear()
+        self.prefixes = None
         if self.client is not None:
             self.client.close()
         self._model = None

@@ -8,7 +8,6 @@ score labels give that dimension's expected score. The item's overall score is t
 
 from __future__ import annotations
 
-import inspect
 import statistics
 from collections.abc import Iterable
 
@@ -17,6 +16,7 @@ from sftjudge.judge.logprob import (
     judgment_from_distribution,
     label_distribution,
 )
+from sftjudge.judge.prefix import PrefixStore, cache_argument, forward_with_prefixes
 from sftjudge.judge.spec import JudgeSpec, Judgment
 from sftjudge.runtime.device import device
 
@@ -24,8 +24,9 @@ from sftjudge.runtime.device import device
 class RubricJudge:
     """Scores items on every criterion of a rubric judge definition, with the shared prefix computed once."""
 
-    def __init__(self, model, tokenizer, spec: JudgeSpec, *, max_prompt_tokens: int = 1024):
-        self.prompt = LogprobJudge(model, tokenizer, spec, max_prompt_tokens=max_prompt_tokens)
+    def __init__(self, model, tokenizer, spec: JudgeSpec, *, max_prompt_tokens: int = 1024,
+                 prefixes: PrefixStore | None = None):
+        self.prompt = LogprobJudge(model, tokenizer, spec, max_prompt_tokens=max_prompt_tokens, prefixes=prefixes)
         self.spec = spec
         shared = self.prompt.labels.shared_first
         # Each suffix ends with the shared first token of two-token labels ("1" of "10"), as in LogprobJudge.
@@ -38,24 +39,21 @@ class RubricJudge:
         import torch
 
         judge = self.prompt
-        encoded = [judge.encode(it) for it in items]
-        width = max(len(ids) for ids, _ in encoded)
+        encoded = [judge.encode_fitted(it) for it in items]
         pad = judge.tokenizer.pad_token_id if judge.tokenizer.pad_token_id is not None else 0
-        ids = torch.tensor([[pad] * (width - len(s)) + s for s, _ in encoded], device=device())
-        mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s, _ in encoded], device=device())
-        with torch.no_grad():
-            prefix = judge.model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
-                                 use_cache=True, **({"logits_to_keep": 1} if judge._keeps_logits else {}))
+        # The prompt up to the judge's turn, its question-and-reference opening reused across answers when a
+        # prefix store is given; its keys and values are kept for the criteria's suffixes.
+        _, cache, mask, real = forward_with_prefixes(judge.model, judge.prefixes or PrefixStore(0),
+                                                     [ids for ids, _, _ in encoded], [p for _, _, p in encoded],
+                                                     pad, keep=1, keep_cache=True)
         names = list(self.suffixes)
-        # transformers 5 names the key/value cache `cache` (argument and output); older versions past_key_values.
-        cache_arg = "cache" if "cache" in inspect.signature(judge.model.forward).parameters else "past_key_values"
-        cache = getattr(prefix, cache_arg)
+        cache_arg = cache_argument(judge.model)
         cache.batch_repeat_interleave(len(names))  # row i*C + c: item i, criterion c
         longest = max(len(s) for s in self.suffixes.values())
         rows = [self.suffixes[n] + [pad] * (longest - len(self.suffixes[n])) for _ in items for n in names]
         suffix_mask = [[1] * len(self.suffixes[n]) + [0] * (longest - len(self.suffixes[n])) for _ in items
                        for n in names]
-        lengths = mask.sum(-1).repeat_interleave(len(names))
+        lengths = torch.tensor(real, device=device()).repeat_interleave(len(names))
         positions = lengths[:, None] + torch.arange(longest, device=device())[None, :]
         full_mask = torch.cat([mask.repeat_interleave(len(names), dim=0),
                                torch.tensor(suffix_mask, device=device())], dim=1)
@@ -63,7 +61,7 @@ class RubricJudge:
             logits = judge.model(input_ids=torch.tensor(rows, device=device()), attention_mask=full_mask,
                                  position_ids=positions, use_cache=True, **{cache_arg: cache}).logits.float()
         return [self._judgment(item, prompt_ids, truncated, logits[i * len(names):(i + 1) * len(names)], names)
-                for i, (item, (prompt_ids, truncated)) in enumerate(zip(items, encoded))]
+                for i, (item, (prompt_ids, truncated, _)) in enumerate(zip(items, encoded))]
 
     def _judgment(self, item, prompt_ids, truncated, logits, names) -> Judgment:
         import torch

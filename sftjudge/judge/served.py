@@ -7,7 +7,8 @@ such as "10" is read as P("1") x P("0" after "1"), the second factor from the sa
 chose "1", else from a second request that continues "Score: 1". Text judges reply in JSON through chat and are
 validated exactly as in-process. A label outside the returned top tokens counts 0, so the label mass is a lower
 bound and a judge whose labels fall outside is refused by the health gate (judge.health.min_label_mass). Prompts
-are fitted (answer cut in the middle, never the question or reference) with the tokenizer of `judge.model`, an approximation when the served model tokenizes differently.
+are fitted (answer cut in the middle, never the question or reference) with the tokenizer of `judge.model`, an
+approximation when the served model tokenizes differently.
 """
 
 from __future__ import annotations

@@ -1,0 +1,156 @@
+"""Shared-prefix reuse: a judge prompt's opening (system text, question, reference) is run once per test item and
+its keys and values are reused for every candidate judged against it.
+
+In one judge stage the same item is judged with this run's answer, the base model's, the reference itself and an
+empty answer (the anchors), the champion's (noise); in pairwise, both answer orders open alike up to the first
+answer. Everything before the first candidate field is the same token sequence every time, so its key/value cache
+is kept in a `PrefixStore` (least recently used first out, within a memory budget) and only the rest of each
+prompt - the answer and the rating instruction - is computed. A prefix is keyed by its exact token ids, so a reused
+prefix is always the very same tokens at the very same positions: the scores equal the unshared ones up to
+floating-point rounding (within 1e-4 at fp32; bf16 rounds more, like any change of batch composition).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Any
+
+from sftjudge.judge.fit import SHRINK_ORDER
+from sftjudge.runtime.device import device
+
+_SENTINEL = "\ue000"  # a private-use character: marks where the first candidate field starts in the rendered text
+
+
+def prefix_length(tokenizer, text_of, item: dict[str, str], ids: list[int], fields: tuple[str, ...]) -> int:
+    """How many of `ids` (the item's whole prompt) come before its first candidate field, whatever the answer.
+
+    `text_of(item)` renders the prompt text. The text before the first candidate field is rendered with the
+    fields replaced by a marker, tokenised on its own, and only the tokens it shares with `ids` count: a token
+    that the answer's first characters could merge with is never part of a prefix.
+    """
+    present = [f for f in fields if f in item]
+    if not present:
+        return 0
+    marked = text_of(item | {f: _SENTINEL for f in present})
+    cut = marked.find(_SENTINEL)
+    if cut <= 0:
+        return 0
+    head = tokenizer(marked[:cut], add_special_tokens=False)["input_ids"]
+    shared = 0
+    for a, b in zip(head, ids):
+        if a != b:
+            break
+        shared += 1
+    return min(shared, len(ids) - 1)  # at least one token stays after the prefix
+
+
+CANDIDATE_FIELDS = SHRINK_ORDER[0]
+
+
+class PrefixStore:
+    """Key/value caches of prompt prefixes by their token ids; least recently used evicted beyond `budget_bytes`."""
+
+    def __init__(self, budget_bytes: int):
+        self.budget = budget_bytes
+        self.used = 0
+        self.entries: OrderedDict[tuple[int, ...], list[tuple[Any, Any]]] = OrderedDict()
+        self.hits = self.misses = 0
+
+    def get(self, key: tuple[int, ...]) -> list[tuple[Any, Any]] | None:
+        found = self.entries.get(key)
+        if found is not None:
+            self.entries.move_to_end(key)
+        return found
+
+    def put(self, key: tuple[int, ...], layers: list[tuple[Any, Any]]) -> None:
+        size = sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in layers)
+        if size > self.budget or key in self.entries:
+            return
+        while self.used + size > self.budget and self.entries:
+            _, dropped = self.entries.popitem(last=False)
+            self.used -= sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in dropped)
+        self.entries[key] = layers
+        self.used += size
+
+
+def cache_argument(model) -> str:
+    """transformers 5 names the key/value cache `cache` (argument and output); older versions past_key_values."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def forward_with_prefixes(model, store: PrefixStore, seqs: list[list[int]], prefix_lens: list[int], pad: int, *,
+                          keep: int, keep_cache: bool = False):
+    """Run `seqs` through `model`, reusing (or computing and storing) the key/value cache of each seq's first
+    `prefix_lens[i]` tokens. Returns (logits of the last `keep` positions [batch, keep, vocab], the key/value cache
+    of the whole sequences or None, the attention mask over it, each row's real length)."""
+    import torch
+    from transformers import DynamicCache
+
+    arg = cache_argument(model)
+    keys = [tuple(s[:p]) for s, p in zip(seqs, prefix_lens)]
+    missing = list(dict.fromkeys(k for k in keys if k and store.get(k) is None))
+    store.misses += len(missing)  # openings computed; every other row with an opening reused one
+    store.hits += sum(1 for k in keys if k) - len(missing)
+    fresh: dict[tuple[int, ...], list[tuple[Any, Any]]] = {}
+    if missing:
+        width = max(len(k) for k in missing)
+        ids = torch.tensor([[pad] * (width - len(k)) + list(k) for k in missing], device=device())
+        mask = torch.tensor([[0] * (width - len(k)) + [1] * len(k) for k in missing], device=device())
+        with torch.no_grad():
+            out = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+                        use_cache=True, **_keep(model, 1))
+        layers = [(layer[0], layer[1]) for layer in getattr(out, arg)]
+        for row, key in enumerate(missing):
+            fresh[key] = [(k[row:row + 1, :, width - len(key):].clone(), v[row:row + 1, :, width - len(key):].clone())
+                          for k, v in layers]
+            store.put(key, fresh[key])
+    cached = [(fresh.get(k) or store.get(k)) if k else None for k in keys]
+    width = max(prefix_lens)
+    template = next(c for c in cached if c is not None) if any(c is not None for c in cached) else None
+    if template is None:  # nothing shared: plain left-padded pass
+        return _plain(model, seqs, pad, keep=keep, keep_cache=keep_cache, arg=arg)
+    stacked = []
+    for layer, (k0, v0) in enumerate(template):
+        ks, vs = [], []
+        for entry, length in zip(cached, prefix_lens):
+            k = entry[layer][0] if entry is not None else k0[:, :, :0]
+            v = entry[layer][1] if entry is not None else v0[:, :, :0]
+            gap = width - length
+            ks.append(torch.nn.functional.pad(k, (0, 0, gap, 0)))
+            vs.append(torch.nn.functional.pad(v, (0, 0, gap, 0)))
+        stacked.append((torch.cat(ks), torch.cat(vs)))
+    cache = DynamicCache(ddp_cache_data=stacked, config=model.config)
+    tails = [s[p:] for s, p in zip(seqs, prefix_lens)]
+    tail_width = max(len(t) for t in tails)
+    tail_ids = torch.tensor([[pad] * (tail_width - len(t)) + t for t in tails], device=device())
+    tail_mask = torch.tensor([[0] * (tail_width - len(t)) + [1] * len(t) for t in tails], device=device())
+    head_mask = torch.tensor([[0] * (width - p) + [1] * p for p in prefix_lens], device=device())
+    positions = torch.tensor(prefix_lens, device=device())[:, None] + (tail_mask.cumsum(-1) - 1).clamp(min=0)
+    mask = torch.cat([head_mask, tail_mask], dim=1)
+    with torch.no_grad():
+        out = model(input_ids=tail_ids, attention_mask=mask, position_ids=positions, use_cache=keep_cache,
+                    **_keep(model, keep), **{arg: cache})
+    return out.logits[:, -keep:, :].float(), (getattr(out, arg) if keep_cache else None), mask, \
+        [len(s) for s in seqs]
+
+
+def _plain(model, seqs: list[list[int]], pad: int, *, keep: int, keep_cache: bool, arg: str):
+    import torch
+
+    width = max(len(s) for s in seqs)
+    ids = torch.tensor([[pad] * (width - len(s)) + s for s in seqs], device=device())
+    mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in seqs], device=device())
+    with torch.no_grad():
+        out = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+                    use_cache=keep_cache, **_keep(model, keep))
+    return out.logits[:, -keep:, :].float(), (getattr(out, arg) if keep_cache else None), mask, \
+        [len(s) for s in seqs]
+
+
+def _keep(model, positions: int) -> dict[str, int]:
+    """Project only the last positions onto the vocabulary where the model can (~15% less compute at 150k)."""
+    import inspect
+
+    return {"logits_to_keep": positions} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}

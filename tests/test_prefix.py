@@ -1,0 +1,108 @@
+"""Shared-prefix reuse in the judge: the question-and-reference opening of a judge prompt is computed once per item
+and reused for every answer judged against it, with the same scores as computing every prompt whole."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sftjudge.judge.logprob import LogprobJudge
+from sftjudge.judge.prefix import CANDIDATE_FIELDS, PrefixStore, prefix_length
+from sftjudge.judge.rubric import RubricJudge
+from sftjudge.judge.spec import load_judge
+
+REPO = Path(__file__).resolve().parent.parent
+QUESTIONS = [("Which port does the billing router listen on?", "Port 8443."),
+             ("Extract the ticket as JSON: my invoice is wrong", '{"intent": "billing", "urgent": false}'),
+             ("Name the capital of France.", "Paris")]
+ANSWERS = ["Port 8443.", "", "\n\nwell", " leading space", "I like trains " * 30, '{"intent": "billing"}']
+
+
+def items() -> list[dict[str, str]]:
+    return [{"id": f"q{q}-a{a}", "instruction": question, "reference": reference, "answer": answer}
+            for q, (question, reference) in enumerate(QUESTIONS) for a, answer in enumerate(ANSWERS)]
+
+
+def judge(name: str):
+    return load_judge(REPO / "judges", name)
+
+
+@pytest.mark.model
+def test_scores_with_reused_prefixes_equal_scores_of_whole_prompts(tiny_model):
+    model, tok = tiny_model
+    whole = LogprobJudge(model, tok, judge("reference-score"), max_prompt_tokens=300)
+    store = PrefixStore(64 * 2**20)
+    reused = LogprobJudge(model, tok, judge("reference-score"), max_prompt_tokens=300, prefixes=store)
+    expected = whole.score(items(), batch_size=4)
+    # Two calls, as the stage makes them (the run's answers, then the anchors): the second reuses the first's.
+    first = reused.score(items()[::2], batch_size=4)
+    second = reused.score(items()[1::2], batch_size=3)
+    got = {j.id: j for j in first + second}
+    assert any(j.truncated for j in expected)  # the long answer was cut to fit: reuse must survive that too
+    for want in expected:
+        assert got[want.id].score == pytest.approx(want.score, abs=1e-4), want.id
+        assert got[want.id].label_mass == pytest.approx(want.label_mass, abs=1e-4), want.id
+    assert store.misses == len(QUESTIONS)  # each question's opening computed once
+    assert store.hits == len(items()) - len(QUESTIONS)
+
+
+@pytest.mark.model
+def test_both_pairwise_orders_share_the_opening_and_match(tiny_model):
+    model, tok = tiny_model
+    pairs = [{"id": f"p{i}", "instruction": q, "reference": r, "answer_a": a, "answer_b": b}
+             for i, ((q, r), (a, b)) in enumerate(zip(QUESTIONS, [("x", "y"), ("", "long " * 20), ("Paris", "Rome")]))]
+    swapped = [p | {"id": p["id"] + "-swapped", "answer_a": p["answer_b"], "answer_b": p["answer_a"]} for p in pairs]
+    store = PrefixStore(64 * 2**20)
+    whole = LogprobJudge(model, tok, judge("pairwise")).score(pairs + swapped)
+    reused = LogprobJudge(model, tok, judge("pairwise"), prefixes=store)
+    got = reused.score(pairs) + reused.score(swapped)
+    for a, b in zip(whole, got):
+        for label in a.distribution:
+            assert b.distribution[label] == pytest.approx(a.distribution[label], abs=1e-4)
+    assert store.hits == len(swapped)
+
+
+@pytest.mark.model
+def test_rubric_dimensions_with_reused_prefixes_match(tiny_model):
+    model, tok = tiny_model
+    store = PrefixStore(64 * 2**20)
+    whole = RubricJudge(model, tok, judge("rubric")).score(items(), batch_size=4)
+    reused = RubricJudge(model, tok, judge("rubric"), prefixes=store).score(items(), batch_size=4)
+    for a, b in zip(whole, reused):
+        for name, score in a.dimensions.items():
+            assert b.dimensions[name] == pytest.approx(score, abs=1e-4), (a.id, name)
+    assert store.hits > 0
+
+
+@pytest.mark.model
+def test_the_prefix_is_the_same_tokens_whatever_the_answer(tiny_model):
+    _, tok = tiny_model
+    scorer = LogprobJudge(tiny_model[0], tok, judge("reference-score"), prefixes=PrefixStore(2**20))
+    for question, reference in QUESTIONS:
+        keys = set()
+        for answer in ANSWERS:
+            item = {"id": "x", "instruction": question, "reference": reference, "answer": answer}
+            ids = scorer.prompt_ids(item)
+            p = prefix_length(tok, scorer.prompt_text, item, ids, CANDIDATE_FIELDS)
+            assert 0 < p < len(ids)
+            keys.add(tuple(ids[:p]))
+            assert reference in tok.decode(ids[:p])  # the opening holds the reference; the answer comes after it
+        assert len(keys) == 1, "one key per question: every answer reuses the same opening"
+
+
+def test_the_store_keeps_to_its_budget_and_drops_the_least_recently_used():
+    import torch
+
+    def entry(n: int):
+        return [(torch.zeros(1, 1, n, 4), torch.zeros(1, 1, n, 4))]  # 2 * n * 4 floats = 32n bytes
+
+    store = PrefixStore(budget_bytes=32 * 10)
+    store.put((1,), entry(4))
+    store.put((2,), entry(4))
+    assert store.get((1,)) is not None  # (1,) is now the most recently used
+    store.put((3,), entry(4))  # over budget: (2,) goes
+    assert store.get((2,)) is None and store.get((1,)) is not None and store.get((3,)) is not None
+    assert store.used <= store.budget
+    store.put((4,), entry(11))  # larger than the whole budget: not kept, nothing else dropped
+    assert store.get((4,)) is None and len(store.entries) == 2
