@@ -52,3 +52,38 @@ def test_scores_on_the_anchored_scale():
     assert normalised({str(i): 6.0 for i in range(4)}, anchors) == 0.5
     assert normalised({"0": 9.0, "1": 9.0, "2": None}, anchors) == 1.0  # unscored items do not count
     assert normalised({"x": 9.0}, anchors) is None  # no shared items
+
+
+def test_the_report_sets_base_model_champion_and_run_side_by_side(tmp_path):
+    import json
+
+    from sftjudge.decide.report import judge_report_markdown
+    from sftjudge.judge.stage import side_by_side
+
+    cheap = {"similarity": 0.9, "token_f1": 0.8, "rouge_l": 0.7, "exact_match": 0.5, "bleu": 0.1}
+    metrics = {"judge": "reference-score@q#1", "items": 30, "judge_score_mean": 8.4, "cheap": cheap,
+               "normalised": {"run": 0.81, "base": -0.2, "champion": 0.6},
+               "baseline": {"model": "base", "judge_score_mean": 5.4, "cheap": cheap | {"similarity": 0.5}}}
+    champion = tmp_path / "champion"
+    champion.mkdir()
+    (champion / "metrics.json").write_text(json.dumps({"judge": "reference-score@q#1", "items": 30,
+                                                       "judge_score_mean": 7.9, "cheap": cheap | {"similarity": 0.7}}))
+    sides = side_by_side(metrics, str(champion))
+    assert list(sides) == ["base", "champion", "run"]
+    assert [sides[k]["similarity"] for k in sides] == [0.5, 0.7, 0.9]
+    assert [sides[k]["judge"] for k in sides] == [5.4, 7.9, 8.4]
+    assert [sides[k]["normalised"] for k in sides] == [-0.2, 0.6, 0.81]
+
+    report = judge_report_markdown({**metrics, "side_by_side": sides, "unparseable": 0, "judge_score_stdev": 1.0,
+                                    "health": {"valid": True, "problems": [], "warnings": []}})
+    assert "| semantic similarity | 0.5 | 0.7 | 0.9 |" in report
+    assert "| % of reference quality | -20% | 60% | 81% |" in report
+
+    # Another judge scored the champion: its judge score is not comparable, its cheap metrics still are.
+    (champion / "metrics.json").write_text(json.dumps({"judge": "other@x#2", "items": 30, "judge_score_mean": 9.9,
+                                                       "cheap": cheap}))
+    assert side_by_side(metrics, str(champion))["champion"]["judge"] is None
+    assert side_by_side(metrics, str(champion))["champion"]["similarity"] == 0.9
+    # A champion judged on another number of items is left out rather than compared.
+    (champion / "metrics.json").write_text(json.dumps({"judge": "reference-score@q#1", "items": 12, "cheap": cheap}))
+    assert "champion" not in side_by_side(metrics, str(champion))

@@ -119,6 +119,20 @@ def judge_report_markdown(metrics: dict[str, Any]) -> str:
         parts.append(f"Baseline - the base model without fine-tuning ({baseline['model']}), same items and judge: "
                      f"judge score {baseline['judge_score_mean']}, "
                      + ", ".join(f"{k} {v}" for k, v in baseline["cheap"].items()) + ".")
+    if sides := metrics.get("side_by_side"):
+        labels = {"base": "base model", "champion": "champion", "run": "this run"}
+        rows = [["judge score (1-10)", "judge"], ["% of reference quality", "normalised"],
+                ["semantic similarity", "similarity"], ["token F1", "token_f1"], ["ROUGE-L", "rouge_l"],
+                ["exact match", "exact_match"]]
+
+        def shown(name: str, key: str) -> Any:
+            value = sides[name].get(key)
+            return f"{value:.0%}" if key == "normalised" and value is not None else value
+
+        parts.append("Side by side, same test items:\n\n" + _table(
+            ["", *(labels[k] for k in sides)],
+            [[title, *(shown(name, key) for name in sides)] for title, key in rows
+             if any(sides[name].get(key) is not None for name in sides)]))
     if dims := metrics.get("dimensions"):
         sides = [(k, label) for k, label in (("base", "base model"), ("champion", "champion"), ("run", "this run"))
                  if dims.get(k)]

@@ -115,8 +115,34 @@ def judge_run(run: RunDir, config: RunConfig, home: Path, champion_dir: str | No
         "cache_torn_lines": judging.cache.dropped_lines,
         "calibration": load_calibration(home, identity),
     }
+    metrics["side_by_side"] = side_by_side(metrics, champion_dir)
     atomic_write_json(run / files.METRICS, metrics)
     return metrics
+
+
+SIDE_METRICS = ("similarity", "token_f1", "rouge_l", "exact_match")
+
+
+def side_by_side(metrics: dict[str, Any], champion_dir: str | None) -> dict[str, dict[str, float | None]]:
+    """Base model, champion and this run on one scale each: judge score (raw and % of reference quality) and the
+    cheap metrics. The champion's judge score counts only from the same judge, its metrics only on as many items."""
+    scale = metrics.get("normalised") or {}
+
+    def side(judge_mean, cheap, name) -> dict[str, float | None]:
+        return {"judge": judge_mean, "normalised": scale.get(name), **{k: cheap.get(k) for k in SIDE_METRICS}}
+
+    sides = {}
+    if metrics.get("baseline"):
+        sides["base"] = side(metrics["baseline"]["judge_score_mean"], metrics["baseline"]["cheap"], "base")
+    theirs = Path(champion_dir) / files.METRICS if champion_dir else None
+    if theirs and theirs.is_file():
+        champion = json.loads(theirs.read_text())
+        if champion.get("items") == metrics["items"]:
+            same_judge = champion.get("judge") == metrics["judge"]
+            sides["champion"] = side(champion.get("judge_score_mean") if same_judge else None,
+                                     champion.get("cheap") or {}, "champion")
+    sides["run"] = side(metrics["judge_score_mean"], metrics["cheap"], "run")
+    return sides
 
 
 def cheap_metrics(generations: list[dict[str, Any]], rule: FormatRule,
