@@ -75,6 +75,7 @@ def test_the_report_sets_base_model_champion_and_run_side_by_side(tmp_path):
     assert [sides[k]["normalised"] for k in sides] == [-0.2, 0.6, 0.81]
 
     report = judge_report_markdown({**metrics, "side_by_side": sides, "unparseable": 0, "judge_score_stdev": 1.0,
+                                    "anchors": {"items": 30, "empty_mean": 3.0, "reference_mean": 9.4},
                                     "health": {"valid": True, "problems": [], "warnings": []}})
     assert "| semantic similarity | 0.5 | 0.7 | 0.9 |" in report
     assert "| % of reference quality | -20% | 60% | 81% |" in report
