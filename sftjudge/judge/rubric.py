@@ -45,7 +45,7 @@ class RubricJudge:
         # prefix store is given; its keys and values are kept for the criteria's suffixes.
         _, cache, mask, real = forward_with_prefixes(judge.model, judge.prefixes or PrefixStore(0),
                                                      [ids for ids, _, _ in encoded], [p for _, _, p in encoded],
-                                                     pad, keep=1, keep_cache=True)
+                                                     keep=1, keep_cache=True)
         names = list(self.suffixes)
         cache_arg = cache_argument(judge.model)
         cache.batch_repeat_interleave(len(names))  # row i*C + c: item i, criterion c

@@ -54,6 +54,18 @@ history_table = sa.Table(
     sqlite_autoincrement=True,  # as the file was always created (AUTOINCREMENT: a deleted seq is never reused)
 )
 
+# A release: a person's acceptance set passed the bar for this run (sftjudge release). Additive: an older registry
+# gets the table on first open.
+releases_table = sa.Table(
+    "releases", metadata,
+    sa.Column("seq", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("run_id", sa.Text, sa.ForeignKey("runs.run_id"), nullable=False),
+    sa.Column("released_at", sa.Text, nullable=False),
+    sa.Column("evidence", sa.Text, nullable=False),  # JSON: sample hash, items, passes, pass rate, agreement
+    sa.Column("bar", sa.Text, nullable=False),  # JSON: the settings it had to meet
+    sqlite_autoincrement=True,
+)
+
 RUN_COLUMNS = tuple(runs_table.columns.keys())
 
 # The champion is the run of the latest history entry; there is no separate pointer row to keep in step.
@@ -203,6 +215,25 @@ class Registry:
         with self._reading() as db:
             found = db.execute(sa.select(runs_table).order_by(runs_table.c.created_at, runs_table.c.run_id))
             return [_run_row(r) for r in found]
+
+    def release(self, run_id: str, evidence: dict[str, Any], bar: dict[str, Any]) -> dict[str, Any]:
+        """Record that `run_id`, the current champion, passed its human acceptance set; returns the record.
+
+        Raises RegistryError (a KeyError) when `run_id` is not the champion: only a champion is released."""
+        with self._writing() as db:
+            current = db.scalar(_CHAMPION_ID)
+            if current != run_id:
+                raise RegistryError(f"run {run_id!r} is not the champion ({current or 'there is none'}); only the "
+                                    f"champion can be released")
+            row = {"run_id": run_id, "released_at": _now(), "evidence": json.dumps(evidence), "bar": json.dumps(bar)}
+            db.execute(sa.insert(releases_table).values(row))
+            return row | {"evidence": evidence, "bar": bar}
+
+    def releases(self) -> list[dict[str, Any]]:
+        """Every release, oldest first, evidence and bar as dicts."""
+        with self._reading() as db:
+            rows = db.execute(sa.select(releases_table).order_by(releases_table.c.seq))
+            return [dict(r._mapping) | {"evidence": json.loads(r.evidence), "bar": json.loads(r.bar)} for r in rows]
 
     def champion_history(self) -> list[dict[str, Any]]:
         """Every move of the champion pointer, oldest first: seq, run_id, previous_run_id, changed_at, how."""

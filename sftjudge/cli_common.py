@@ -1,0 +1,26 @@
+"""What every CLI command shares: finding a run by id prefix and opening the registry."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sftjudge.run import files
+
+
+def find_run(runs_dir: str, run_id: str) -> Path:
+    matches = sorted(p for p in Path(runs_dir).glob(f"{run_id}*") if (p / files.MANIFEST).is_file())
+    if len(matches) != 1:
+        raise SystemExit(f"sftjudge: {len(matches)} runs in {runs_dir}/ match {run_id!r}"
+                         + (f": {', '.join(p.name for p in matches)}" if matches else ""))
+    return matches[0]
+
+
+def registry(runs_dir: str):
+    """The registry every command uses: $SFTJUDGE_REGISTRY_URL when set, else `<runs_dir>/registry.sqlite` (the
+    same resolution as the stages). A URL it cannot use ends the command with the reason, never the password."""
+    from sftjudge.run.registry import Registry
+
+    try:
+        return Registry.in_runs_dir(runs_dir)
+    except (ValueError, ModuleNotFoundError) as exc:
+        raise SystemExit(f"sftjudge: {exc}") from None
