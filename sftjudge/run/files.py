@@ -44,7 +44,6 @@ REPORT_HTML = "report.html"
 SCORE_HIST = "score_hist.png"
 
 # human review (sftjudge review): written by a person's grading, never by a stage
-REVIEW = "review"
 REVIEW_SAMPLE = "review/sample.jsonl"  # the frozen items shown, each with its content hash
 REVIEW_LABELS = "review/labels.jsonl"  # one line per labelled item, rewritten atomically on every label
 REVIEW_AGREEMENT = "review/agreement.json"  # judge-human agreement with bootstrap intervals
