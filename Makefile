@@ -55,7 +55,18 @@ demo-overfit: models  ## see a rollback: an overfitting run (noisy labels, 8 epo
 	$(BIN)/sftjudge run configs/demo-overfit.yaml name=steady sft.method=lora sft.epochs=3 sft.learning_rate=0.002
 	$(BIN)/sftjudge runs --runs-dir runs/overfit-demo
 
-test: install  ## set up, then run the test suite (tiny model only: no network, no GPU, no big models)
+# The review page's browser test drives Debian's chromium through selenium: installed here, once, from apt.
+.PHONY: browser
+browser:  ## install chromium and chromedriver (Debian apt) for the review page's browser test
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ]; then SUDO=; elif command -v sudo >/dev/null; then SUDO=sudo; else \
+	  echo "make browser: chromium and chromedriver are missing and this user cannot install them; run" \
+	       "'apt-get install chromium chromium-driver' as root" >&2; exit 1; fi; \
+	DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y --no-install-recommends chromium chromium-driver \
+	  || { $$SUDO apt-get update && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y \
+	       --no-install-recommends chromium chromium-driver; }
+
+test: install browser  ## set up, then run the test suite (tiny model only: no network, no GPU, no big models)
 	@$(BIN)/python -m pytest; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests; that is a failure here" >&2; exit 1; fi; \
 	exit $$rc

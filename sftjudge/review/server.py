@@ -8,6 +8,7 @@ agreement so far. Every label is saved atomically the moment it is given (labels
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ class Review:
 
     def __init__(self, run: RunDir, config: RunConfig):
         self.run, self.config = run, config
+        self.lock = threading.Lock()
         self.sample = load_or_build(run, config.review.sample_size)
         self.sha256 = sample_hash(self.sample)
         self.store = LabelStore(run, self.sample, self.sha256)
@@ -52,9 +54,12 @@ class Review:
         return {"run": self.run.run_id, "items": items, "progress": self.store.progress()}
 
     def label(self, item_id: str, raw: dict[str, Any]) -> dict[str, Any]:
-        self.store.give(item_id, raw, where=f"label for item {item_id!r}")
-        result = self.agreement()
-        return {"progress": self.store.progress(), "agreement": result}
+        # One label at a time: the server answers requests on several threads, and the label file and the
+        # agreement must each be written from one consistent state.
+        with self.lock:
+            self.store.give(item_id, raw, where=f"label for item {item_id!r}")
+            result = self.agreement()
+            return {"progress": self.store.progress(), "agreement": result}
 
     def agreement(self) -> dict[str, Any]:
         """Agreement over the labels so far, written to review/agreement.json."""
@@ -94,7 +99,8 @@ def app(review: Review):
 
     @api.get("/api/agreement")
     def current() -> dict[str, Any]:
-        return review.agreement()
+        with review.lock:
+            return review.agreement()
 
     return api
 
