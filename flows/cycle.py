@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import flow
-from sftjudge.tasks import stages
+from sftjudge.tasks import approval, stages
 from sftjudge.tasks.routing import gpu_slot, on_gpu_worker
 
 from sftjudge.config import RunConfig
@@ -24,7 +24,7 @@ def fine_tune_then_judge(config: RunConfig = RunConfig(), resume: str | None = N
         on_gpu_worker(config.orchestration.gpu_deployment, run, config)
     else:
         gpu_stages(run, config)
-    stages.decide(run, config)
+    approval.await_approval(run, config, stages.decide(run, config))
     return run_summary(run)
 
 

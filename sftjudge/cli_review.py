@@ -27,6 +27,7 @@ def add_parsers(sub) -> None:
 
     release = sub.add_parser("release", help="mark the champion released: its human-graded acceptance set passes")
     release.add_argument("run_id")
+    release.add_argument("overrides", nargs="*", help="settings such as review.release_pass_rate=0.95")
     release.add_argument("--runs-dir", default="runs")
 
 

@@ -219,6 +219,10 @@ class DecideConfig(_Strict):
         20, ge=1, description="Fewest test items scored in both runs (for a first run: scored test items) that can "
                               "carry an automatic promotion or rollback; with fewer the run is held, saying how many "
                               "are needed.")
+    require_approval: bool = Field(
+        False, description="A promotion waits for a person: the flow pauses for an approve/reject answer in the Prefect "
+                           "UI (with a link to the report); reject or no answer within approval_timeout_s holds.")
+    approval_timeout_s: int = Field(3600, ge=10, description="Seconds a promotion waits for its approval.")
     max_alignment_tax: float | None = Field(
         2.0, ge=0, description="Largest drop (score points, 1-10) from the base model on any regression-suite "
                                "category; a run whose loss exceeds it over the whole interval is never promoted "

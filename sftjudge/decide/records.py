@@ -56,7 +56,7 @@ class DecideRules:
 
 @dataclass
 class Decision:
-    action: Literal["promote", "hold", "rollback"]
+    action: Literal["promote", "hold", "rollback", "awaiting_approval"]
     reasons: list[str]
     champion_before: str | None
     comparison: dict[str, Any] = field(default_factory=dict)
