@@ -37,7 +37,9 @@ def _review(args: argparse.Namespace):
     from sftjudge.run.directory import RunDir
 
     path = find_run(args.runs_dir, args.run_id)
-    return Review(RunDir(path), load_config(path / files.CONFIG, list(getattr(args, "overrides", []))))
+    # The registry is the one of the runs directory named on the command line, wherever the run was started.
+    overrides = [f"runs_dir={args.runs_dir}", *getattr(args, "overrides", [])]
+    return Review(RunDir(path), load_config(path / files.CONFIG, overrides))
 
 
 def cmd_review(args: argparse.Namespace) -> int:

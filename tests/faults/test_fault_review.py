@@ -41,7 +41,7 @@ def test_imported_labels_reach_the_report_show_and_calibration_and_allow_a_relea
     assert "human review: none yet, so the judge is not yet calibrated against a person" in report
 
     labels = tmp_path / "labels.csv"
-    args = ["review", "reviewed", "--runs-dir", str(runs), "review.min_items=3", "review.release_pass_rate=0.8"]
+    args = ["review", "reviewed", "review.min_items=3", "review.release_pass_rate=0.8", "--runs-dir", str(runs)]
     assert main([*args, "--export", str(labels)]) == 0
     rows = fill(labels, "pass", "4")
     before = (run_path / files.REPORT).read_text()
@@ -67,7 +67,7 @@ def test_imported_labels_reach_the_report_show_and_calibration_and_allow_a_relea
     assert stored["items"] == len(rows) and stored["run"] == "reviewed"
 
     assert json.loads((run_path / files.DECISION).read_text())["action"] == "promote"
-    assert main(["release", "reviewed", "--runs-dir", str(runs), "review.min_items=3"]) == 0
+    assert main(["release", "reviewed", "review.min_items=3", "--runs-dir", str(runs)]) == 0
     assert Registry.in_runs_dir(runs).releases()[0]["evidence"]["passed"] == len(rows)
     assert "released " in (run_path / files.REPORT).read_text()
     assert len(read_jsonl(run_path / files.REVIEW_LABELS)) == len(rows)
