@@ -85,12 +85,13 @@ def stage_scores(copy: Path) -> dict[str, float]:
         out[f"run/{j['id']}"] = j["score"]
         for name, value in (j.get("dimensions") or {}).items():
             out[f"rubric/{j['id']}/{name}"] = value
-    for name, rows in ((files.BASELINE_JUDGMENTS, "base"), (files.ANCHORS, "anchor")):
+    for name, keys, tag in ((files.BASELINE_JUDGMENTS, ("score",), "base"), (files.ANCHORS, ("reference", "empty"),
+                                                                              "anchor")):
         if (copy / name).is_file():
             for row in read_jsonl(copy / name):
-                for key in ("score", "reference", "empty"):
-                    if row.get(key) is not None:
-                        out[f"{rows}/{row['id']}/{key}"] = row[key]
+                for key in keys:
+                    if isinstance(row.get(key), (int, float)):
+                        out[f"{tag}/{row['id']}/{key}"] = row[key]
     cache = copy / files.JUDGMENT_CACHE
     for row in read_jsonl(cache) if cache.exists() else []:
         for label, p in (row.get("distribution") or {}).items():
@@ -104,6 +105,7 @@ def stage_section(run: Path, config, home: Path) -> None:
     for reuse in (False, True):
         took, metrics, copy = timed_stage(run, config, home, reuse)
         seconds[reuse], scores[reuse] = took, stage_scores(copy)
+        print(f"   judge stage {'with' if reuse else 'without'} prefix reuse: {took:.1f} s", flush=True)
         shutil.rmtree(home / "anchors", ignore_errors=True)  # the next stage computes its anchors again
     shared = scores[False].keys() & scores[True].keys()
     gap = max(abs(scores[False][k] - scores[True][k]) for k in shared)
