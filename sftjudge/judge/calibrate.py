@@ -16,19 +16,13 @@ from typing import Any
 
 from sftjudge.errors import CalibrationError
 from sftjudge.judge.pairwise import combine_orders
-from sftjudge.run.io import atomic_write_json
+from sftjudge.run.io import atomic_write_json, numbered_json_lines
 
 
 def load_labels(path: Path) -> tuple[str, list[dict[str, Any]]]:
     """Read the labelled items; returns ("pointwise" | "pairwise", items). All rows must be of one kind."""
     items, kinds = [], set()
-    for line_no, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise CalibrationError(f"{path}:{line_no}: invalid JSON ({exc.msg})") from None
+    for line_no, row in numbered_json_lines(path, CalibrationError):
         kind = "pairwise" if "human_winner" in row else "pointwise" if "human_score" in row else None
         needed = {"pointwise": ("instruction", "reference", "answer", "human_score"),
                   "pairwise": ("instruction", "reference", "answer_a", "answer_b", "human_winner")}.get(kind)

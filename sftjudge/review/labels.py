@@ -19,7 +19,7 @@ from typing import Any
 from sftjudge.errors import DataError
 from sftjudge.run import files
 from sftjudge.run.directory import RunDir
-from sftjudge.run.io import atomic_write_text, read_jsonl
+from sftjudge.run.io import atomic_write_text, numbered_json_lines, read_jsonl
 
 LABEL_FIELDS = ("passed", "grade", "choice", "note")
 EXPORT_FIELDS = ("id", "content_sha256", "instruction", "reference", "answer", "first_answer", "second_answer",
@@ -182,13 +182,7 @@ def _read_rows(path: Path) -> list[tuple[int, dict[str, Any]]]:
             raise DataError(f"{path}:1: header lacks {', '.join(missing)}; import a file written by --export")
         return [(reader.line_num, row) for row in reader]
     rows = []
-    for line_no, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{path}:{line_no}: not JSON ({exc.msg})") from None
+    for line_no, row in numbered_json_lines(path, DataError):
         if not isinstance(row, dict):
             raise DataError(f"{path}:{line_no}: a JSON object per line expected")
         rows.append((line_no, row))

@@ -94,6 +94,19 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
         return [json.loads(line) for line in handle if line.strip()]
 
 
+def numbered_json_lines(path: Path, error: type[Exception]) -> Iterator[tuple[int, Any]]:
+    """(line number, parsed value) for each non-blank line of a user's JSONL file; `error` names file and line.
+
+    Raises `error` for a line that is not JSON; what each value must be is the caller's to check."""
+    for line_no, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            yield line_no, json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise error(f"{path}:{line_no}: invalid JSON ({exc.msg})") from None
+
+
 def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
     atomic_write_text(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
 
