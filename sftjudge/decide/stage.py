@@ -156,7 +156,8 @@ def rebuild_registry(runs_dir: str | Path) -> Registry:
     """A new registry from the decided runs in `runs_dir`, replayed in creation order (promotions included).
 
     The damaged file is kept beside it as `registry.sqlite.damaged`. Manual promotions and rollbacks are not in
-    the run directories, so the champion is the last run a decision promoted. Returns the new registry.
+    the run directories, so the champion is the last run a decision (or an approval) promoted; releases are restored
+    from each run's review/release.json. Returns the new registry.
     """
     from sftjudge.config_yaml import load_config
 
@@ -173,4 +174,8 @@ def rebuild_registry(runs_dir: str | Path) -> Registry:
         config = load_config(run / files.CONFIG)
         decision = Decision(**json.loads((run / files.DECISION).read_text()))
         registry.record(_registry_row(run, config, decision, run_result(run)), promote=decision.action == "promote")
+    released = [json.loads((run / files.REVIEW_RELEASE).read_text()) for run in decided
+                if (run / files.REVIEW_RELEASE).is_file()]
+    for record in sorted(released, key=lambda r: r["released_at"]):  # each kept beside its run (sftjudge release)
+        registry.restore_release(record)
     return registry

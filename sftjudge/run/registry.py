@@ -229,6 +229,13 @@ class Registry:
             db.execute(sa.insert(releases_table).values(row))
             return row | {"evidence": evidence, "bar": bar}
 
+    def restore_release(self, record: dict[str, Any]) -> None:
+        """Put back a release recorded earlier (from its run directory's review/release.json), as it was."""
+        with self._writing() as db:
+            db.execute(sa.insert(releases_table).values(
+                run_id=record["run_id"], released_at=record["released_at"],
+                evidence=json.dumps(record["evidence"]), bar=json.dumps(record["bar"])))
+
     def releases(self) -> list[dict[str, Any]]:
         """Every release, oldest first, evidence and bar as dicts."""
         with self._reading() as db:

@@ -4,6 +4,7 @@ test_fault_round_two_data.py."""
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -218,6 +219,10 @@ def test_a_truncated_registry_is_refused_and_rebuilt_from_the_run_directories(ba
     config = load_config(a / files.CONFIG, [f"runs_dir={runs}"])
     assert [decide_stage(str(run), config)["counts"]["action"] for run in (a, b)] == ["promote", "promote"]
 
+    released = Registry.in_runs_dir(runs).release("b", {"passed": 6, "labelled": 6}, {"pass_rate": 0.9})
+    (b / files.REVIEW_RELEASE).parent.mkdir(exist_ok=True)
+    (b / files.REVIEW_RELEASE).write_text(json.dumps(released))
+
     (runs / "registry.sqlite").write_bytes(b"")  # truncated: before, silently taken for a new, empty registry
     with pytest.raises(RegistryError, match="is empty .0 bytes.: the registry was truncated"):
         Registry.in_runs_dir(runs)
@@ -228,6 +233,8 @@ def test_a_truncated_registry_is_refused_and_rebuilt_from_the_run_directories(ba
     assert "2 runs, champion b" in capsys.readouterr().out
     registry = Registry.in_runs_dir(runs)
     assert [r["run_id"] for r in registry.runs()] == ["a", "b"] and registry.champion()["run_id"] == "b"
+    assert [(r["run_id"], r["released_at"], r["evidence"]) for r in registry.releases()] == [
+        ("b", released["released_at"], {"passed": 6, "labelled": 6})]  # the release came back too
     assert (runs / "registry.sqlite.damaged").exists()
 
 
