@@ -97,6 +97,14 @@ def test_one_variable_hygiene_warning():
     two = result("c", 6.0, 0.5, 0.6, settings={"sft.epochs": 3, "sft.learning_rate": 5e-4})
     assert decide(one, a, RULES).warnings == []
     assert "2 settings changed" in decide(two, a, RULES).warnings[0]
+    # A setting the champion's older config lacks counts at its default: at the default it is no change.
+    upgraded = result("d", 6.0, 0.5, 0.6, settings={"sft.epochs": 3, "sft.learning_rate": 1e-3,
+                                                    "judge.prefix_cache_mb": 2048, "decide.require_approval": False})
+    assert decide(upgraded, a, RULES).warnings == []
+    set_off = result("e", 6.0, 0.5, 0.6, settings={"sft.epochs": 3, "sft.learning_rate": 1e-3,
+                                                   "judge.prefix_cache_mb": 0})
+    assert "2 settings changed against the champion (judge.prefix_cache_mb, sft.epochs)" in decide(set_off, a,
+                                                                                                  RULES).warnings[0]
 
 
 def test_advice_follows_the_decision_tree():

@@ -212,12 +212,23 @@ def _comparability_failures(run: RunResult, champion: RunResult) -> list[str]:
 IGNORED_SETTINGS = ("name", "runs_dir", "home", "threads")
 
 
+def _default_settings() -> dict[str, Any]:
+    from sftjudge.config import RunConfig
+    from sftjudge.config_yaml import flatten
+
+    return flatten(RunConfig().model_dump(mode="json"))
+
+
 def hygiene_warnings(run: RunResult, champion: RunResult) -> list[str]:
     """Warn when more than one variable changed against the champion: the result cannot be attributed."""
     if not run.settings or not champion.settings:
         return []
+    # A setting one config lacks (added to sftjudge after the champion ran) counts at its default: an upgrade that
+    # adds settings is not a changed experiment.
+    defaults = _default_settings()
     changed = sorted(k for k in set(run.settings) | set(champion.settings)
-                     if not k.startswith(IGNORED_SETTINGS) and run.settings.get(k) != champion.settings.get(k))
+                     if not k.startswith(IGNORED_SETTINGS)
+                     and run.settings.get(k, defaults.get(k)) != champion.settings.get(k, defaults.get(k)))
     if len(changed) > 1:
         return [f"{len(changed)} settings changed against the champion ({', '.join(changed[:8])}"
                 f"{', ...' if len(changed) > 8 else ''}): change one variable per experiment to know what helped"]
