@@ -80,13 +80,16 @@ def test_logprob_scores_are_finite_in_range_and_batch_independent(tiny_model):
 
 
 @pytest.mark.model
-def test_reading_only_the_last_logits_gives_the_same_scores(tiny_model):
+def test_reading_only_the_last_logits_gives_the_same_scores(tiny_model, monkeypatch):
+    from sftjudge.judge import prefix
+
     model, tok = tiny_model
     judge = LogprobJudge(model, tok, load_judge(REPO / "judges", "reference-score"))
-    assert judge._keeps_logits  # the tiny model's forward takes logits_to_keep, so the fast path is under test
+    # the tiny model's forward takes logits_to_keep, so the fast path is under test
+    assert prefix.keep_logits(model, 2) == {"logits_to_keep": 2}
     items = [{"id": str(i), "instruction": "Q" * (i + 2), "reference": "yes", "answer": "no " * i} for i in range(4)]
     fast = judge.score(items, batch_size=4)
-    judge._keeps_logits = False
+    monkeypatch.setattr(prefix, "keep_logits", lambda model, positions: {})
     full = judge.score(items, batch_size=4)
     for a, b in zip(fast, full):
         assert a.score == pytest.approx(b.score, abs=1e-5)

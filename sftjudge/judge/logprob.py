@@ -7,14 +7,12 @@ the distribution after it (causal attention keeps the first read-out unaffected)
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass
 
 from sftjudge.errors import JudgeError
 from sftjudge.judge.fit import fit_item
 from sftjudge.judge.prefix import CANDIDATE_FIELDS, PrefixStore, forward_with_prefixes, prefix_length
 from sftjudge.judge.spec import JudgeSpec, Judgment
-from sftjudge.runtime.device import device
 
 
 @dataclass(frozen=True)
@@ -105,7 +103,6 @@ class LogprobJudge:
         self.spec = spec
         self.labels = label_tokens(tokenizer, spec.labels)
         self.max_prompt_tokens = max_prompt_tokens
-        self._keeps_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
 
     def prompt_text(self, item: dict[str, str]) -> str:
         """The judge's whole prompt for one item, up to the answer prefix the score token follows."""
@@ -143,23 +140,11 @@ class LogprobJudge:
         encoded = [self.encode_fitted(it) for it in items]
         shared = self.labels.shared_first
         seqs = [ids + ([shared] if shared is not None else []) for ids, _, _ in encoded]
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         offset = 2 if shared is not None else 1
-        if self.prefixes is not None:
-            logits = forward_with_prefixes(self.model, self.prefixes, seqs, [p for _, _, p in encoded],
-                                           keep=offset)[0]
-        else:
-            width = max(len(s) for s in seqs)
-            ids = torch.tensor([[pad] * (width - len(s)) + s for s in seqs], device=device())
-            mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in seqs], device=device())
-            # Left padding: positions must count real tokens only, or padded rows would score differently.
-            positions = (mask.cumsum(-1) - 1).clamp(min=0)
-            extra = {"logits_to_keep": offset} if self._keeps_logits else {}
-            with torch.no_grad():
-                # Only the last one or two positions are read: projecting every position onto a 150k vocabulary
-                # would cost ~15% more compute and a [batch, length, vocab] float tensor for nothing.
-                logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, **extra).logits
-            logits = logits[:, -offset:, :].float()
+        # Only the last one or two positions are read. Without a prefix store every prompt is computed whole
+        # (left-padded, positions counting real tokens only).
+        logits = forward_with_prefixes(self.model, self.prefixes or PrefixStore(0), seqs,
+                                       [p for _, _, p in encoded], keep=offset)[0]
         first = torch.softmax(logits[:, -offset, :], dim=-1).tolist()
         second = torch.softmax(logits[:, -1, :], dim=-1).tolist() if shared is not None else [None] * len(items)
         return [judgment_from_distribution(item["id"], label_distribution(p1, p2, self.labels), self.spec,

@@ -64,14 +64,28 @@ class PrefixStore:
         return found
 
     def put(self, key: tuple[int, ...], layers: list[tuple[Any, Any]]) -> None:
-        size = sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in layers)
+        size = _nbytes(layers)
         if size > self.budget or key in self.entries:
             return
         while self.used + size > self.budget and self.entries:
             _, dropped = self.entries.popitem(last=False)
-            self.used -= sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in dropped)
+            self.used -= _nbytes(dropped)
         self.entries[key] = layers
         self.used += size
+
+
+def _nbytes(layers: list[tuple[Any, Any]]) -> int:
+    return sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in layers)
+
+
+def _left_padded(seqs: list[list[int]]):
+    """(ids, mask) tensors of `seqs` padded on the left to one width; padding is PAD and masked out."""
+    import torch
+
+    width = max(len(s) for s in seqs)
+    ids = torch.tensor([[PAD] * (width - len(s)) + list(s) for s in seqs], device=device())
+    mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in seqs], device=device())
+    return ids, mask
 
 
 def cache_argument(model) -> str:
@@ -90,7 +104,7 @@ def forward_with_prefixes(model, store: PrefixStore, seqs: list[list[int]], pref
     import torch
     from transformers import DynamicCache
 
-    arg, pad = cache_argument(model), PAD
+    arg = cache_argument(model)
     keys = [tuple(s[:p]) for s, p in zip(seqs, prefix_lens)]
     missing = list(dict.fromkeys(k for k in keys if k and store.get(k) is None))
     store.misses += len(missing)  # openings computed; every other row with an opening reused one
@@ -98,11 +112,10 @@ def forward_with_prefixes(model, store: PrefixStore, seqs: list[list[int]], pref
     fresh: dict[tuple[int, ...], list[tuple[Any, Any]]] = {}
     if missing:
         width = max(len(k) for k in missing)
-        ids = torch.tensor([[pad] * (width - len(k)) + list(k) for k in missing], device=device())
-        mask = torch.tensor([[0] * (width - len(k)) + [1] * len(k) for k in missing], device=device())
+        ids, mask = _left_padded(missing)
         with torch.no_grad():
             out = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
-                        use_cache=True, **_keep(model, 1))
+                        use_cache=True, **keep_logits(model, 1))
         layers = [(layer[0], layer[1]) for layer in getattr(out, arg)]
         for row, key in enumerate(missing):
             fresh[key] = [(k[row:row + 1, :, width - len(key):].clone(), v[row:row + 1, :, width - len(key):].clone())
@@ -125,15 +138,13 @@ def forward_with_prefixes(model, store: PrefixStore, seqs: list[list[int]], pref
         stacked.append((torch.cat(ks), torch.cat(vs)))
     cache = DynamicCache(ddp_cache_data=stacked, config=model.config)
     tails = [s[p:] for s, p in zip(seqs, prefix_lens)]
-    tail_width = max(len(t) for t in tails)
-    tail_ids = torch.tensor([[pad] * (tail_width - len(t)) + t for t in tails], device=device())
-    tail_mask = torch.tensor([[0] * (tail_width - len(t)) + [1] * len(t) for t in tails], device=device())
+    tail_ids, tail_mask = _left_padded(tails)
     head_mask = torch.tensor([[0] * (width - p) + [1] * p for p in prefix_lens], device=device())
     positions = torch.tensor(prefix_lens, device=device())[:, None] + (tail_mask.cumsum(-1) - 1).clamp(min=0)
     mask = torch.cat([head_mask, tail_mask], dim=1)
     with torch.no_grad():
         out = model(input_ids=tail_ids, attention_mask=mask, position_ids=positions, use_cache=keep_cache,
-                    **_keep(model, keep), **{arg: cache})
+                    **keep_logits(model, keep), **{arg: cache})
     return out.logits[:, -keep:, :].float(), (getattr(out, arg) if keep_cache else None), mask, \
         [len(s) for s in seqs]
 
@@ -141,18 +152,15 @@ def forward_with_prefixes(model, store: PrefixStore, seqs: list[list[int]], pref
 def _plain(model, seqs: list[list[int]], *, keep: int, keep_cache: bool, arg: str):
     import torch
 
-    pad = PAD
-    width = max(len(s) for s in seqs)
-    ids = torch.tensor([[pad] * (width - len(s)) + s for s in seqs], device=device())
-    mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in seqs], device=device())
+    ids, mask = _left_padded(seqs)
     with torch.no_grad():
         out = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
-                    use_cache=keep_cache, **_keep(model, keep))
+                    use_cache=keep_cache, **keep_logits(model, keep))
     return out.logits[:, -keep:, :].float(), (getattr(out, arg) if keep_cache else None), mask, \
         [len(s) for s in seqs]
 
 
-def _keep(model, positions: int) -> dict[str, int]:
+def keep_logits(model, positions: int) -> dict[str, int]:
     """Project only the last positions onto the vocabulary where the model can (~15% less compute at 150k)."""
     import inspect
 
