@@ -18,6 +18,9 @@ from sftjudge.run.io import atomic_write_json
 from sftjudge.run.registry import ChampionChanged, Registry
 
 AWAITING = "awaiting_approval"
+# The reason the decide stage adds while the run waits; the answer replaces it with what the person said.
+WAITING_REASON = ("the promotion waits for a person (decide.require_approval): approve or reject it in the Prefect "
+                  "UI")
 
 
 class Approval(BaseModel):
@@ -30,7 +33,7 @@ class Approval(BaseModel):
 def approval_request(run: RunDir) -> str:
     """What the person sees above the approve/reject form: the run, the reasons, where the report is."""
     decision = json.loads((run / files.DECISION).read_text())
-    reasons = "\n".join(f"- {r}" for r in decision["reasons"] if "waits for a person" not in r)
+    reasons = "\n".join(f"- {r}" for r in decision["reasons"] if r != WAITING_REASON)
     return (f"**Run {run.run_id} passed every gate and waits for your approval to become champion.**\n\n{reasons}\n\n"
             f"Report: `{(run / files.REPORT).resolve()}` (also the `report` artifact of this flow run). Tick "
             f"*approve* to promote it; leave it unticked to hold, with your note as the reason.")
@@ -46,7 +49,7 @@ def apply_answer(run: RunDir, config: RunConfig, answer: Approval | None) -> dic
         return decision
     registry = Registry.in_runs_dir(config.runs_dir)
     row = registry.get(run.run_id) or {"run_id": run.run_id}
-    reasons = [r for r in decision["reasons"] if "waits for a person" not in r]
+    reasons = [r for r in decision["reasons"] if r != WAITING_REASON]
     note = f": {answer.note}" if answer and answer.note.strip() else ""
     if answer is None:
         action, why = "hold", f"no approval within {config.decide.approval_timeout_s} s (decide.approval_timeout_s)"

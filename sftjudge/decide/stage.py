@@ -8,7 +8,7 @@ from typing import Any
 
 from sftjudge.config import RunConfig
 from sftjudge.config_yaml import flatten
-from sftjudge.decide.approval import AWAITING
+from sftjudge.decide.approval import AWAITING, WAITING_REASON
 from sftjudge.decide.records import DecideRules, Decision, RunResult
 from sftjudge.decide.report import write_report
 from sftjudge.decide.rules import decide
@@ -83,8 +83,7 @@ def decide_and_record(run: RunDir, config: RunConfig) -> Decision:
         decision, challenger = _decide(run, config, champion_row)
         if decision.action == "promote" and config.decide.require_approval:
             decision.action = AWAITING
-            decision.reasons.append("the promotion waits for a person (decide.require_approval): approve or reject "
-                                    "it in the Prefect UI")
+            decision.reasons.append(WAITING_REASON)
         atomic_write_json(run / files.DECISION, decision.to_json())
         try:
             registry.record(_registry_row(run, config, decision, challenger), promote=decision.action == "promote",

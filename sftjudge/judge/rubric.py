@@ -67,23 +67,15 @@ class RubricJudge:
         import torch
 
         shared = self.prompt.labels.shared_first is not None
-        dims, masses = {}, []
+        per_criterion = {}
         for row, name in zip(logits, names):
             end = len(self.suffixes[name])  # read-outs sit at the suffix's last one or two real positions
             first = torch.softmax(row[end - (2 if shared else 1)], dim=-1).tolist()
             second = torch.softmax(row[end - 1], dim=-1).tolist() if shared else None
-            one = judgment_from_distribution(item["id"], label_distribution(first, second, self.prompt.labels),
-                                             self.spec, len(prompt_ids), truncated)
-            masses.append(one.label_mass or 0.0)
-            if one.score is not None:
-                dims[name] = one.score
-        judgment = Judgment(item["id"], prompt_tokens=len(prompt_ids), truncated=truncated, dimensions=dims,
-                            label_mass=sum(masses) / len(masses) if masses else None)
-        if len(dims) == len(names):
-            judgment.score = sum(dims.values()) / len(dims)
-        else:
-            judgment.unparseable = "no probability on any label for " + ", ".join(n for n in names if n not in dims)
-        return judgment
+            per_criterion[name] = judgment_from_distribution(
+                item["id"], label_distribution(first, second, self.prompt.labels), self.spec, len(prompt_ids),
+                truncated)
+        return combine_dimensions(item["id"], per_criterion, len(prompt_ids), truncated)
 
     def score(self, items: list[dict[str, str]], batch_size: int = 4) -> list[Judgment]:
         from sftjudge.runtime.progress import progress
@@ -97,6 +89,22 @@ class RubricJudge:
                     results[i] = judgment
                 bar.update(len(idx))
         return [results[i] for i in range(len(items))]
+
+
+def combine_dimensions(item_id: str, per_criterion: dict[str, Judgment], prompt_tokens: int,
+                       truncated: bool) -> Judgment:
+    """One item's rubric judgment from its per-criterion judgments: the dimensions, their mean as the score (only
+    when every dimension was read) and the mean label mass."""
+    dims = {name: one.score for name, one in per_criterion.items() if one.score is not None}
+    masses = [one.label_mass or 0.0 for one in per_criterion.values()]
+    judgment = Judgment(item_id, prompt_tokens=prompt_tokens, truncated=truncated, dimensions=dims,
+                        label_mass=sum(masses) / len(masses) if masses else None)
+    if len(dims) == len(per_criterion):
+        judgment.score = sum(dims.values()) / len(dims)
+    else:
+        judgment.unparseable = "no probability on any label for " + ", ".join(
+            n for n in per_criterion if n not in dims)
+    return judgment
 
 
 def dimension_means(per_item: Iterable[dict[str, float]]) -> dict[str, float]:

@@ -19,6 +19,7 @@ from typing import Any
 from sftjudge.errors import JudgeError
 from sftjudge.judge.fit import fit_item
 from sftjudge.judge.logprob import judgment_from_distribution
+from sftjudge.judge.rubric import combine_dimensions
 from sftjudge.judge.served_client import ServedClient
 from sftjudge.judge.spec import JudgeSpec, Judgment
 
@@ -147,20 +148,9 @@ class ServedRubricJudge(ServedLogprobJudge):
 
     def judge_one(self, item: dict[str, str]) -> Judgment:
         messages, tokens, cut = self.fitted(item)
-        dims, masses = {}, []
-        for name, opening in self.spec.criteria.items():
-            one = self.judgment(item["id"], self.read(messages, f"{opening}: "), tokens, cut)
-            masses.append(one.label_mass or 0.0)
-            if one.score is not None:
-                dims[name] = one.score
-        judgment = Judgment(item["id"], prompt_tokens=tokens, truncated=cut, dimensions=dims,
-                            label_mass=sum(masses) / len(masses) if masses else None)
-        if len(dims) == len(self.spec.criteria):
-            judgment.score = sum(dims.values()) / len(dims)
-        else:
-            judgment.unparseable = "no probability on any label for " + ", ".join(
-                n for n in self.spec.criteria if n not in dims)
-        return judgment
+        per_criterion = {name: self.judgment(item["id"], self.read(messages, f"{opening}: "), tokens, cut)
+                         for name, opening in self.spec.criteria.items()}
+        return combine_dimensions(item["id"], per_criterion, tokens, cut)
 
 
 class ServedChat:
