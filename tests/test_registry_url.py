@@ -84,7 +84,7 @@ def test_urls_whose_writes_cannot_be_serialised_are_refused(url, problem):
 
 
 def test_postgres_urls_use_psycopg_3(monkeypatch):
-    from sftjudge.run.registry import _as_url
+    from sftjudge.run.registry_db import _as_url
 
     assert _as_url("postgresql://u@h/db").drivername == "postgresql+psycopg"
     assert _as_url("postgres://u@h/db").drivername == "postgresql+psycopg"

@@ -9,9 +9,7 @@ between leaves the old champion intact and two runs finishing at once are serial
 from __future__ import annotations
 
 import json
-import os
-import sqlite3
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -19,14 +17,17 @@ from types import EllipsisType
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.pool import NullPool
 
 from sftjudge.errors import RegistryError
-
-ENV_URL = "SFTJUDGE_REGISTRY_URL"
-# PostgreSQL advisory lock taken by every registry write: the bytes of "sftjudge" read as one signed bigint,
-# fixed so that every process and every version takes the same lock (advisory locks are per database).
-PG_LOCK_KEY = int.from_bytes(b"sftjudge", "big", signed=True)
+# How the registry reaches its database (URL, engine, write lock, driver errors) lives in registry_db.py.
+from sftjudge.run.registry_db import ENV_URL  # noqa: F401 - imported from here by callers and tests
+from sftjudge.run.registry_db import (
+    connect_sqlite,
+    create_registry_engine,
+    driver_error,
+    registry_url,
+    take_write_lock,
+)
 
 metadata = sa.MetaData()
 # REAL on SQLite keeps a new file's schema what it has always been; DOUBLE PRECISION elsewhere (REAL is 4 bytes).
@@ -225,16 +226,14 @@ class Registry:
             if current != run_id:
                 raise RegistryError(f"run {run_id!r} is not the champion ({current or 'there is none'}); only the "
                                     f"champion can be released")
-            row = {"run_id": run_id, "released_at": _now(), "evidence": json.dumps(evidence), "bar": json.dumps(bar)}
-            db.execute(sa.insert(releases_table).values(row))
-            return row | {"evidence": evidence, "bar": bar}
+            record = {"run_id": run_id, "released_at": _now(), "evidence": evidence, "bar": bar}
+            _insert_release(db, record)
+            return record
 
     def restore_release(self, record: dict[str, Any]) -> None:
         """Put back a release recorded earlier (from its run directory's review/release.json), as it was."""
         with self._writing() as db:
-            db.execute(sa.insert(releases_table).values(
-                run_id=record["run_id"], released_at=record["released_at"],
-                evidence=json.dumps(record["evidence"]), bar=json.dumps(record["bar"])))
+            _insert_release(db, record)
 
     def releases(self) -> list[dict[str, Any]]:
         """Every release, oldest first, evidence and bar as dicts."""
@@ -273,6 +272,12 @@ def _append_history(db: sa.Connection, run_id: str, previous: str | None, how: s
     db.execute(sa.insert(history_table).values(run_id=run_id, previous_run_id=previous, changed_at=_now(), how=how))
 
 
+def _insert_release(db: sa.Connection, record: dict[str, Any]) -> None:
+    db.execute(sa.insert(releases_table).values(run_id=record["run_id"], released_at=record["released_at"],
+                                                evidence=json.dumps(record["evidence"]),
+                                                bar=json.dumps(record["bar"])))
+
+
 def _run_row(found: sa.Row | None) -> dict[str, Any] | None:
     if found is None:
         return None
@@ -283,120 +288,3 @@ def _run_row(found: sa.Row | None) -> dict[str, Any] | None:
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def registry_url(runs_dir: str | Path) -> sa.URL:
-    """The registry for the runs in `runs_dir`: $SFTJUDGE_REGISTRY_URL when set, else `<runs_dir>/registry.sqlite`.
-
-    The variable is read on every call, never at import, so a worker's environment decides. Raises ValueError
-    when it is set but is not a database URL (the message does not repeat it: it may hold a password).
-    """
-    configured = os.environ.get(ENV_URL, "").strip()
-    if configured:
-        return _parse_url(configured, f"${ENV_URL}")
-    return sa.URL.create("sqlite", database=str(Path(runs_dir) / "registry.sqlite"))
-
-
-def _parse_url(text: str, source: str) -> sa.URL:
-    try:
-        return sa.make_url(text)
-    except sa.exc.ArgumentError:
-        raise ValueError(f"{source} is not a database URL: expected dialect+driver://user@host/database, e.g. "
-                         f"postgresql+psycopg://sftjudge@db/sftjudge or sqlite:////abs/registry.sqlite") from None
-
-
-def _as_url(target: str | Path | sa.URL) -> sa.URL:
-    if isinstance(target, sa.URL):
-        url = target
-    elif isinstance(target, Path) or "://" not in target:
-        url = sa.URL.create("sqlite", database=str(target))  # a plain path: the SQLite file
-    else:
-        url = _parse_url(target, "the run registry URL")
-    if url.drivername in ("postgresql", "postgres"):  # psycopg 3 is the driver the `postgres` extra installs
-        url = url.set(drivername="postgresql+psycopg")
-    return url
-
-
-def create_registry_engine(target: str | Path | sa.URL, sqlite_connect: Callable[[], Any]) -> sa.Engine:
-    """An engine for the registry at `target`; SQLite connections come from `sqlite_connect()`.
-
-    No pool: every registry method opens and closes its own connection, as a Registry is made per call and
-    never disposed. Raises ValueError for a database whose writes this module cannot serialise, and
-    ModuleNotFoundError naming the extra when the PostgreSQL driver is not installed.
-    """
-    url = _as_url(target)
-    backend = url.get_backend_name()
-    shown = url.render_as_string(hide_password=True)
-    if backend == "sqlite":
-        if url.database in (None, "", ":memory:"):
-            raise ValueError(f"run registry {shown}: an in-memory SQLite registry would be empty on every "
-                             f"connection; give a file, e.g. sqlite:////abs/path/registry.sqlite")
-        return sa.create_engine(url, creator=lambda: _StatementsThroughConnection(sqlite_connect()),
-                                poolclass=NullPool)
-    if backend != "postgresql":
-        raise ValueError(f"run registry {shown}: {backend} is not supported (promotions are serialised with "
-                         f"SQLite's or PostgreSQL's locks); use postgresql+psycopg://... or a SQLite file")
-    try:
-        # READ COMMITTED whatever the server's default: a statement after the advisory lock then sees every
-        # promotion committed before the lock was granted (a repeatable-read snapshot could predate it).
-        return sa.create_engine(url, poolclass=NullPool, isolation_level="READ COMMITTED")
-    except ModuleNotFoundError as exc:
-        raise ModuleNotFoundError(f"run registry {shown} needs the PostgreSQL driver psycopg: "
-                                  f"pip install 'sftjudge[postgres]' ({exc})") from exc
-
-
-def connect_sqlite(path: Path) -> sqlite3.Connection:
-    """A SQLite connection that waits up to 60 s for another writer's lock.
-
-    isolation_level=None: sqlite3 opens no transaction of its own, so `BEGIN IMMEDIATE` (take_write_lock) is
-    the first statement of every write transaction and the lock is held before the champion is read.
-    """
-    return sqlite3.connect(path, timeout=60, isolation_level=None)
-
-
-def take_write_lock(db: sa.Connection) -> None:
-    """Start the write transaction holding the registry-wide lock until commit or rollback."""
-    if db.dialect.name == "sqlite":
-        db.exec_driver_sql("BEGIN IMMEDIATE")
-    else:
-        db.execute(sa.select(sa.func.pg_advisory_xact_lock(sa.cast(PG_LOCK_KEY, sa.BigInteger))))
-
-
-def driver_error(exc: sa.exc.DBAPIError, message: str) -> Exception:
-    """The driver's own exception class (sqlite3.OperationalError, psycopg.OperationalError, ...) with
-    `message`: callers and tests that catch the driver's errors keep working behind SQLAlchemy."""
-    try:
-        return type(exc.orig)(message) if exc.orig is not None else RuntimeError(message)
-    except Exception:  # noqa: BLE001 - an exception class that will not take a message
-        return RuntimeError(message)
-
-
-class _StatementsThroughConnection:
-    """A sqlite3 connection handed to SQLAlchemy, whose cursors run every statement through the connection's
-    own `execute`.
-
-    Why: `Registry._connect` is the seam where tests wrap the connection (tests/faults/faultkit.py AtPointerWrite
-    kills the process or fills the disk just before the pointer write); SQLAlchemy only ever calls
-    `cursor().execute`, which would bypass such a wrapper. Production runs the same path.
-    """
-
-    def __init__(self, db):
-        self._db = db
-
-    def cursor(self, *args):
-        return _ConnectionCursor(self._db)
-
-    def __getattr__(self, name):
-        return getattr(self._db, name)
-
-
-class _ConnectionCursor:
-    def __init__(self, db):
-        self._db, self._cursor = db, db.cursor()
-
-    def execute(self, statement, parameters=()):
-        self._cursor = self._db.execute(statement, parameters)
-        return self
-
-    def __getattr__(self, name):  # fetchone, description, rowcount, lastrowid, close: the last statement's
-        return getattr(self._cursor, name)
