@@ -9,7 +9,7 @@ from typing import Any
 from sftjudge.judge.pairwise import bootstrap_ci
 from sftjudge.run import files
 from sftjudge.run.directory import RunDir
-from sftjudge.run.io import atomic_write_text, read_jsonl
+from sftjudge.run.io import atomic_write_text, read_json_if_present, read_jsonl
 from sftjudge.run.summary import human_review_lines
 
 
@@ -96,10 +96,6 @@ def data_report_markdown(data: dict[str, Any]) -> str:
                  + (": " + ", ".join(f"{f['id']} ({f['overlap']:.2f})" for f in flagged[:10]) if flagged else "."))
     lines += [f"**Warning:** {w}" for w in data.get("warnings", [])]
     return "\n\n".join(lines)
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def _sft_note(run: RunDir) -> str:
@@ -237,8 +233,8 @@ def write_report(run: RunDir, sample_items: int = 8) -> Path:
         judge_report_markdown(metrics),
         "![judge score histogram](score_hist.png)",
         "## Human review",
-        "\n".join(f"- {line}" for line in human_review_lines(_read_json(run / files.REVIEW_AGREEMENT),
-                                                               _read_json(run / files.REVIEW_RELEASE))),
+        "\n".join(f"- {line}" for line in human_review_lines(read_json_if_present(run / files.REVIEW_AGREEMENT),
+                                                               read_json_if_present(run / files.REVIEW_RELEASE))),
         "## Regression suite (alignment tax)",
         regression_report_markdown(metrics.get("regression"),
                                    (decision.get("comparison", {}).get("champion") or {}).get("regression")),

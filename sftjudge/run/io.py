@@ -94,6 +94,11 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
         return [json.loads(line) for line in handle if line.strip()]
 
 
+def read_json_if_present(path: Path) -> Any:
+    """A JSON file's content, or None when there is no such file (an optional output not written yet)."""
+    return json.loads(Path(path).read_text()) if Path(path).is_file() else None
+
+
 def numbered_json_lines(path: Path, error: type[Exception]) -> Iterator[tuple[int, Any]]:
     """(line number, parsed value) for each non-blank line of a user's JSONL file; `error` names file and line.
 

@@ -8,6 +8,7 @@ from typing import Any
 
 from sftjudge.run import files
 from sftjudge.run.directory import RunDir
+from sftjudge.run.io import read_json_if_present
 
 
 def run_summary(run_path: str | Path) -> dict[str, Any]:
@@ -32,15 +33,11 @@ def run_summary(run_path: str | Path) -> dict[str, Any]:
         "decision": decision.get("action"),
         "reasons": decision.get("reasons", []),
         "report": str(run / files.REPORT) if (run / files.REPORT).exists() else None,
-        "review": _read(run / files.REVIEW_AGREEMENT),
-        "released": _read(run / files.REVIEW_RELEASE),
+        "review": read_json_if_present(run / files.REVIEW_AGREEMENT),
+        "released": read_json_if_present(run / files.REVIEW_RELEASE),
         "errors": {name: info["error"] for name, info in stages.items() if info.get("status") == "failed"
                    and info.get("error")},
     }
-
-
-def _read(path: Path) -> dict[str, Any] | None:
-    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def human_review_lines(review: dict[str, Any] | None, released: dict[str, Any] | None) -> list[str]:
