@@ -8,7 +8,6 @@ every report that uses that judge.
 
 from __future__ import annotations
 
-import json
 import statistics
 from datetime import datetime, timezone
 from pathlib import Path
@@ -16,7 +15,7 @@ from typing import Any
 
 from sftjudge.errors import CalibrationError
 from sftjudge.judge.pairwise import combine_orders
-from sftjudge.run.io import atomic_write_json, numbered_json_lines
+from sftjudge.run.io import atomic_write_json, numbered_json_lines, read_json_if_present
 
 
 def load_labels(path: Path) -> tuple[str, list[dict[str, Any]]]:
@@ -86,7 +85,7 @@ def calibration_path(home: Path, judge_key: str) -> Path:
 def save_calibration(home: Path, judge_key: str, result: dict[str, Any]) -> Path:
     """Keep the latest result per kind (pointwise / pairwise) for this judge."""
     path = calibration_path(home, judge_key)
-    stored = json.loads(path.read_text()) if path.is_file() else {}
+    stored = read_json_if_present(path) or {}
     stored[result["kind"]] = result
     atomic_write_json(path, stored)
     return path
@@ -94,4 +93,4 @@ def save_calibration(home: Path, judge_key: str, result: dict[str, Any]) -> Path
 
 def load_calibration(home: Path, judge_key: str) -> dict[str, Any]:
     path = calibration_path(home, judge_key)
-    return json.loads(path.read_text()) if path.is_file() else {}
+    return read_json_if_present(path) or {}

@@ -18,7 +18,7 @@ from typing import Any
 from sftjudge.errors import DataError
 from sftjudge.run import files
 from sftjudge.run.directory import RunDir
-from sftjudge.run.io import read_jsonl, write_jsonl
+from sftjudge.run.io import read_json_if_present, read_jsonl, write_jsonl
 
 AGREEMENT_METRIC = "similarity"  # the cheap signal the judge is checked against (token F1 when it is missing)
 
@@ -85,7 +85,7 @@ def build_sample(run: RunDir, size: int, seed: int = 0) -> list[dict[str, Any]]:
 
 def _champion_answers(run: RunDir) -> dict[str, str]:
     """The answers pairwise compared this run with (their ids and texts), when there was a champion."""
-    metrics = json.loads((run / files.METRICS).read_text()) if (run / files.METRICS).is_file() else {}
+    metrics = read_json_if_present(run / files.METRICS) or {}
     champion_dir = (metrics.get("pairwise") or {}).get("champion_run_dir")
     if not champion_dir or not (Path(champion_dir) / files.GENERATIONS).is_file():
         return {}

@@ -7,7 +7,6 @@ agreement so far. Every label is saved atomically the moment it is given (labels
 
 from __future__ import annotations
 
-import json
 import threading
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ from sftjudge.review.labels import LabelStore, shown_pair, side_to_choice
 from sftjudge.review.sample import load_or_build, sample_hash
 from sftjudge.run import files
 from sftjudge.run.directory import RunDir
-from sftjudge.run.io import atomic_write_json, read_jsonl
+from sftjudge.run.io import atomic_write_json, read_json_if_present, read_jsonl
 
 PAGE = Path(__file__).resolve().parent / "page.html"
 
@@ -35,7 +34,7 @@ class Review:
         self.sample = load_or_build(run, config.review.sample_size)
         self.sha256 = sample_hash(self.sample)
         self.store = LabelStore(run, self.sample, self.sha256)
-        metrics = json.loads((run / files.METRICS).read_text()) if (run / files.METRICS).is_file() else {}
+        metrics = read_json_if_present(run / files.METRICS) or {}
         self.judge = metrics.get("judge", "unknown")
         self.pairwise = ({p["id"]: p["outcome"] for p in read_jsonl(run / files.PAIRWISE)}
                          if (run / files.PAIRWISE).is_file() else {})
