@@ -77,7 +77,8 @@ class JudgeConfig(_Strict):
     prefix_cache_mb: int = Field(
         2048, ge=0, description="Memory (MiB, on the judge's device) for reusing the keys and values of judge prompts' "
                                 "shared openings (system text, question, reference) across the answers judged against "
-                                "them in one stage; 0: every prompt computed whole.")
+                                "them in one stage, and through the answer across judges worded alike up to it "
+                                "(pointwise, then rubric); 0: every prompt computed whole.")
     max_prompt_tokens: int = Field(
         1024, ge=64, description="Judge prompts longer than this have the answer cut in the middle (then the "
                                  "reference); the question, the reference and the rating instruction are kept.")

@@ -3,12 +3,13 @@ and reused for every answer judged against it, with the same scores as computing
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import pytest
 
 from sftjudge.judge.logprob import LogprobJudge
-from sftjudge.judge.prefix import CANDIDATE_FIELDS, PrefixStore, prefix_length
+from sftjudge.judge.prefix import CANDIDATE_FIELDS, PrefixStore, cut_points, prefix_length
 from sftjudge.judge.rubric import RubricJudge
 from sftjudge.judge.spec import load_judge
 
@@ -73,6 +74,63 @@ def test_rubric_dimensions_with_reused_prefixes_match(tiny_model):
         for name, score in a.dimensions.items():
             assert b.dimensions[name] == pytest.approx(score, abs=1e-4), (a.id, name)
     assert store.hits > 0
+
+
+@pytest.mark.model
+def test_a_rubric_after_the_pointwise_judgment_reuses_the_answer_and_matches(tiny_model):
+    """The stage judges each answer pointwise, then by rubric: both prompts read alike through the answer, so the
+    rubric computes only its own instruction and the dimensions (counted in tokens fed to the model)."""
+    model, tok = tiny_model
+    whole = RubricJudge(model, tok, judge("rubric"), max_prompt_tokens=560).score(items(), batch_size=4)
+    store = PrefixStore(64 * 2**20)
+    LogprobJudge(model, tok, judge("reference-score"), max_prompt_tokens=560, prefixes=store).score(items())
+    fed = []
+    original = model.forward
+
+    @functools.wraps(original)  # keeps the signature the judge inspects for its cache argument's name
+    def counting(*args, **kwargs):
+        fed.append(int(kwargs["attention_mask"][:, -kwargs["input_ids"].shape[1]:].sum()))
+        return original(*args, **kwargs)
+
+    rubric = RubricJudge(model, tok, judge("rubric"), max_prompt_tokens=560, prefixes=store)
+    encoded = [rubric.prompt.encode_fitted(it) for it in items()]
+    # At 560 tokens the long answer fits the pointwise prompt but is cut to fit the rubric's (longer) one: the two
+    # answers then differ and that item reuses only the opening.
+    tails = [len(ids) - next(c for c in reversed(cuts) if tuple(ids[:c]) in store.entries)
+             for ids, _, cuts in encoded]
+    assert sum(len(cuts) == 2 and tuple(ids[:cuts[1]]) in store.entries for ids, _, cuts in encoded) == 12
+    model.forward = counting
+    try:
+        reused = rubric.score(items(), batch_size=4)
+    finally:
+        model.forward = original
+    for a, b in zip(whole, reused):
+        for name, score in a.dimensions.items():
+            assert b.dimensions[name] == pytest.approx(score, abs=1e-4), (a.id, name)
+    answers = sum(len(tok(it["answer"], add_special_tokens=False)["input_ids"]) for it in items())
+    suffixes = sum(len(s) for s in rubric.suffixes.values()) * len(items())
+    prompts = sum(len(ids) for ids, _, _ in encoded)
+    assert sum(fed) < prompts - answers + suffixes, "the answers were computed again"
+    assert sum(fed) == sum(tails) + suffixes  # exactly the text after each stored prefix, then the dimensions
+
+
+@pytest.mark.model
+def test_cut_points_end_after_the_opening_and_after_the_answer(tiny_model):
+    _, tok = tiny_model
+    scorer = LogprobJudge(tiny_model[0], tok, judge("reference-score"), prefixes=PrefixStore(2**20))
+    rubric = LogprobJudge(tiny_model[0], tok, judge("rubric"), prefixes=PrefixStore(2**20))
+    for item in items():
+        ids, rubric_ids = scorer.prompt_ids(item), rubric.prompt_ids(item)
+        cuts = cut_points(tok, scorer.prompt_text, item, ids)
+        assert cuts[0] == prefix_length(tok, scorer.prompt_text, item, ids, CANDIDATE_FIELDS)
+        if item["answer"].strip():
+            assert len(cuts) == 2 and item["answer"].strip()[:10] in tok.decode(ids[cuts[0]:cuts[1]])
+        # the rubric's prompt has the very same tokens up to the answer's end, and a cut there too
+        assert rubric_ids[:cuts[-1]] == ids[:cuts[-1]]
+        assert cut_points(tok, rubric.prompt_text, item, rubric_ids)[-1] == cuts[-1]
+    pair = {"id": "p", "instruction": "q", "reference": "r", "answer_a": "x", "answer_b": "y"}
+    pairwise = LogprobJudge(tiny_model[0], tok, judge("pairwise"), prefixes=PrefixStore(2**20))
+    assert len(cut_points(tok, pairwise.prompt_text, pair, pairwise.prompt_ids(pair))) == 1  # opening only
 
 
 @pytest.mark.model

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from sftjudge.errors import JudgeError
 from sftjudge.judge.fit import fit_item
-from sftjudge.judge.prefix import CANDIDATE_FIELDS, PrefixStore, forward_with_prefixes, prefix_length
+from sftjudge.judge.prefix import PrefixStore, cut_points, forward_with_prefixes
 from sftjudge.judge.spec import JudgeSpec, Judgment
 
 
@@ -122,16 +122,15 @@ class LogprobJudge:
         ids, cut, _ = self.encode_fitted(item)
         return ids, cut
 
-    def encode_fitted(self, item: dict[str, str]) -> tuple[list[int], bool, int]:
-        """As `encode`, plus how many leading ids are the same for any answer (see judge/prefix.py)."""
+    def encode_fitted(self, item: dict[str, str]) -> tuple[list[int], bool, tuple[int, ...]]:
+        """As `encode`, plus where a reusable prefix of the ids may end (see judge/prefix.py)."""
         ids = self.prompt_ids(item)
         fitted, cut = item, False
         if len(ids) > self.max_prompt_tokens:
             fitted, _ = fit_item(item, lambda it: len(self.prompt_ids(it)), self.tokenizer, self.max_prompt_tokens)
             ids, cut = self.prompt_ids(fitted)[-self.max_prompt_tokens:], True
-        shared = (prefix_length(self.tokenizer, self.prompt_text, fitted, ids, CANDIDATE_FIELDS)
-                  if self.prefixes is not None else 0)
-        return ids, cut, shared
+        cuts = cut_points(self.tokenizer, self.prompt_text, fitted, ids) if self.prefixes is not None else ()
+        return ids, cut, cuts
 
     def score_batch(self, items: list[dict[str, str]]) -> list[Judgment]:
         """Score items (dicts with an id and the judge's input fields) in one forward pass."""

@@ -8,6 +8,11 @@ is kept in a `PrefixStore` (least recently used first out, within a memory budge
 prompt - the answer and the rating instruction - is computed. A prefix is keyed by its exact token ids, so a reused
 prefix is always the very same tokens at the very same positions: the scores equal the unshared ones up to
 floating-point rounding (within 1e-4 at fp32; bf16 rounds more, like any change of batch composition).
+
+A second, longer cut follows the answer: pointwise and rubric judges word their prompts alike through the candidate
+answer, so once an answer has been judged pointwise its keys and values up to the answer's end are kept too, and
+the rubric of the same answer computes only its own instruction and the dimensions' suffixes. A prompt may thus
+have several cut points; the longest one already in the store is used.
 """
 
 from __future__ import annotations
@@ -43,6 +48,35 @@ def prefix_length(tokenizer, text_of, item: dict[str, str], ids: list[int], fiel
             break
         shared += 1
     return min(shared, len(ids) - 1)  # at least one token stays after the prefix
+
+
+def answered_length(tokenizer, text_of, item: dict[str, str], ids: list[int], fields: tuple[str, ...]) -> int:
+    """How many of `ids` come before the end of the last candidate field: the part of the prompt that another
+    judge definition worded alike through the answer shares with this one. As in `prefix_length`, only tokens
+    that the text after the answer cannot merge with count. 0 for a prompt with two answers (pairwise): nothing
+    else is worded like it past the first answer."""
+    present = [f for f in fields if f in item]
+    if len(present) != 1:
+        return 0
+    marked = text_of(item | {present[0]: item[present[0]] + _SENTINEL})
+    head = tokenizer(marked[:marked.find(_SENTINEL)], add_special_tokens=False)["input_ids"]
+    shared = 0
+    for a, b in zip(head, ids):
+        if a != b:
+            break
+        shared += 1
+    return min(shared, len(ids) - 1)
+
+
+def cut_points(tokenizer, text_of, item: dict[str, str], ids: list[int]) -> tuple[int, ...]:
+    """The positions of `ids` where a stored prefix may end, shortest first: after the opening (the same for any
+    answer) and after the answer (the same for any judge worded alike up to there). Empty when nothing is shared.
+    """
+    opening = prefix_length(tokenizer, text_of, item, ids, CANDIDATE_FIELDS)
+    if opening <= 0:
+        return ()
+    answered = answered_length(tokenizer, text_of, item, ids, CANDIDATE_FIELDS)
+    return (opening, answered) if answered > opening else (opening,)
 
 
 CANDIDATE_FIELDS = SHRINK_ORDER[0]
@@ -95,37 +129,29 @@ def cache_argument(model) -> str:
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
-def forward_with_prefixes(model, store: PrefixStore, seqs: list[list[int]], prefix_lens: list[int], *,
+def forward_with_prefixes(model, store: PrefixStore, seqs: list[list[int]], cuts: list[tuple[int, ...]], *,
                           keep: int, keep_cache: bool = False):
-    """Run `seqs` through `model`, reusing (or computing and storing) the key/value cache of each seq's first
-    `prefix_lens[i]` tokens. Padding is masked out, so its token id (PAD) never matters. Returns (logits of the
-    last `keep` positions [batch, keep, vocab], the key/value cache of the whole sequences or None, the attention
-    mask over it, each row's real length)."""
+    """Run `seqs` through `model`, reusing the key/value cache of the longest prefix of each seq that is stored
+    (its cut points `cuts[i]`, shortest first, say where one may end), computing and storing the shortest (the
+    opening) when none is, and storing the longer ones for later calls. Padding is masked out, so its token id
+    (PAD) never matters. Returns (logits of the last `keep` positions [batch, keep, vocab], the key/value cache of
+    the whole sequences or None, the attention mask over it, each row's real length)."""
     import torch
     from transformers import DynamicCache
 
     arg = cache_argument(model)
-    keys = [tuple(s[:p]) for s, p in zip(seqs, prefix_lens)]
-    missing = list(dict.fromkeys(k for k in keys if k and store.get(k) is None))
-    store.misses += len(missing)  # openings computed; every other row with an opening reused one
-    store.hits += sum(1 for k in keys if k) - len(missing)
-    fresh: dict[tuple[int, ...], list[tuple[Any, Any]]] = {}
-    if missing:
-        width = max(len(k) for k in missing)
-        ids, mask = _left_padded(missing)
-        with torch.no_grad():
-            out = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
-                        use_cache=True, **keep_logits(model, 1))
-        layers = [(layer[0], layer[1]) for layer in getattr(out, arg)]
-        for row, key in enumerate(missing):
-            fresh[key] = [(k[row:row + 1, :, width - len(key):].clone(), v[row:row + 1, :, width - len(key):].clone())
-                          for k, v in layers]
-            store.put(key, fresh[key])
-    cached = [(fresh.get(k) or store.get(k)) if k else None for k in keys]
-    width = max(prefix_lens)
-    template = next(c for c in cached if c is not None) if any(c is not None for c in cached) else None
-    if template is None:  # nothing shared: plain left-padded pass
+    if not any(cuts):  # nothing shared: plain left-padded pass
         return _plain(model, seqs, keep=keep, keep_cache=keep_cache, arg=arg)
+    prefix_lens = [_longest_stored(store, s, c) for s, c in zip(seqs, cuts)]
+    missing = list(dict.fromkeys(tuple(s[:c[0]]) for s, c, p in zip(seqs, cuts, prefix_lens) if c and not p))
+    store.misses += len(missing)  # openings computed; every other row with a cut point reused a stored prefix
+    store.hits += sum(1 for c in cuts if c) - len(missing)
+    fresh = _compute_openings(model, store, missing, arg)
+    prefix_lens = [p or (c[0] if c else 0) for p, c in zip(prefix_lens, cuts)]
+    cached = [(fresh.get(tuple(s[:p])) or store.get(tuple(s[:p]))) if p else None for s, p in zip(seqs, prefix_lens)]
+    later = [[c for c in cut if c > p] for cut, p in zip(cuts, prefix_lens)]  # longer cuts to store after this pass
+    width = max(prefix_lens)
+    template = next(c for c in cached if c is not None)
     stacked = []
     for layer, (k0, v0) in enumerate(template):
         ks, vs = [], []
@@ -142,11 +168,59 @@ def forward_with_prefixes(model, store: PrefixStore, seqs: list[list[int]], pref
     head_mask = torch.tensor([[0] * (width - p) + [1] * p for p in prefix_lens], device=device())
     positions = torch.tensor(prefix_lens, device=device())[:, None] + (tail_mask.cumsum(-1) - 1).clamp(min=0)
     mask = torch.cat([head_mask, tail_mask], dim=1)
+    store_later = any(later)
     with torch.no_grad():
-        out = model(input_ids=tail_ids, attention_mask=mask, position_ids=positions, use_cache=keep_cache,
-                    **keep_logits(model, keep), **{arg: cache})
+        out = model(input_ids=tail_ids, attention_mask=mask, position_ids=positions,
+                    use_cache=keep_cache or store_later, **keep_logits(model, keep), **{arg: cache})
+    if store_later:
+        _store_longer(store, getattr(out, arg), seqs, prefix_lens, later, width, tail_ids.shape[1])
     return out.logits[:, -keep:, :].float(), (getattr(out, arg) if keep_cache else None), mask, \
         [len(s) for s in seqs]
+
+
+def _longest_stored(store: PrefixStore, seq: list[int], cuts: tuple[int, ...]) -> int:
+    """The longest of `cuts` whose prefix of `seq` is in the store; 0 when none is."""
+    return next((c for c in reversed(cuts) if store.get(tuple(seq[:c])) is not None), 0)
+
+
+def _compute_openings(model, store: PrefixStore, openings: list[tuple[int, ...]], arg: str):
+    """Run the missing openings in one left-padded pass; store each row's keys and values; return them by key."""
+    import torch
+
+    fresh: dict[tuple[int, ...], list[tuple[Any, Any]]] = {}
+    if not openings:
+        return fresh
+    width = max(len(k) for k in openings)
+    ids, mask = _left_padded(openings)
+    with torch.no_grad():
+        out = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+                    use_cache=True, **keep_logits(model, 1))
+    layers = [(layer[0], layer[1]) for layer in getattr(out, arg)]
+    for row, key in enumerate(openings):
+        fresh[key] = [(k[row:row + 1, :, width - len(key):].clone(), v[row:row + 1, :, width - len(key):].clone())
+                      for k, v in layers]
+        store.put(key, fresh[key])
+    return fresh
+
+
+def _store_longer(store: PrefixStore, cache, seqs, prefix_lens, later, width: int, tail_width: int) -> None:
+    """Store each row's keys and values up to its longer cut points, cut out of the pass's cache: the row's
+    prefix part (right-aligned in the first `width` columns) joined to the start of its tail part (right-aligned
+    in the last `tail_width`)."""
+    import torch
+
+    layers = [(layer[0], layer[1]) for layer in cache]
+    for row, (seq, p, cuts) in enumerate(zip(seqs, prefix_lens, later)):
+        start = width + tail_width - (len(seq) - p)  # where the row's tail begins
+        for cut in cuts:
+            key = tuple(seq[:cut])
+            if store.get(key) is not None:
+                continue
+            store.put(key, [(torch.cat([k[row:row + 1, :, width - p:width], k[row:row + 1, :, start:start + cut - p]],
+                                       dim=2).clone(),
+                             torch.cat([v[row:row + 1, :, width - p:width], v[row:row + 1, :, start:start + cut - p]],
+                                       dim=2).clone())
+                            for k, v in layers])
 
 
 def _plain(model, seqs: list[list[int]], *, keep: int, keep_cache: bool, arg: str):
