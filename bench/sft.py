@@ -39,7 +39,8 @@ from sftjudge.curate.steps import load_rows  # noqa: E402
 from sftjudge.models.chat import tokenize_for_training  # noqa: E402
 from sftjudge.models.embedded import resolve_model, sftjudge_home  # noqa: E402
 from sftjudge.models.loading import load_causal_lm  # noqa: E402
-from sftjudge.runtime.device import autocast, bf16_supported, set_threads  # noqa: E402
+from sftjudge.runtime.device import autocast, bf16_supported  # noqa: E402
+from sftjudge.runtime.threads import apply_threads  # noqa: E402
 from sftjudge.train.batching import (  # noqa: E402
     collate,
     length_grouped_batches,
@@ -316,7 +317,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    set_threads(args.threads)
+    if args.threads:
+        apply_threads(args.threads)
     with tempfile.TemporaryDirectory(prefix="bench-sft-") as tmp:
         work = Path(tmp)
         model_path = resolve_model("tiny" if args.quick else args.model,

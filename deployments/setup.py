@@ -2,6 +2,10 @@
 
     python deployments/setup.py                      # cpu + gpu process pools, limit "gpu" = 1
     python deployments/setup.py --gpu-type kubernetes --gpu-slots 4
+    python deployments/setup.py --runs-per-worker 2     # workers started with --limit 2 share their cores
+
+Each flow run takes max(1, cores // runs per worker) torch threads (sftjudge/runtime/threads.py): the pools'
+job templates carry SFTJUDGE_RUNS_PER_WORKER, which must match the --limit the workers are started with.
 
 Safe to run again: existing pools get their base job template updated, an existing limit its slot count.
 """
@@ -9,8 +13,10 @@ Safe to run again: existing pools get their base job template updated, an existi
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -25,9 +31,25 @@ def prefect(*args: str, ok_if: str | None = None) -> None:
     print(f"prefect {' '.join(args[:3])}: ok")
 
 
-def ensure_pool(name: str, pool_type: str) -> None:
-    template = HERE / "job-templates" / f"{pool_type}.json"
-    prefect("work-pool", "create", name, "--type", pool_type, "--base-job-template", str(template), "--overwrite")
+RUNS_ENV = "SFTJUDGE_RUNS_PER_WORKER"  # read by sftjudge/runtime/threads.py in every flow run
+
+
+def job_template(pool_type: str, runs_per_worker: int) -> dict:
+    """The pool type's base job template with SFTJUDGE_RUNS_PER_WORKER in the flow runs' default environment."""
+    template = json.loads((HERE / "job-templates" / f"{pool_type}.json").read_text())
+    env = template["variables"]["properties"]["env"]
+    env["default"] = dict(env.get("default") or {}) | {RUNS_ENV: str(runs_per_worker)}
+    return template
+
+
+def ensure_pool(name: str, pool_type: str, runs_per_worker: int) -> None:
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as handle:
+        json.dump(job_template(pool_type, runs_per_worker), handle)
+    try:
+        prefect("work-pool", "create", name, "--type", pool_type, "--base-job-template", handle.name,
+                "--overwrite")
+    finally:
+        Path(handle.name).unlink()
 
 
 def ensure_limit(name: str, slots: int) -> None:
@@ -46,10 +68,16 @@ def main() -> None:
     parser.add_argument("--gpu-type", default="process", choices=["process", "docker", "kubernetes"],
                         help="worker type of the GPU pool (docker/kubernetes need prefect-docker/prefect-kubernetes)")
     parser.add_argument("--gpu-slots", type=int, default=1, help="GPU stages allowed at once (one per card)")
+    parser.add_argument("--runs-per-worker", type=int, default=1,
+                        help="flow runs one worker executes at once (start workers with the same --limit); "
+                             "each run gets max(1, cores // this) torch threads instead of every core")
     args = parser.parse_args()
-    ensure_pool(args.cpu_pool, "process")
-    ensure_pool(args.gpu_pool, args.gpu_type)
+    if args.runs_per_worker < 1:
+        parser.error("--runs-per-worker must be at least 1")
+    ensure_pool(args.cpu_pool, "process", args.runs_per_worker)
+    ensure_pool(args.gpu_pool, args.gpu_type, args.runs_per_worker)
     ensure_limit("gpu", args.gpu_slots)
+    print(f"start workers with: prefect worker start --pool <pool> --limit {args.runs_per_worker}")
 
 
 if __name__ == "__main__":

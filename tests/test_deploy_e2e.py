@@ -120,9 +120,13 @@ def test_deployment_run_on_a_worker_retries_only_the_failed_stage(prefect_server
 def test_setup_script_and_prefect_yaml_deploy_cleanly(prefect_server):
     env = prefect_server["env"] | {"SFTJUDGE_CHECKOUT": str(REPO)}
     for _ in range(2):  # idempotent: the second run changes nothing and does not fail
-        run([sys.executable, "deployments/setup.py", "--gpu-slots", "2"], env)
+        run([sys.executable, "deployments/setup.py", "--gpu-slots", "2", "--runs-per-worker", "2"], env)
     pools = run([PREFECT, "work-pool", "ls"], env).stdout
     assert "cpu" in pools and "gpu" in pools
+    for pool in ("cpu", "gpu"):  # every flow run on these pools gets half the worker's cores
+        inspected = run([PREFECT, "work-pool", "inspect", pool, "--output", "json"], env).stdout
+        template = json.loads(inspected)["base_job_template"]
+        assert template["variables"]["properties"]["env"]["default"]["SFTJUDGE_RUNS_PER_WORKER"] == "2"
     limits = run([PREFECT, "global-concurrency-limit", "inspect", "gpu", "--output", "json"], env).stdout
     assert json.loads(limits)["limit"] == 2
     run([PREFECT, "--no-prompt", "deploy", "--all", "--prefect-file", "deployments/prefect.yaml"], env)

@@ -39,10 +39,3 @@ def autocast(enabled: bool):
     if not enabled:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device(), dtype=torch.bfloat16)
-
-
-def set_threads(threads: int | None) -> None:
-    import torch
-
-    if threads:
-        torch.set_num_threads(threads)

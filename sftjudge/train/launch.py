@@ -13,6 +13,7 @@ from sftjudge.config import RunConfig, SFTConfig
 from sftjudge.run import files
 from sftjudge.run.directory import RunDir
 from sftjudge.runtime.oom import with_smaller_batch_on_oom
+from sftjudge.runtime.threads import resolve_threads
 
 
 def launch_command(run_path: Path, sft: SFTConfig, home: str | None, *, port: int,
@@ -47,7 +48,8 @@ def fine_tune_launched(run: RunDir, config: RunConfig) -> dict[str, Any]:
         accum = sft.grad_accum * max(1, sft.batch_size // batch_size)
         settings = sft.model_copy(update={"batch_size": batch_size, "grad_accum": accum})
         (run / files.SFT_SUMMARY).unlink(missing_ok=True)  # a stale summary must not pass for this launch's result
-        _run_logged(launch_command(run.path, settings, config.home, port=_free_port(), threads=config.threads),
+        _run_logged(launch_command(run.path, settings, config.home, port=_free_port(),
+                                   threads=resolve_threads(config.threads)),
                     run / files.SFT_LAUNCH_LOG)
         return json.loads((run / files.SFT_SUMMARY).read_text())
 
