@@ -264,7 +264,13 @@ class RunConfig(_Strict):
     home: str | None = Field(
         None, description="Model cache directory; default $SFTJUDGE_HOME or ~/.cache/sftjudge."
     )
-    threads: int | None = Field(None, ge=1, description="CPU threads for torch; default: all cores.")
+    threads: int | None = Field(
+        None, ge=1, description="CPU threads for torch; default: the worker's budget, usable cores divided by "
+                                "SFTJUDGE_RUNS_PER_WORKER (flow runs a worker executes at once; 1 when unset).")
+    memory_check: bool = Field(
+        True, description="Before the sft, generate and judge stages load a model, refuse one whose estimated peak "
+                          "memory (`sftjudge plan`) exceeds what the device has free, naming settings that would "
+                          "fit; false: skip the check.")
     data: DataConfig = Field(default_factory=DataConfig, description="Data loading and splitting.")
     sft: SFTConfig = Field(default_factory=SFTConfig, description="Fine-tuning.")
     generate: GenerateConfig = Field(default_factory=GenerateConfig, description="Generation on the test split.")

@@ -17,9 +17,10 @@ from sftjudge.config import RunConfig
 from sftjudge.config_checks import check_references
 from sftjudge.config_yaml import dump_config
 from sftjudge.models.embedded import sftjudge_home
+from sftjudge.plan.check import check_memory
 from sftjudge.run.directory import RunDir, StageRecord
 from sftjudge.run.faults import maybe_fail
-from sftjudge.runtime.device import set_threads
+from sftjudge.runtime.threads import apply_threads, resolve_threads
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -44,15 +45,18 @@ def run_stage(stage: str, run_path: str | Path, config: RunConfig,
               work: Callable[[StageContext], None]) -> dict[str, Any]:
     """Run `work` as stage `stage` of the run unless it already completed; return the stage's manifest entry.
 
-    Sets the torch thread count from `config.threads`, fails once first when fault injection names the stage
+    Sets the torch thread count (`config.threads`, else the worker's thread budget: runtime/threads.py), checks
+    that a model stage fits the device's memory (plan/check.py), fails once first when fault injection names the stage
     (SFTJUDGE_INJECT_FAULT), and records start, end, status, outputs and counts in the manifest; an exception
     from `work` marks the stage failed and propagates.
     """
     run = RunDir(Path(run_path))
     if run.is_completed(stage):
         return run.stage_info(stage)
-    set_threads(config.threads)
+    apply_threads(resolve_threads(config.threads))
+    home = sftjudge_home(config.home)
     with run.stage(stage) as record:
         maybe_fail(stage, run.path)
-        work(StageContext(run=run, config=config, home=sftjudge_home(config.home), record=record))
+        check_memory(stage, config, home)  # sft, generate, judge: refuse what will not fit before loading it
+        work(StageContext(run=run, config=config, home=home, record=record))
     return run.stage_info(stage)
