@@ -122,3 +122,16 @@ def test_sftjudge_plan_prints_each_stage_and_exits_3_when_one_does_not_fit(seven
     planned = json.loads(capsys.readouterr().out)
     sft = next(s for s in planned["stages"] if s["stage"] == "sft")
     assert sft["fits"] is False and sft["suggestions"] and planned["target"]["cuda"] is True
+
+
+@pytest.mark.model
+def test_a_model_stage_records_its_plan_and_measured_memory_in_the_manifest(tmp_path, sftjudge_home, tiny_model):
+    from sftjudge.run.directory import RunDir
+    from sftjudge.run.stage import run_stage
+
+    run = RunDir.create(tmp_path, "name: x\n", "x", run_id="r1")
+    run_stage("judge", run.path, tiny_config(f"runs_dir={tmp_path}"), lambda ctx: None)
+    memory = run.stage_info("judge")["memory"]
+    assert memory["planned_bytes"] > 0 and memory["peak_rss_bytes"] > 0  # on a GPU: free memory before and after
+    run_stage("curate", run.path, tiny_config(f"runs_dir={tmp_path}"), lambda ctx: None)
+    assert "memory" not in run.stage_info("curate")  # no model, no plan

@@ -97,7 +97,7 @@ class LogprobJudge:
 
     def __init__(self, model, tokenizer, spec: JudgeSpec, *, max_prompt_tokens: int = 1024,
                  prefixes: PrefixStore | None = None):
-        self.model = model.eval()
+        self.model = model.eval() if model is not None else None  # None: prompts only (judge/engine.py)
         self.prefixes = prefixes  # None: every prompt computed whole
         self.tokenizer = tokenizer
         self.spec = spec

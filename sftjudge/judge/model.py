@@ -11,6 +11,8 @@ from sftjudge.config import JudgeConfig, RunConfig
 from sftjudge.judge.prefix import PrefixStore
 from sftjudge.judge.spec import JudgeSpec, judge_identity
 
+TOP_LOGPROBS = 20  # log-probabilities per position a vLLM judge asks for (vLLM's default max_logprobs)
+
 
 def served_client(judge: JudgeConfig):
     """The client for judge.backend=openai."""
@@ -55,13 +57,17 @@ class LoadedJudge:
         self.tokenizer = with_pad(AutoTokenizer.from_pretrained(self.path))
         self.client = served_client(self.config) if self.config.backend == "openai" else None
         # Weights, chat template and dtype: the same definition on another model or dtype scores differently.
+        in_engine = self.config.backend == "vllm"
         self.fingerprint = (served_fingerprint(self.client) if self.client is not None else
                             model_fingerprint(self.path, template=template_fingerprint(self.tokenizer),
-                                              engine=engine_id("transformers", self.config.precision)))
+                                              engine=engine_id(self.config.backend, self.config.precision)))
         self._model = None
+        self._engine = None  # backend vllm: one engine for every definition, logprob and text alike
         self._scorers: dict[str, object] = {}
-        # One store for every logprob scorer of the stage: keys are exact token ids, so definitions never mix.
-        self.prefixes = PrefixStore(self.config.prefix_cache_mb * 2**20) if self.config.prefix_cache_mb else None
+        # One store for every in-process logprob scorer of the stage: keys are exact token ids, so definitions
+        # never mix. vLLM keeps its own prefix cache.
+        self.prefixes = (PrefixStore(self.config.prefix_cache_mb * 2**20)
+                         if self.config.prefix_cache_mb and not in_engine else None)
 
     @property
     def model(self):
@@ -77,10 +83,26 @@ class LoadedJudge:
         return self._model
 
     @property
+    def engine(self):
+        """The judge's vLLM engine (backend vllm), started on first use; its `llm` scores logprob judges."""
+        if self._engine is None:
+            from sftjudge.generate.backends import VLLMGenerator
+            from sftjudge.models.fingerprint import VLLM_DTYPE
+
+            self._engine = VLLMGenerator(self.path, tokenizer=self.tokenizer, engine_kwargs=self.vllm_kwargs | {
+                "dtype": VLLM_DTYPE[self.config.precision], "max_logprobs": TOP_LOGPROBS})
+        return self._engine
+
+    @property
     def params(self) -> int | None:
-        """The judge's parameter count; None for a served judge (the server does not say)."""
+        """The judge's parameter count; None for a served judge (the server does not say). With vLLM it is read
+        from config.json (plan/shape.py): loading a transformers copy to count would double the judge's memory."""
         if self.client is not None:
             return None
+        if self.config.backend == "vllm":
+            from sftjudge.plan.shape import model_shape
+
+            return model_shape(self.path, None).params
         return sum(p.numel() for p in self.model.parameters())
 
     def mode(self, spec: JudgeSpec) -> str:
@@ -90,8 +112,7 @@ class LoadedJudge:
         """This judge's identity under `spec` (see `judge_identity`)."""
         if self.client is not None:
             return judge_identity(spec, f"{self.mode(spec)}/openai", self.config.openai.model, self.fingerprint)
-        engine = self.config.backend if self.mode(spec) == "text" else "transformers"
-        return judge_identity(spec, f"{self.mode(spec)}/{engine}", self.config.model, self.fingerprint)
+        return judge_identity(spec, f"{self.mode(spec)}/{self.config.backend}", self.config.model, self.fingerprint)
 
     def scorer(self, spec: JudgeSpec):
         """The scorer for `spec` (logprob or text mode), built on first use and reused."""
@@ -104,12 +125,18 @@ class LoadedJudge:
         if self.client is not None:
             return self._served_scorer(spec)
         if self.mode(spec) == "text":
-            from sftjudge.generate.backends import TransformersGenerator, VLLMGenerator
+            from sftjudge.generate.backends import TransformersGenerator
             from sftjudge.judge.text import TextJudge
 
-            generator = (VLLMGenerator(self.path, engine_kwargs=self.vllm_kwargs) if self.config.backend == "vllm"
+            generator = (self.engine if self.config.backend == "vllm"
                          else TransformersGenerator(self.model, self.tokenizer, batch_size=self.config.batch_size))
             return TextJudge(generator, self.tokenizer, spec, max_prompt_tokens=self.config.max_prompt_tokens)
+        if self.config.backend == "vllm":
+            from sftjudge.judge.engine import EngineLogprobJudge, EngineRubricJudge
+
+            kind = EngineRubricJudge if spec.kind == "rubric" else EngineLogprobJudge
+            return kind(self.engine.llm, self.tokenizer, spec, max_prompt_tokens=self.config.max_prompt_tokens,
+                        top_logprobs=TOP_LOGPROBS)
         if spec.kind == "rubric":
             from sftjudge.judge.rubric import RubricJudge
 
@@ -132,9 +159,13 @@ class LoadedJudge:
                     prefill=self.config.openai.prefill, top_logprobs=self.config.openai.top_logprobs)
 
     def close(self) -> None:
+        """Shut every engine down and drop the weights, so the next stage finds the memory free."""
         for scorer in self._scorers.values():
             if hasattr(getattr(scorer, "generator", None), "close"):
                 scorer.generator.close()
+        if self._engine is not None:
+            self._engine.close()
+            self._engine = None
         self._scorers.clear()
         self.prefixes = None
         if self.client is not None:

@@ -68,13 +68,15 @@ def layer_activations(shape: ModelShape, tokens: int, seq_len: int, *, act_bytes
 
 
 def sft_estimate(shape: ModelShape, *, method: str, batch_size: int, max_seq_len: int, bf16: bool,
-                 gradient_checkpointing: bool, cuda: bool,
-                 label_share: float = 1.0) -> Estimate:
-    """Peak of one training process; `label_share`: the share of positions with a label (1.0: all)."""
+                 gradient_checkpointing: bool, cuda: bool, label_share: float = 1.0,
+                 weight_bytes: float = 4) -> Estimate:
+    """Peak of one training process; `label_share`: the share of positions with a label (1.0: all);
+    `weight_bytes`: bytes per frozen base weight (4 as the sft stage loads today; 2 in bf16, ~0.55 in 4 bit)."""
     tokens = batch_size * max_seq_len
     act = 2 if bf16 else 4
     trainable = shape.params if method == "full" else shape.lora_params
-    weights = shape.params * 4 + (shape.lora_params * 4 if method == "lora" else 0)
+    weights = int(shape.params * (4 if method == "full" else weight_bytes)) \
+        + (shape.lora_params * 4 if method == "lora" else 0)
     optimizer = trainable * (4 + 8)  # gradients + AdamW's two moments, float32
     lora_in = shape.lora_inputs if method == "lora" else 0
     one_layer = layer_activations(shape, tokens, max_seq_len, act_bytes=act, lora_inputs=lora_in, scores=not cuda)

@@ -36,6 +36,7 @@ class StageRecord:
 
     outputs: dict[str, str] = field(default_factory=dict)
     counts: dict[str, Any] = field(default_factory=dict)
+    memory: dict[str, Any] = field(default_factory=dict)  # model stages: planned and measured (runtime/memory.py)
 
 
 class RunDir:
@@ -140,7 +141,7 @@ class RunDir:
                 "seconds": round(time.time() - started, 2),
                 "outputs": record.outputs,
                 "counts": record.counts,
-            },
+            } | ({"memory": record.memory} if record.memory else {}),
         )
 
 

@@ -20,6 +20,7 @@ from sftjudge.models.embedded import sftjudge_home
 from sftjudge.plan.check import check_memory
 from sftjudge.run.directory import RunDir, StageRecord
 from sftjudge.run.faults import maybe_fail
+from sftjudge.runtime.memory import device_free, stage_memory
 from sftjudge.runtime.threads import apply_threads, resolve_threads
 
 
@@ -57,6 +58,9 @@ def run_stage(stage: str, run_path: str | Path, config: RunConfig,
     home = sftjudge_home(config.home)
     with run.stage(stage) as record:
         maybe_fail(stage, run.path)
-        check_memory(stage, config, home)  # sft, generate, judge: refuse what will not fit before loading it
+        planned = check_memory(stage, config, home)  # sft, generate, judge: refuse what will not fit, unloaded
+        before = device_free() if planned is not None else None
         work(StageContext(run=run, config=config, home=home, record=record))
+        if planned is not None:
+            record.memory = stage_memory(stage, planned.estimate.total, before)
     return run.stage_info(stage)

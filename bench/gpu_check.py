@@ -1,0 +1,318 @@
+"""One GPU check, no downloads: randomly initialised models of realistic shape through the project's own code.
+
+For each shape (default 1.5b and 7b, Qwen2-like dimensions; `tiny` for the CPU test) it measures, in one run:
+
+- matmul: a bf16 matrix product's FLOP/s, the ceiling the utilisation figures are measured against;
+- lora: LoRA training steps with bf16 base weights through the sft stage's loss (train/batching.summed_token_loss,
+  output layer at labelled positions only) under the stage's autocast: tokens/s, model-FLOP utilisation (4 x params
+  FLOPs per token: forward plus the backward pass through the frozen weights) and peak memory beside the planner's
+  estimate for the same settings;
+- full: full fine-tuning (float32 weights, bf16 autocast, AdamW) where the planner says it fits the card, else the
+  planner's refusal; 6 x params FLOPs per token;
+- qlora: LoRA on 4-bit weights when bitsandbytes is installed (else why not);
+- generate: batched greedy generation through generate/backends.TransformersGenerator: new tokens/s;
+- judge: logprob judging through judge/logprob.LogprobJudge with the shipped reference-score definition: items/s.
+
+Each section records its error instead of stopping the run, so one failure still leaves the other numbers. Writes
+one JSON (--out) and prints it. The tokenizer is the tiny test tokenizer trained on the spot (token ids stay below
+its 400; the models keep their full vocabularies, so the output layer costs what it costs).
+
+    python bench/gpu_check.py --out gpu_check.json                 # on the GPU machine, < 8 minutes on an H200
+    python bench/gpu_check.py --shapes tiny --out /tmp/check.json  # on a CPU, seconds (the test suite does this)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+import traceback
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+SHAPES = {  # Llama-architecture configs with the dimensions of Qwen2-1.5B and Qwen2-7B
+    "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, vocab_size=400),
+    "1.5b": dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12,
+                 num_key_value_heads=2, vocab_size=151936),
+    "7b": dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
+               num_key_value_heads=4, vocab_size=152064),
+}
+TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def section(results: dict, name: str, work) -> None:
+    """Run one measurement; keep its numbers, or its error, under `name`."""
+    started = time.perf_counter()
+    try:
+        results[name] = work()
+    except Exception as exc:  # one broken section must not lose the others' numbers
+        results[name] = {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc(limit=6)}
+    results[name]["seconds"] = round(time.perf_counter() - started, 1)
+    print(f"  {name}: {json.dumps({k: v for k, v in results[name].items() if k != 'traceback'})}", flush=True)
+
+
+def sync():
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def reset_peak():
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def peak_bytes() -> int | None:
+    import torch
+
+    return int(torch.cuda.max_memory_allocated()) if torch.cuda.is_available() else None
+
+
+def matmul_flops(size: int, repeats: int) -> dict:
+    import torch
+
+    from sftjudge.runtime.device import device
+
+    a = torch.randn(size, size, device=device(), dtype=torch.bfloat16)
+    b = torch.randn(size, size, device=device(), dtype=torch.bfloat16)
+    a @ b
+    sync()
+    started = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    sync()
+    seconds = time.perf_counter() - started
+    return {"size": size, "tflops": round(2 * size ** 3 * repeats / seconds / 1e12, 3)}
+
+
+def build(shape: str, dtype):
+    """A randomly initialised model of `shape`, created directly on the device in `dtype`."""
+    import torch
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    from sftjudge.runtime.device import device
+
+    config = LlamaConfig(**SHAPES[shape], max_position_embeddings=4096, tie_word_embeddings=False)
+    torch.manual_seed(0)
+    with torch.device(device()):
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    return model, config
+
+
+def batch(size: int, seq: int, vocab: int):
+    """Random ids (below the tokenizer's 400) with the second half of each row labelled, as completions are."""
+    import torch
+
+    from sftjudge.runtime.device import device
+
+    ids = torch.randint(3, min(vocab, 400), (size, seq), device=device())
+    labels = ids.clone()
+    labels[:, : seq // 2] = -100
+    return ids, torch.ones_like(ids), labels
+
+
+def train_steps(model, params, *, batch_size: int, seq: int, steps: int, vocab: int, flops_per_token: float,
+                ceiling: float) -> dict:
+    """Timed optimizer steps through the sft stage's loss, after one warm-up step."""
+    import torch
+
+    from sftjudge.runtime.device import autocast
+    from sftjudge.train.batching import summed_token_loss
+
+    optimizer = torch.optim.AdamW(params, lr=1e-4)
+    ids, mask, labels = batch(batch_size, seq, vocab)
+
+    def step():
+        with autocast(True):
+            loss, count = summed_token_loss(model, ids, mask, labels)
+        (loss / max(count, 1)).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return loss.item() / max(count, 1)
+
+    model.train()
+    step()
+    sync()
+    started = time.perf_counter()
+    for _ in range(steps):
+        loss = step()
+    sync()
+    seconds = time.perf_counter() - started
+    tokens_per_s = batch_size * seq * steps / seconds
+    return {"batch": batch_size, "seq": seq, "steps": steps, "tokens_per_s": round(tokens_per_s, 1),
+            "mfu": round(flops_per_token * tokens_per_s / (ceiling * 1e12), 4), "final_loss": round(loss, 4),
+            "peak_bytes": peak_bytes()}
+
+
+def planned(shape_name: str, config, method: str, batch_size: int, seq: int, weight_bytes: float) -> int:
+    import torch
+
+    from sftjudge.plan.estimate import sft_estimate
+    from sftjudge.plan.shape import shape_from_config
+
+    shape = shape_from_config(shape_name, config, lora_r=16 if method == "lora" else 0, lora_targets=tuple(TARGETS))
+    return sft_estimate(shape, method=method, batch_size=batch_size, max_seq_len=seq, bf16=True,
+                        gradient_checkpointing=False, cuda=torch.cuda.is_available(), label_share=0.5,
+                        weight_bytes=weight_bytes).total
+
+
+def lora(shape: str, size: dict, ceiling: float, tokenizer) -> dict:
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    reset_peak()
+    model, config = build(shape, torch.bfloat16)
+    params_total = sum(p.numel() for p in model.parameters())
+    model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, target_modules=TARGETS, lora_dropout=0.05))
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    for p in trainable:  # adapters and their optimizer state in float32, as the stage keeps them
+        p.data = p.data.float()
+    out = train_steps(model, trainable, flops_per_token=4 * params_total, ceiling=ceiling, vocab=config.vocab_size,
+                      **size)
+    out |= {"params": params_total, "base_dtype": "bfloat16",
+            "planned_bytes": planned(shape, config, "lora", size["batch_size"], size["seq"], 2)}
+    del model
+    return out
+
+
+def full(shape: str, size: dict, ceiling: float, free: int | None) -> dict:
+    import torch
+    from transformers import LlamaConfig
+
+    from sftjudge.plan.estimate import gib
+
+    config = LlamaConfig(**SHAPES[shape], max_position_embeddings=4096, tie_word_embeddings=False)
+    need = planned(shape, config, "full", size["batch_size"], size["seq"], 4)
+    if free is not None and need > free:
+        return {"skipped": f"the planner estimates {gib(need)} GiB for a full fine-tune; {gib(free)} GiB free",
+                "planned_bytes": need}
+    reset_peak()
+    model, _ = build(shape, torch.float32)
+    params_total = sum(p.numel() for p in model.parameters())
+    out = train_steps(model, list(model.parameters()), flops_per_token=6 * params_total, ceiling=ceiling,
+                      vocab=config.vocab_size, **size)
+    del model
+    return out | {"params": params_total, "planned_bytes": need}
+
+
+def qlora(shape: str, size: dict, ceiling: float) -> dict:
+    import importlib.util
+    import tempfile
+
+    import torch
+
+    if importlib.util.find_spec("bitsandbytes") is None or not torch.cuda.is_available():
+        return {"skipped": "bitsandbytes is not installed" if torch.cuda.is_available() else "needs CUDA"}
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    with tempfile.TemporaryDirectory() as folder:  # 4-bit weights come from a checkpoint: write the random one
+        model, config = build(shape, torch.bfloat16)
+        params_total = sum(p.numel() for p in model.parameters())
+        model.save_pretrained(folder)
+        del model
+        reset_peak()
+        quantised = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                       bnb_4bit_compute_dtype=torch.bfloat16)
+        model = AutoModelForCausalLM.from_pretrained(folder, quantization_config=quantised, device_map={"": 0})
+    model = get_peft_model(prepare_model_for_kbit_training(model, use_gradient_checkpointing=False),
+                           LoraConfig(r=16, lora_alpha=32, target_modules=TARGETS))
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    out = train_steps(model, trainable, flops_per_token=4 * params_total, ceiling=ceiling,
+                      vocab=config.vocab_size, **size)
+    del model
+    return out | {"params": params_total, "planned_bytes": planned(shape, config, "lora", size["batch_size"],
+                                                                   size["seq"], 0.55)}
+
+
+def generate(shape: str, tokenizer, prompts: int, new_tokens: int, batch_size: int) -> dict:
+    import torch
+
+    from sftjudge.generate.backends import GenerationParams, TransformersGenerator
+
+    model, _ = build(shape, torch.bfloat16)
+    model.generation_config.eos_token_id = None  # a random model would stop at random; every answer runs full length
+    generator = TransformersGenerator(model, tokenizer, batch_size=batch_size)
+    texts = [f"Extract the support ticket fields as JSON. Message {i}: my router stopped working." * 4
+             for i in range(prompts)]
+    generator.generate(texts[:batch_size], GenerationParams(max_new_tokens=4))  # warm-up
+    sync()
+    started = time.perf_counter()
+    out = generator.generate(texts, GenerationParams(max_new_tokens=new_tokens))
+    sync()
+    seconds = time.perf_counter() - started
+    made = sum(g.completion_tokens for g in out)
+    del model, generator
+    return {"prompts": prompts, "batch": batch_size, "new_tokens": made,
+            "new_tokens_per_s": round(made / seconds, 1)}
+
+
+def judge(shape: str, tokenizer, items: int, batch_size: int) -> dict:
+    import torch
+
+    from sftjudge.judge.logprob import LogprobJudge
+    from sftjudge.judge.spec import load_judge
+
+    model, _ = build(shape, torch.bfloat16)
+    scorer = LogprobJudge(model, tokenizer, load_judge(REPO / "judges", "reference-score"), max_prompt_tokens=1024)
+    rows = [{"id": str(i), "instruction": "Extract the support ticket fields as JSON. " * 6,
+             "reference": '{"intent": "refund", "product": "smart speaker", "priority": "medium"}',
+             "answer": '{"intent": "bug_report", "product": "router", "priority": "high"}' * (1 + i % 3)}
+            for i in range(items)]
+    scorer.score(rows[:batch_size], batch_size=batch_size)  # warm-up
+    sync()
+    started = time.perf_counter()
+    judged = scorer.score(rows, batch_size=batch_size)
+    sync()
+    seconds = time.perf_counter() - started
+    del model
+    return {"items": items, "batch": batch_size, "items_per_s": round(items / seconds, 2),
+            "scored": sum(j.score is not None for j in judged),
+            "mean_prompt_tokens": round(sum(j.prompt_tokens for j in judged) / items, 1)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shapes", default="1.5b,7b", help=f"comma-separated, of {', '.join(SHAPES)}")
+    parser.add_argument("--out", type=Path, default=Path("gpu_check.json"))
+    args = parser.parse_args()
+
+    import torch
+
+    from sftjudge.models.tiny import build_tiny_tokenizer
+
+    cuda = torch.cuda.is_available()
+    tokenizer = build_tiny_tokenizer()
+    report: dict = {"device": torch.cuda.get_device_name() if cuda else platform.processor() or "cpu",
+                    "torch": torch.__version__, "cuda": torch.version.cuda, "shapes": {}}
+    print(f"gpu_check on {report['device']} (torch {torch.__version__})", flush=True)
+    section(report, "matmul", lambda: matmul_flops(8192 if cuda else 256, 50 if cuda else 5))
+    ceiling = report["matmul"].get("tflops") or 1.0
+    for shape in args.shapes.split(","):
+        small = shape == "tiny" or not cuda
+        size = dict(batch_size=2, seq=64, steps=2) if small else dict(batch_size=4, seq=1024, steps=8)
+        free = torch.cuda.mem_get_info()[0] if cuda else None
+        results: dict = {}
+        print(f"{shape}:", flush=True)
+        section(results, "lora", lambda: lora(shape, size, ceiling, tokenizer))
+        section(results, "full", lambda: full(shape, size, ceiling, free))
+        section(results, "qlora", lambda: qlora(shape, size, ceiling))
+        section(results, "generate", lambda: generate(shape, tokenizer, 8 if small else 64, 8 if small else 128,
+                                                      4 if small else 32))
+        section(results, "judge", lambda: judge(shape, tokenizer, 4 if small else 64, 2 if small else 8))
+        report["shapes"][shape] = results
+    args.out.write_text(json.dumps(report, indent=2))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,32 @@
+"""bench/gpu_check.py, the script a GPU machine runs once, on a tiny shape on the CPU: every section runs through
+the project's code and writes its numbers (a section that breaks would record an error instead)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.model
+def test_gpu_check_runs_every_section_on_a_tiny_shape(tmp_path):
+    out = tmp_path / "check.json"
+    done = subprocess.run([sys.executable, str(REPO / "bench" / "gpu_check.py"), "--shapes", "tiny", "--out",
+                           str(out)], capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert report["matmul"]["tflops"] > 0
+    tiny = report["shapes"]["tiny"]
+    errors = {name: s["error"] for name, s in tiny.items() if "error" in s}
+    assert not errors, errors
+    for name in ("lora", "full"):
+        assert tiny[name]["tokens_per_s"] > 0 and 0 < tiny[name]["mfu"] < 1
+        assert tiny[name]["planned_bytes"] > 0 and tiny[name]["final_loss"] > 0
+    assert tiny["qlora"]["skipped"]  # CUDA only
+    assert tiny["generate"]["new_tokens"] == 8 * 8  # every answer ran its full length
+    assert tiny["judge"]["scored"] == tiny["judge"]["items"] == 4
