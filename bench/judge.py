@@ -108,13 +108,38 @@ def stage_section(run: Path, config, home: Path) -> None:
         print(f"   judge stage {'with' if reuse else 'without'} prefix reuse: {took:.1f} s", flush=True)
         shutil.rmtree(home / "anchors", ignore_errors=True)  # the next stage computes its anchors again
     shared = scores[False].keys() & scores[True].keys()
-    gap = max(abs(scores[False][k] - scores[True][k]) for k in shared)
-    worst = max(shared, key=lambda k: abs(scores[False][k] - scores[True][k]))
+    diffs = {k: abs(scores[False][k] - scores[True][k]) for k in shared}
+    worst = max(diffs, key=diffs.get)
+    runs = [k for k in shared if k.startswith("run/")]
+    shift = statistics.fmean(scores[True][k] - scores[False][k] for k in runs)
     print(f"\n1. judge stage on {run.name} ({metrics['items']} test items; champion = the run itself), "
           f"judge precision {config.judge.precision}")
     print(f"   whole prompts        {seconds[False]:8.1f} s")
     print(f"   shared-prefix reuse  {seconds[True]:8.1f} s   {seconds[False] / seconds[True]:.2f}x faster")
-    print(f"   {len(shared)} numbers compared; largest difference {gap:.2e} ({worst})")
+    print(f"   {len(shared)} numbers compared: largest difference {diffs[worst]:.2e} ({worst}), mean "
+          f"{statistics.fmean(diffs.values()):.2e}; the run's mean score moved {shift:+.4f}")
+    own = own_noise(run, config, home, {k[4:]: scores[False][k] for k in runs})
+    if own:
+        print(f"   the judge's own noise, whole prompts batch {config.judge.batch_size} vs batch 1 on {own[0]} "
+              f"items: largest {own[1]:.2e}, mean {own[2]:.2e} (what any change of batch composition moves)")
+
+
+def own_noise(run: Path, config, home: Path, batched: dict[str, float], items: int = 12):
+    """(items, largest, mean |diff|) between the whole-prompt stage's scores and the same prompts judged one at a
+    time: at bf16 a change of batch composition alone moves scores, and reuse changes it too."""
+    from sftjudge.judge.model import LoadedJudge
+    from sftjudge.judge.spec import judge_item, load_judge
+    from sftjudge.run import files
+    from sftjudge.run.io import read_jsonl
+
+    generations = [g for g in read_jsonl(run / files.GENERATIONS) if g["id"] in batched][:items]
+    whole = config.model_copy(update={"judge": config.judge.model_copy(update={"prefix_cache_mb": 0})})
+    loaded = LoadedJudge(whole, home)
+    alone = loaded.scorer(load_judge(Path(config.judge.judges_dir), config.judge.judge)).score(
+        [judge_item(g) for g in generations], batch_size=1)
+    loaded.close()
+    diffs = [abs(j.score - batched[j.id]) for j in alone if j.score is not None]
+    return (len(diffs), max(diffs), statistics.fmean(diffs)) if diffs else None
 
 
 def rubric_section(items: list[dict], loaded, batch_size: int) -> None:
@@ -220,6 +245,7 @@ def main() -> None:
     parser.add_argument("--modes", action="store_true", help="also time logprob vs text mode on calibration items")
     parser.add_argument("--skip-stage", action="store_true", help="leave out the (long) whole-stage timing")
     parser.add_argument("--quick", action="store_true", help="tiny random judge: checks the plumbing in seconds")
+    parser.add_argument("--precision", choices=["fp32", "bf16"], help="judge precision (default: the run's)")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -231,6 +257,7 @@ def main() -> None:
 
     run = (args.run or latest_run(REPO / "runs")).resolve()
     overrides = ["judge.model=tiny", "judge.similarity_encoder=tiny"] if args.quick else []
+    overrides += [f"judge.precision={args.precision}"] if args.precision else []
     config = load_config(run / files.CONFIG, overrides)
     home = scratch_home()
     items = [judge_item(g) for g in read_jsonl(run / files.GENERATIONS)]

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from sftjudge import cli_plan, cli_review
+from sftjudge import cli_export, cli_plan, cli_review
 from sftjudge.cli_common import find_run as _find_run
 from sftjudge.cli_common import registry as _registry
 from sftjudge.config_yaml import load_config
@@ -27,7 +27,7 @@ EPILOG = """examples:
   sftjudge report RUN_ID --html                # one shareable HTML file with the plots embedded
   sftjudge judge calibrate --config configs/demo.yaml data/sample/calibration.jsonl
   accelerate launch --multi_gpu --num_processes 4 -m sftjudge.cli train runs/RUN_ID   # sft on 4 GPUs"""
-EPILOG += cli_review.EXAMPLES + cli_plan.EXAMPLES + "\n"
+EPILOG += cli_review.EXAMPLES + cli_plan.EXAMPLES + cli_export.EXAMPLES + "\n"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -103,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     cli_review.add_parsers(sub)
     cli_plan.add_parsers(sub)
+    cli_export.add_parsers(sub)
 
     models = sub.add_parser("models", help="embedded models shipped inside PyPI packages")
     models_sub = models.add_subparsers(dest="models_command", required=True, metavar="ACTION")
@@ -332,7 +333,8 @@ def cmd_registry(args: argparse.Namespace) -> int:
 COMMANDS = {"run": cmd_run, "resume": cmd_resume, "train": cmd_train, "runs": cmd_runs, "show": cmd_show,
             "champion": cmd_champion, "models": cmd_models, "judge": cmd_judge, "promote": cmd_promote,
             "rollback": cmd_rollback, "diff": cmd_diff, "report": cmd_report, "registry": cmd_registry,
-            **cli_review.COMMANDS, **cli_plan.COMMANDS}
+            **cli_review.COMMANDS, **cli_plan.COMMANDS,
+            **cli_export.COMMANDS}
 
 
 def main(argv: list[str] | None = None) -> int:
