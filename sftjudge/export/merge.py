@@ -41,7 +41,8 @@ def export_run(run: Path, out: Path, home: Path, *, dtype: str = "bf16", overwri
         checkpoint = run / files.CHECKPOINTS / checkpoint.name  # a run directory moved since it trained
     base = resolve_model(config.sft.base_model, home)
     # Merged in float32 (as the generate stage merges), then cast: the weights the run's answers came from.
-    model, tokenizer = load_finetuned(base, checkpoint, precision="fp32", trust_remote_code=config.sft.trust_remote_code)
+    model, tokenizer = load_finetuned(base, checkpoint, precision="fp32",
+                                      trust_remote_code=config.sft.trust_remote_code)
     model = model.to(dtype=getattr(torch, DTYPES[dtype]))
     model.config.torch_dtype = getattr(torch, DTYPES[dtype])
     _decoding(model, tokenizer, config.generate)
