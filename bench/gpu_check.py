@@ -156,13 +156,13 @@ def train_steps(model, params, *, batch_size: int, seq: int, steps: int, vocab: 
 def planned(shape_name: str, config, method: str, batch_size: int, seq: int, weight_bytes: float) -> int:
     import torch
 
-    from sftjudge.plan.estimate import sft_estimate
+    from sftjudge.plan.estimate import Training, sft_estimate
     from sftjudge.plan.shape import shape_from_config
 
     shape = shape_from_config(shape_name, config, lora_r=16 if method == "lora" else 0, lora_targets=tuple(TARGETS))
-    return sft_estimate(shape, method=method, batch_size=batch_size, max_seq_len=seq, bf16=True,
-                        gradient_checkpointing=False, cuda=torch.cuda.is_available(), label_share=0.5,
-                        weight_bytes=weight_bytes).total
+    return sft_estimate(shape, Training(method=method, batch_size=batch_size, max_seq_len=seq, bf16=True,
+                                        label_share=0.5, weight_bytes=weight_bytes),
+                        cuda=torch.cuda.is_available()).total
 
 
 def lora(shape: str, size: dict, ceiling: float, tokenizer) -> dict:

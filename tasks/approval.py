@@ -36,7 +36,8 @@ def await_approval(run_path: str, config: RunConfig, decided: dict[str, Any]) ->
 @task(name="apply-approval", **STAGE_TASK_OPTIONS)
 def apply_approval(run_path: str, config: RunConfig, answer: dict[str, Any] | None) -> dict[str, Any]:
     decision = apply_answer(RunDir(run_path), config, Approval(**answer) if answer is not None else None)
-    from sftjudge.tasks import artifacts
+    from sftjudge.tasks import artifacts, events
 
     artifacts.report(run_path)
+    events.emit_decision(run_path)  # the answered decision: promoted or held
     return decision

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import task
-from sftjudge.tasks import artifacts
+from sftjudge.tasks import artifacts, events
 from sftjudge.tasks.policy import STAGE_TASK_OPTIONS
 
 from sftjudge.config import RunConfig
@@ -52,4 +52,5 @@ def judge(run_path: str, config: RunConfig) -> dict[str, Any]:
 def decide(run_path: str, config: RunConfig) -> dict[str, Any]:
     info = decide_stage(run_path, config)
     artifacts.report(run_path)
+    events.emit_decision(run_path)  # automations notify on promotion, rollback (deployments/setup.py)
     return info

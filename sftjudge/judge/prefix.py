@@ -173,7 +173,7 @@ def forward_with_prefixes(model, store: PrefixStore, seqs: list[list[int]], cuts
         out = model(input_ids=tail_ids, attention_mask=mask, position_ids=positions,
                     use_cache=keep_cache or store_later, **keep_logits(model, keep), **{arg: cache})
     if store_later:
-        _store_longer(store, getattr(out, arg), seqs, prefix_lens, later, width, tail_ids.shape[1])
+        _store_longer(store, getattr(out, arg), seqs, list(zip(prefix_lens, later)), (width, tail_ids.shape[1]))
     return out.logits[:, -keep:, :].float(), (getattr(out, arg) if keep_cache else None), mask, \
         [len(s) for s in seqs]
 
@@ -203,14 +203,16 @@ def _compute_openings(model, store: PrefixStore, openings: list[tuple[int, ...]]
     return fresh
 
 
-def _store_longer(store: PrefixStore, cache, seqs, prefix_lens, later, width: int, tail_width: int) -> None:
-    """Store each row's keys and values up to its longer cut points, cut out of the pass's cache: the row's
-    prefix part (right-aligned in the first `width` columns) joined to the start of its tail part (right-aligned
-    in the last `tail_width`)."""
+def _store_longer(store: PrefixStore, cache, seqs, rows: list[tuple[int, list[int]]],
+                  widths: tuple[int, int]) -> None:
+    """Store each row's keys and values up to its longer cut points (`rows[i]`: its prefix length, the cuts), cut
+    out of the pass's cache: the row's prefix part (right-aligned in the first `widths[0]` columns) joined to the
+    start of its tail part (right-aligned in the last `widths[1]`)."""
     import torch
 
+    width, tail_width = widths
     layers = [(layer[0], layer[1]) for layer in cache]
-    for row, (seq, p, cuts) in enumerate(zip(seqs, prefix_lens, later)):
+    for row, (seq, (p, cuts)) in enumerate(zip(seqs, rows)):
         start = width + tail_width - (len(seq) - p)  # where the row's tail begins
         for cut in cuts:
             key = tuple(seq[:cut])

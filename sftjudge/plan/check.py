@@ -10,7 +10,16 @@ from typing import Any
 
 from sftjudge.config import RunConfig
 from sftjudge.errors import UserError
-from sftjudge.plan.estimate import Estimate, generate_estimate, gib, judge_estimate, sft_estimate, vllm_estimate
+from sftjudge.plan.estimate import (
+    Estimate,
+    Judging,
+    Training,
+    generate_estimate,
+    gib,
+    judge_estimate,
+    sft_estimate,
+    vllm_estimate,
+)
 from sftjudge.plan.shape import ModelShape, model_shape
 
 ENCODER_PARAMS = 22_700_000  # all-MiniLM-L6-v2
@@ -108,10 +117,9 @@ class Planner:
             shape = self.shape(sft.base_model, lora=sft.method == "lora")
             if shape is None:
                 return None
-            one = sft_estimate(shape, method=sft.method,
-                               batch_size=sft.batch_size, max_seq_len=sft.max_seq_len,
-                               bf16=_bf16(sft.precision, self.target),
-                               gradient_checkpointing=sft.gradient_checkpointing, cuda=cuda)
+            one = sft_estimate(shape, Training(method=sft.method, batch_size=sft.batch_size,
+                                               max_seq_len=sft.max_seq_len, bf16=_bf16(sft.precision, self.target),
+                                               gradient_checkpointing=sft.gradient_checkpointing), cuda=cuda)
             if sft.num_processes > 1 and not cuda:  # every process holds its own copy in the same RAM
                 return Estimate(stage="sft", parts={k: v * sft.num_processes for k, v in one.parts.items()})
             return one
@@ -127,10 +135,11 @@ class Planner:
             shape = None if judge.backend == "openai" else self.shape(judge.model)  # served: nothing loaded here
             if shape is None:
                 return None
-            return judge_estimate(shape, batch_size=judge.batch_size,
-                                  max_prompt_tokens=judge.max_prompt_tokens, bf16=_bf16(judge.precision, self.target),
-                                  rubric_criteria=4 if judge.rubric else 1, prefix_cache_mb=judge.prefix_cache_mb,
-                                  encoder_params=ENCODER_PARAMS if judge.similarity_encoder else 0, cuda=cuda)
+            return judge_estimate(shape, Judging(
+                batch_size=judge.batch_size, max_prompt_tokens=judge.max_prompt_tokens,
+                bf16=_bf16(judge.precision, self.target), rubric_criteria=4 if judge.rubric else 1,
+                prefix_cache_mb=judge.prefix_cache_mb,
+                encoder_params=ENCODER_PARAMS if judge.similarity_encoder else 0), cuda=cuda)
         raise ValueError(f"no memory estimate for stage {stage!r}")
 
     def plan(self, stage: str, *, resident: int = 0) -> StagePlan | None:

@@ -67,11 +67,36 @@ def layer_activations(shape: ModelShape, tokens: int, seq_len: int, *, act_bytes
     return total
 
 
-def sft_estimate(shape: ModelShape, *, method: str, batch_size: int, max_seq_len: int, bf16: bool,
-                 gradient_checkpointing: bool, cuda: bool, label_share: float = 1.0,
-                 weight_bytes: float = 4) -> Estimate:
-    """Peak of one training process; `label_share`: the share of positions with a label (1.0: all);
-    `weight_bytes`: bytes per frozen base weight (4 as the sft stage loads today; 2 in bf16, ~0.55 in 4 bit)."""
+@dataclass(frozen=True, kw_only=True)
+class Training:
+    """What sizes one training process besides the model."""
+
+    method: str  # "lora" or "full"
+    batch_size: int
+    max_seq_len: int
+    bf16: bool
+    gradient_checkpointing: bool = False
+    label_share: float = 1.0  # share of positions with a label (1.0: all, an upper bound)
+    weight_bytes: float = 4  # per frozen base weight: 4 as the sft stage loads today; 2 in bf16, ~0.55 in 4 bit
+
+
+@dataclass(frozen=True, kw_only=True)
+class Judging:
+    """What sizes the judge stage besides the model."""
+
+    batch_size: int
+    max_prompt_tokens: int
+    bf16: bool
+    rubric_criteria: int  # 0 without a rubric
+    prefix_cache_mb: int
+    encoder_params: int  # the similarity encoder's parameters (0 without one)
+
+
+def sft_estimate(shape: ModelShape, settings: Training, *, cuda: bool) -> Estimate:
+    """Peak of one training process."""
+    method, batch_size, max_seq_len, bf16 = settings.method, settings.batch_size, settings.max_seq_len, settings.bf16
+    gradient_checkpointing, label_share, weight_bytes = (settings.gradient_checkpointing, settings.label_share,
+                                                         settings.weight_bytes)
     tokens = batch_size * max_seq_len
     act = 2 if bf16 else 4
     trainable = shape.params if method == "full" else shape.lora_params
@@ -113,11 +138,13 @@ def vllm_estimate(shape: ModelShape, *, device_total: int, utilization: float, b
                                              "runtime": CUDA_CONTEXT}), needs
 
 
-def judge_estimate(shape: ModelShape, *, batch_size: int, max_prompt_tokens: int, bf16: bool, rubric_criteria: int,
-                   prefix_cache_mb: int, encoder_params: int, cuda: bool) -> Estimate:
+def judge_estimate(shape: ModelShape, settings: Judging, *, cuda: bool) -> Estimate:
     """Peak of the judge stage: weights in the judge's precision, a batch's cache (times the rubric's criteria,
     which repeat it), one forward pass's working set and attention scores, the prefix store's budget."""
-    dtype = 2 if bf16 else 4
+    batch_size, max_prompt_tokens, rubric_criteria = (settings.batch_size, settings.max_prompt_tokens,
+                                                      settings.rubric_criteria)
+    prefix_cache_mb, encoder_params = settings.prefix_cache_mb, settings.encoder_params
+    dtype = 2 if settings.bf16 else 4
     rows = batch_size * max(1, rubric_criteria)
     kv = rows * max_prompt_tokens * shape.kv_bytes_per_token(dtype)
     tokens = batch_size * max_prompt_tokens
