@@ -3,6 +3,7 @@
     python deployments/setup.py                      # cpu + gpu process pools, limit "gpu" = 1
     python deployments/setup.py --gpu-type kubernetes --gpu-slots 4
     python deployments/setup.py --runs-per-worker 2     # workers started with --limit 2 share their cores
+    python deployments/setup.py --notify-url https://hooks.example/sftjudge   # notify on rollback, promotion, failure
 
 Each flow run takes max(1, cores // runs per worker) torch threads (sftjudge/runtime/threads.py): the pools'
 job templates carry SFTJUDGE_RUNS_PER_WORKER, which must match the --limit the workers are started with.
@@ -71,12 +72,20 @@ def main() -> None:
     parser.add_argument("--runs-per-worker", type=int, default=1,
                         help="flow runs one worker executes at once (start workers with the same --limit); "
                              "each run gets max(1, cores // this) torch threads instead of every core")
+    parser.add_argument("--notify-url", help="webhook that automations call on a rollback, a promotion and a failed "
+                                             "or crashed run (deployments/notify.py); without it none are created")
     args = parser.parse_args()
     if args.runs_per_worker < 1:
         parser.error("--runs-per-worker must be at least 1")
     ensure_pool(args.cpu_pool, "process", args.runs_per_worker)
     ensure_pool(args.gpu_pool, args.gpu_type, args.runs_per_worker)
     ensure_limit("gpu", args.gpu_slots)
+    if args.notify_url:
+        sys.path.insert(0, str(HERE))
+        from notify import ensure_notifications
+
+        for name in ensure_notifications(args.notify_url):
+            print(f"automation {name!r}: ok")
     print(f"start workers with: prefect worker start --pool <pool> --limit {args.runs_per_worker}")
 
 
