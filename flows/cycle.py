@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import flow
-from sftjudge.tasks import approval, stages
+from sftjudge.tasks import approval, stages, tracking
 from sftjudge.tasks.routing import gpu_slot, on_gpu_worker
 
 from sftjudge.config import RunConfig
@@ -25,6 +25,7 @@ def fine_tune_then_judge(config: RunConfig = RunConfig(), resume: str | None = N
     else:
         gpu_stages(run, config)
     approval.await_approval(run, config, stages.decide(run, config))
+    tracking.track_decision(run, config)
     return run_summary(run)
 
 

@@ -244,6 +244,21 @@ class RegressionConfig(_Strict):
     max_new_tokens: int = Field(96, ge=1, description="Upper bound on generated tokens per suite answer.")
 
 
+class TrackingConfig(_Strict):
+    """MLflow: each cycle one MLflow run; the champion a registered model version with the `champion` alias."""
+
+    enabled: bool = Field(True, description="Log every cycle to MLflow after its decision.")
+    uri: str | None = Field(
+        None, description="MLflow tracking URI (a server such as http://127.0.0.1:5000, or sqlite:///path); "
+                          "default: sqlite:///<runs_dir>/mlflow.db, which `mlflow ui` shows with no server.")
+    experiment: str = Field("sftjudge", description="MLflow experiment the runs are logged to.")
+    registered_model: str | None = Field(
+        None, description="Registered model name for champions; default sftjudge-<name>.")
+    retries: int = Field(2, ge=0, le=10, description="Retries of a failed logging attempt; the decision stands "
+                                                     "either way and a final failure is recorded in the manifest.")
+    retry_delay_s: float = Field(10.0, ge=0, description="Seconds between logging attempts.")
+
+
 class OrchestrationConfig(_Strict):
     """Where the GPU stages run. Empty means everything in this process (the CPU default, no server needed)."""
 
@@ -279,6 +294,7 @@ class RunConfig(_Strict):
     review: ReviewConfig = Field(default_factory=ReviewConfig, description="Human review, agreement, release.")
     regression: RegressionConfig = Field(
         default_factory=RegressionConfig, description="General-ability regression suite (alignment tax).")
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig, description="MLflow tracking and registry.")
     orchestration: OrchestrationConfig = Field(
         default_factory=OrchestrationConfig, description="GPU routing (Prefect work pools).")
 

@@ -167,3 +167,23 @@ def test_prefect_artifacts_carry_the_judge_and_regression_tables(two_runs):
     assert regression is not None and "| safety |" in regression.data and "tax" in regression.data
     judge = Artifact.get(f"judge-{run_id}")
     assert judge is not None and "judge score mean" in judge.data
+
+
+def test_both_cycles_are_in_mlflow_with_the_champion_alias(two_runs):
+    """What a user sees in `mlflow ui` after two cycles: two runs with their losses and decisions, and the registered
+    champion's alias on the run the registry holds as champion."""
+    from mlflow.tracking import MlflowClient
+
+    runs_dir, first, second = two_runs
+    uri = f"sqlite:///{Path(runs_dir).resolve() / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    experiment = client.get_experiment_by_name("sftjudge")
+    logged = {r.data.tags["sftjudge.run_id"]: r for r in client.search_runs([experiment.experiment_id])}
+    assert set(logged) == {first["run_id"], second["run_id"]}
+    for summary in (first, second):
+        assert summary["tracking"]["status"] == "logged"
+        assert logged[summary["run_id"]].data.tags["sftjudge.action"] == summary["decision"]
+        assert len(client.get_metric_history(logged[summary["run_id"]].info.run_id, "val_loss")) >= 1
+    champion = Registry.in_runs_dir(runs_dir).champion()["run_id"]
+    alias = client.get_model_version_by_alias("sftjudge-tiny", "champion")
+    assert alias.run_id == logged[champion].info.run_id

@@ -209,7 +209,7 @@ def _comparability_failures(run: RunResult, champion: RunResult) -> list[str]:
     return reasons
 
 
-IGNORED_SETTINGS = ("name", "runs_dir", "home", "threads", "memory_check")
+IGNORED_SETTINGS = ("name", "runs_dir", "home", "threads", "memory_check", "tracking")
 
 
 def _default_settings() -> dict[str, Any]:

@@ -35,6 +35,7 @@ def run_summary(run_path: str | Path) -> dict[str, Any]:
         "report": str(run / files.REPORT) if (run / files.REPORT).exists() else None,
         "review": read_json_if_present(run / files.REVIEW_AGREEMENT),
         "released": read_json_if_present(run / files.REVIEW_RELEASE),
+        "tracking": manifest.get("tracking"),
         "errors": {name: info["error"] for name, info in stages.items() if info.get("status") == "failed"
                    and info.get("error")},
     }
