@@ -139,3 +139,6 @@ def test_a_dead_tracking_server_is_reported_and_the_decision_stands(decided_run,
     tracking = RunDir(copy).manifest()["tracking"]
     assert tracking["status"] == "failed" and "127.0.0.1" in tracking["error"]
     assert summary["tracking"] == tracking
+    from sftjudge.run.summary import format_summary
+
+    assert "MLflow: NOT logged" in format_summary(summary) and "the decision stands" in format_summary(summary)

@@ -72,6 +72,13 @@ def format_summary(summary: dict[str, Any]) -> str:
                      f"{summary['run_id']}` finishes the unfinished stages")
     if summary["judge_score"] is not None:
         lines += human_review_lines(summary.get("review"), summary.get("released"))
+    tracking = summary.get("tracking") or {}
+    if tracking.get("status") == "logged":
+        lines.append(f"MLflow: run {tracking.get('mlflow_run_id')} at {tracking.get('uri')}"
+                     + (f", champion version {tracking['registered_version']}"
+                        if tracking.get("registered_version") else ""))
+    elif tracking.get("status") == "failed":
+        lines.append(f"MLflow: NOT logged ({tracking.get('error')}); the decision stands")
     if summary["report"]:
         lines.append(f"report: {summary['report']}")
     return "\n".join(lines)
