@@ -101,10 +101,10 @@ def stage_scores(copy: Path) -> dict[str, float]:
 
 
 def stage_section(run: Path, config, home: Path) -> None:
-    seconds, scores = {}, {}
+    seconds, scores, parts = {}, {}, {}
     for reuse in (False, True):
         took, metrics, copy = timed_stage(run, config, home, reuse)
-        seconds[reuse], scores[reuse] = took, stage_scores(copy)
+        seconds[reuse], scores[reuse], parts[reuse] = took, stage_scores(copy), metrics.get("seconds") or {}
         print(f"   judge stage {'with' if reuse else 'without'} prefix reuse: {took:.1f} s", flush=True)
         shutil.rmtree(home / "anchors", ignore_errors=True)  # the next stage computes its anchors again
     shared = scores[False].keys() & scores[True].keys()
@@ -116,6 +116,10 @@ def stage_section(run: Path, config, home: Path) -> None:
           f"judge precision {config.judge.precision}")
     print(f"   whole prompts        {seconds[False]:8.1f} s")
     print(f"   shared-prefix reuse  {seconds[True]:8.1f} s   {seconds[False] / seconds[True]:.2f}x faster")
+    for part in parts[False]:
+        whole, reused = parts[False][part], parts[True].get(part, 0.0)
+        print(f"     {part:18} {whole:7.1f} s -> {reused:7.1f} s"
+              + (f"   {whole / reused:.2f}x" if reused else ""))
     print(f"   {len(shared)} numbers compared: largest difference {diffs[worst]:.2e} ({worst}), mean "
           f"{statistics.fmean(diffs.values()):.2e}; the run's mean score moved {shift:+.4f}")
     own = own_noise(run, config, home, {k[4:]: scores[False][k] for k in runs})

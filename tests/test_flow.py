@@ -187,3 +187,10 @@ def test_both_cycles_are_in_mlflow_with_the_champion_alias(two_runs):
     champion = Registry.in_runs_dir(runs_dir).champion()["run_id"]
     alias = client.get_model_version_by_alias("sftjudge-tiny", "champion")
     assert alias.run_id == logged[champion].info.run_id
+
+
+def test_the_judge_stage_says_where_its_time_went(two_runs):
+    _, _, second = two_runs
+    seconds = json.loads((Path(second["run_dir"]) / files.METRICS).read_text())["seconds"]
+    assert {"pointwise", "rubric", "anchors", "base model", "pairwise", "noise", "regression suite"} <= set(seconds)
+    assert all(value >= 0 for value in seconds.values()) and seconds["pointwise"] > 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import statistics
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -74,15 +75,19 @@ def judge_run(run: RunDir, config: RunConfig, home: Path, champion_dir: str | No
                           batch_size=judge.batch_size)
     spec = load_judge(Path(judge.judges_dir), judge.judge)
     identity = loaded.identity(spec)
-    pointwise = judging.judge(spec, [judge_item(g) for g in generations])
-    dimensions = _dimensions(run, judging, judge, generations, champion_dir)
-    anchors = anchor_scores(loaded, spec, generations, home, judge.batch_size) if judge.anchors else {}
+    clock = Stopwatch()  # seconds per part of the stage, in metrics.json: where a judge stage's time goes
+    pointwise = clock("pointwise", judging.judge, spec, [judge_item(g) for g in generations])
+    dimensions = clock("rubric", _dimensions, run, judging, judge, generations, champion_dir)
+    anchors = (clock("anchors", anchor_scores, loaded, spec, generations, home, judge.batch_size)
+               if judge.anchors else {})
     encoder, rule = _encoder(judge, home), _format_rule(judge)
-    baseline = _judge_baseline(run, judging, spec, lambda gens: cheap_metrics(gens, rule, encoder))
-    pairwise, outcomes = _pairwise(judging, judge, generations, champion_dir)
-    noise = measure_noise(judging, spec, champion_dir, judge.noise_items)
-    suite = (judge_suite(run.path, judging, load_judge(Path(judge.judges_dir), config.regression.judge),
-                         config.regression.suite) if config.regression.enabled else None)
+    baseline = clock("base model", _judge_baseline, run, judging, spec,
+                     lambda gens: cheap_metrics(gens, rule, encoder))
+    pairwise, outcomes = clock("pairwise", _pairwise, judging, judge, generations, champion_dir)
+    noise = clock("noise", measure_noise, judging, spec, champion_dir, judge.noise_items)
+    suite = (clock("regression suite", judge_suite, run.path, judging,
+                   load_judge(Path(judge.judges_dir), config.regression.judge), config.regression.suite)
+             if config.regression.enabled else None)
     judge_params = loaded.params
     loaded.close()
     rows, cheap_rows = [], cheap_metrics(generations, rule, encoder)
@@ -113,11 +118,26 @@ def judge_run(run: RunDir, config: RunConfig, home: Path, champion_dir: str | No
         "dimensions": dimensions["summary"] if dimensions else None,
         "normalised": _on_the_anchored_scale(run, rows, anchors, champion_dir, identity) if anchors else None,
         "cache_torn_lines": judging.cache.dropped_lines,
+        "seconds": clock.seconds,
         "calibration": load_calibration(home, identity),
     }
     metrics["side_by_side"] = side_by_side(metrics, champion_dir)
     atomic_write_json(run / files.METRICS, metrics)
     return metrics
+
+
+class Stopwatch:
+    """Calls a function and keeps how long it took under a name (summed when a name repeats)."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+
+    def __call__(self, name: str, work: Callable[..., Any], *args: Any) -> Any:
+        started = time.perf_counter()
+        try:
+            return work(*args)
+        finally:
+            self.seconds[name] = round(self.seconds.get(name, 0.0) + time.perf_counter() - started, 2)
 
 
 SIDE_METRICS = ("similarity", "token_f1", "rouge_l", "exact_match")
