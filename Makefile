@@ -67,7 +67,7 @@ browser:  ## install chromium and chromedriver (Debian apt) for the review page'
 	       --no-install-recommends chromium chromium-driver; }
 
 test: install browser  ## set up, then run the test suite (tiny model only: no network, no GPU, no big models)
-	@$(BIN)/python -m pytest; rc=$$?; \
+	@$(BIN)/python -m pytest -m "not served"; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests; that is a failure here" >&2; exit 1; fi; \
 	exit $$rc
 
@@ -89,5 +89,8 @@ $(VLLM_INSTALLED):
 	touch $@
 
 .PHONY: vllm-check
-vllm-check: models $(VLLM_INSTALLED)  ## real vLLM (CPU build, own venv) vs transformers greedy answers
+vllm-check: models $(VLLM_INSTALLED)  ## real vLLM (CPU build, own venv): answers, served and in-engine judges
 	$(BIN)/python scripts/vllm_check.py --vllm-python $(VLLM_VENV)/bin/python
+	# The tests marked `served` (a real vllm serve, the judge inside a real engine): minutes of engine start-up
+	# each, so they run here and not in `make test`.
+	$(BIN)/python -m pytest -m served
