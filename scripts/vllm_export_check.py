@@ -28,7 +28,8 @@ def worker(folder: str, prompts_file: Path, out: Path, max_new_tokens: int) -> N
 
     tokenizer = AutoTokenizer.from_pretrained(folder)
     dtype = json.loads((Path(folder) / "sftjudge-export.json").read_text())["dtype"]
-    llm = LLM(model=folder, dtype={"bf16": "bfloat16", "fp32": "float32"}[dtype], max_model_len=2048)
+    llm = LLM(model=folder, dtype={"bf16": "bfloat16", "fp32": "float32"}[dtype], max_model_len=2048,
+              gpu_memory_utilization=0.3)  # on the CPU backend: the share of RAM vLLM reserves
     prompts = json.loads(prompts_file.read_text())
     requests = [{"prompt_token_ids": tokenizer(p, add_special_tokens=False)["input_ids"]} for p in prompts]
     outputs = llm.generate(requests, SamplingParams(max_tokens=max_new_tokens, temperature=0))

@@ -60,8 +60,10 @@ def worker(model_dir: str, out: Path) -> None:
     from sftjudge.models.loading import with_pad
 
     tok = with_pad(AutoTokenizer.from_pretrained(model_dir))
+    # On the CPU backend gpu_memory_utilization is the share of RAM vLLM reserves: a little is plenty here.
     engine = VLLMGenerator(model_dir, tokenizer=tok, engine_kwargs={"dtype": "float32", "max_logprobs": 20,
-                                                                    "max_model_len": 2048})
+                                                                    "max_model_len": 2048,
+                                                                    "gpu_memory_utilization": 0.3})
     results = {}
     for name, items in JUDGES:
         spec = load_judge(REPO / "judges", name)
@@ -76,13 +78,14 @@ def worker(model_dir: str, out: Path) -> None:
 def compare(here: dict, there: dict) -> bool:
     ok = True
     for name, _ in JUDGES:
-        worst = 0.0
+        worst, compared, outside, dims = 0.0, 0, 0, []
         for a, b in zip(here[name], there[name]):
             mass_a, mass_b = a["label_mass"] or 0.0, b["label_mass"] or 0.0
             for label, p in a["distribution"].items():
                 mine = p * mass_a
                 theirs = b["distribution"].get(label, 0.0) * mass_b
                 if theirs:
+                    compared += 1
                     worst = max(worst, abs(theirs - mine))
                     if abs(theirs - mine) > 1e-3:
                         print(f"  {name} {a['id']} label {label}: in process {mine:.4f}, engine {theirs:.4f}")
@@ -90,16 +93,22 @@ def compare(here: dict, there: dict) -> bool:
                 elif mine >= 0.02:
                     print(f"  {name} {a['id']} label {label}: {mine:.4f} in process, not among the engine's top 20")
                     ok = False
+                else:
+                    outside += 1
             if a["score"] is not None and b["score"] is not None and abs(mass_a - mass_b) < 1e-3:
                 if abs(a["score"] - b["score"]) > 0.01:
                     print(f"  {name} {a['id']}: score {a['score']:.4f} in process, {b['score']:.4f} engine")
                     ok = False
             for dim, value in (a.get("dimensions") or {}).items():
                 theirs = (b.get("dimensions") or {}).get(dim)
+                if theirs is not None:
+                    dims.append(abs(theirs - value))
                 if theirs is not None and abs(mass_a - mass_b) < 1e-3 and abs(theirs - value) > 0.02:
                     print(f"  {name} {a['id']} {dim}: {value:.4f} in process, {theirs:.4f} engine")
                     ok = False
-        print(f"{name}: largest label-probability difference {worst:.2e} over {len(here[name])} items")
+        print(f"{name}: {compared} label probabilities returned by the engine, largest difference {worst:.2e}; "
+              f"{outside} outside its top 20 (each under 0.02 in process); {len(here[name])} items"
+              + (f"; {len(dims)} dimension scores, largest difference {max(dims):.2e}" if dims else ""))
     for j in there["text"]:
         if (j["score"] is None) == (j["unparseable"] is None):
             print(f"  text {j['id']}: neither a score nor a reason")
