@@ -89,6 +89,8 @@ def track_run(run_path: str | Path, config: RunConfig) -> dict[str, Any]:
     for start in range(0, len(todo), 100):  # MLflow takes at most 100 params per batch
         client.log_batch(run_id, params=todo[start:start + 100])
     epochs, single = metrics_of(run)
+    # One fixed timestamp: a retried task logs identical rows, which the store keeps once (per-epoch values are
+    # told apart by their step).
     stamp = 0
     client.log_batch(run_id, metrics=[mlflow.entities.Metric(name, value, stamp, step)
                                       for name, points in epochs.items() for step, value in points]
