@@ -76,13 +76,15 @@ def judge_run(run: RunDir, config: RunConfig, home: Path, champion_dir: str | No
     spec = load_judge(Path(judge.judges_dir), judge.judge)
     identity = loaded.identity(spec)
     clock = Stopwatch()  # seconds per part of the stage, in metrics.json: where a judge stage's time goes
+    encoder, rule = _encoder(judge, home), _format_rule(judge)
+    # Pointwise first, for the run's and the base model's answers: the rubric then reuses each answer's keys and
+    # values (judge/prefix.py) instead of computing them again.
     pointwise = clock("pointwise", judging.judge, spec, [judge_item(g) for g in generations])
+    baseline = clock("base model", _judge_baseline, run, judging, spec,
+                     lambda gens: cheap_metrics(gens, rule, encoder))
     dimensions = clock("rubric", _dimensions, run, judging, judge, generations, champion_dir)
     anchors = (clock("anchors", anchor_scores, loaded, spec, generations, home, judge.batch_size)
                if judge.anchors else {})
-    encoder, rule = _encoder(judge, home), _format_rule(judge)
-    baseline = clock("base model", _judge_baseline, run, judging, spec,
-                     lambda gens: cheap_metrics(gens, rule, encoder))
     pairwise, outcomes = clock("pairwise", _pairwise, judging, judge, generations, champion_dir)
     noise = clock("noise", measure_noise, judging, spec, champion_dir, judge.noise_items)
     suite = (clock("regression suite", judge_suite, run.path, judging,
