@@ -9,12 +9,12 @@ only decide and the approval run on the worker.
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 import time
 
 import pytest
+from faults.faultkit import clone_run
 from test_deploy_e2e import DEPLOY, PREFECT, REPO, prefect_server, run  # noqa: F401 - prefect_server is a fixture
 
 from sftjudge.run import files
@@ -77,14 +77,7 @@ def deployed(prefect_server):  # noqa: F811 - the fixture imported above
 def start_paused_run(env, judged_run, tmp_path, name):
     config, base = judged_run
     runs = tmp_path / "runs"
-    runs.mkdir()
-    path = runs / name
-    shutil.copytree(base, path)
-    for target in path.rglob("*.json*"):
-        target.write_text(target.read_text().replace(str(base), str(path)))
-    manifest = json.loads((path / files.MANIFEST).read_text())
-    manifest["run_id"] = name
-    (path / files.MANIFEST).write_text(json.dumps(manifest))
+    path = clone_run(base, runs, name)
     config = config.model_copy(update={"runs_dir": str(runs), "decide": config.decide.model_copy(
         update={"require_approval": True, "approval_timeout_s": 300})})
     params = json.dumps({"config": config.model_dump(mode="json"), "resume": str(path)})

@@ -37,14 +37,14 @@ def wait_healthy(url: str, proc: subprocess.Popen, seconds: float = 120) -> None
     deadline = time.time() + seconds
     while time.time() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"prefect server exited with {proc.returncode}")
+            raise RuntimeError(f"the server at {url} exited with {proc.returncode}")
         try:
             with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
                 if response.status == 200:
                     return
         except OSError:
             time.sleep(0.5)
-    raise TimeoutError(f"prefect server not healthy at {url} after {seconds}s")
+    raise TimeoutError(f"server not healthy at {url} after {seconds}s")
 
 
 @pytest.fixture(scope="module")

@@ -5,13 +5,13 @@ rollback and a failed flow run each reach a webhook receiver on 127.0.0.1 throug
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from faults.faultkit import clone_run
 from test_approval_e2e import judged_run  # noqa: F401 - a fixture
 from test_deploy_e2e import PREFECT, REPO, prefect_server, run  # noqa: F401 - prefect_server is a fixture
 
@@ -88,15 +88,7 @@ def wait_for(text: str, seconds: float = 120) -> dict:
 def copied(judged_run, tmp_path, name):  # noqa: F811 - the fixture imported above
     config, base = judged_run
     runs = tmp_path / "runs"
-    runs.mkdir(exist_ok=True)
-    path = runs / name
-    shutil.copytree(base, path)
-    for target in path.rglob("*.json*"):
-        target.write_text(target.read_text().replace(str(base), str(path)))
-    manifest = json.loads((path / files.MANIFEST).read_text())
-    manifest["run_id"] = name
-    (path / files.MANIFEST).write_text(json.dumps(manifest))
-    return config.model_copy(update={"runs_dir": str(runs)}), path
+    return config.model_copy(update={"runs_dir": str(runs)}), clone_run(base, runs, name)
 
 
 def test_decisions_and_failures_reach_the_webhook_through_automations(prefect_server, webhook, judged_run,  # noqa: F811

@@ -10,25 +10,16 @@ import os
 import signal
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 from faults.faultkit import fault_config, tiny_rows
+from test_deploy_e2e import free_port, wait_healthy
 
 from sftjudge.run import files
 
 MLFLOW = str(Path(sys.executable).with_name("mlflow"))
 pytestmark = [pytest.mark.e2e]
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -42,16 +33,7 @@ def mlflow_server(tmp_path_factory):
                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            assert proc.poll() is None and time.time() < deadline, (where / "server.log").read_text()[-3000:]
-            time.sleep(0.5)
+        wait_healthy(url, proc)
         yield url
     finally:
         os.killpg(proc.pid, signal.SIGTERM)

@@ -17,7 +17,12 @@ import math
 from collections import defaultdict
 from typing import Any
 
-from sftjudge.judge.logprob import LogprobJudge, judgment_from_distribution, label_distribution
+from sftjudge.judge.logprob import (
+    LogprobJudge,
+    judgment_from_distribution,
+    label_distribution,
+    unread_when_no_label,
+)
 from sftjudge.judge.rubric import combine_dimensions
 from sftjudge.judge.spec import JudgeSpec, Judgment
 
@@ -64,11 +69,8 @@ class EngineLogprobJudge:
                 for first, second in zip(firsts, seconds)]
 
     def judgment(self, item_id: str, dist: dict[str, float], tokens: int, cut: bool) -> Judgment:
-        judgment = judgment_from_distribution(item_id, dist, self.spec, tokens, cut)
-        if not judgment.label_mass:
-            judgment.unparseable = (f"none of the labels {self.spec.labels} among the engine's top "
-                                    f"{self.top_logprobs} tokens: the judge wanted to say something else")
-        return judgment
+        return unread_when_no_label(judgment_from_distribution(item_id, dist, self.spec, tokens, cut),
+                                    self.spec.labels, f"the engine's top {self.top_logprobs} tokens")
 
     def score(self, items: list[dict[str, str]], batch_size: int = 4) -> list[Judgment]:
         """All items in one engine call (the engine batches them itself); `batch_size` is not needed here."""

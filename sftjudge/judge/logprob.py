@@ -92,6 +92,14 @@ def judgment_from_distribution(item_id: str, dist: dict[str, float], spec: Judge
     return judgment
 
 
+def unread_when_no_label(judgment: Judgment, labels: list[str], where: str) -> Judgment:
+    """A judgment read from top tokens only (a served or in-engine judge): no label among `where` is unparseable,
+    with that reason, never a score."""
+    if not judgment.label_mass:
+        judgment.unparseable = f"none of the labels {labels} among {where}: the judge wanted to say something else"
+    return judgment
+
+
 class LogprobJudge:
     """Scores items (dicts holding the judge's `inputs` fields) with a causal LM's score-label probabilities."""
 

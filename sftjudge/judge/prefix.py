@@ -41,13 +41,7 @@ def prefix_length(tokenizer, text_of, item: dict[str, str], ids: list[int], fiel
     cut = marked.find(_SENTINEL)
     if cut <= 0:
         return 0
-    head = tokenizer(marked[:cut], add_special_tokens=False)["input_ids"]
-    shared = 0
-    for a, b in zip(head, ids):
-        if a != b:
-            break
-        shared += 1
-    return min(shared, len(ids) - 1)  # at least one token stays after the prefix
+    return _tokens_shared(tokenizer, marked[:cut], ids)
 
 
 def answered_length(tokenizer, text_of, item: dict[str, str], ids: list[int], fields: tuple[str, ...]) -> int:
@@ -59,9 +53,14 @@ def answered_length(tokenizer, text_of, item: dict[str, str], ids: list[int], fi
     if len(present) != 1:
         return 0
     marked = text_of(item | {present[0]: item[present[0]] + _SENTINEL})
-    head = tokenizer(marked[:marked.find(_SENTINEL)], add_special_tokens=False)["input_ids"]
+    return _tokens_shared(tokenizer, marked[:marked.find(_SENTINEL)], ids)
+
+
+def _tokens_shared(tokenizer, head: str, ids: list[int]) -> int:
+    """How many leading tokens of `head`, tokenised on its own, equal those of `ids`; at least one token of `ids`
+    stays after them."""
     shared = 0
-    for a, b in zip(head, ids):
+    for a, b in zip(tokenizer(head, add_special_tokens=False)["input_ids"], ids):
         if a != b:
             break
         shared += 1
@@ -218,11 +217,11 @@ def _store_longer(store: PrefixStore, cache, seqs, rows: list[tuple[int, list[in
             key = tuple(seq[:cut])
             if store.get(key) is not None:
                 continue
-            store.put(key, [(torch.cat([k[row:row + 1, :, width - p:width], k[row:row + 1, :, start:start + cut - p]],
-                                       dim=2).clone(),
-                             torch.cat([v[row:row + 1, :, width - p:width], v[row:row + 1, :, start:start + cut - p]],
-                                       dim=2).clone())
-                            for k, v in layers])
+            def joined(t):  # the row's prefix columns, then the first cut - p columns of its tail
+                return torch.cat([t[row:row + 1, :, width - p:width], t[row:row + 1, :, start:start + cut - p]],
+                                 dim=2)
+
+            store.put(key, [(joined(k), joined(v)) for k, v in layers])
 
 
 def _plain(model, seqs: list[list[int]], *, keep: int, keep_cache: bool, arg: str):

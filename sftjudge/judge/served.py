@@ -18,7 +18,7 @@ from typing import Any
 
 from sftjudge.errors import JudgeError
 from sftjudge.judge.fit import fit_item
-from sftjudge.judge.logprob import judgment_from_distribution
+from sftjudge.judge.logprob import judgment_from_distribution, unread_when_no_label
 from sftjudge.judge.rubric import combine_dimensions
 from sftjudge.judge.served_client import ServedClient
 from sftjudge.judge.spec import JudgeSpec, Judgment
@@ -126,11 +126,8 @@ class ServedLogprobJudge:
         return self.judgment(item["id"], self.read(messages, self.spec.answer_prefix), tokens, cut)
 
     def judgment(self, item_id: str, dist: dict[str, float], tokens: int, cut: bool) -> Judgment:
-        judgment = judgment_from_distribution(item_id, dist, self.spec, tokens, cut)
-        if not judgment.label_mass:
-            judgment.unparseable = (f"none of the labels {self.spec.labels} among the server's top "
-                                    f"{self.top_logprobs} tokens: the judge wanted to say something else")
-        return judgment
+        return unread_when_no_label(judgment_from_distribution(item_id, dist, self.spec, tokens, cut),
+                                    self.spec.labels, f"the server's top {self.top_logprobs} tokens")
 
     def score(self, items: list[dict[str, str]], batch_size: int = 4) -> list[Judgment]:
         return _scored(self.client, self.judge_one, items, f"judge {self.spec.name} (served)")

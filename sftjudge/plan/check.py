@@ -4,11 +4,13 @@ out-of-memory error."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from sftjudge.config import RunConfig
+from sftjudge.config_yaml import apply_overrides
 from sftjudge.errors import UserError
 from sftjudge.plan.estimate import (
     Estimate,
@@ -225,11 +227,9 @@ def _candidates(stage: str, config: RunConfig) -> list[dict[str, Any]]:
 
 
 def _with(config: RunConfig, change: dict[str, Any]) -> RunConfig:
-    data = config.model_dump()
-    for dotted, value in change.items():
-        section, name = dotted.split(".")
-        data[section][name] = value
-    return RunConfig.model_validate(data)
+    """`config` with the suggested settings, applied as the command line's dotted overrides are (JSON is YAML)."""
+    overrides = [f"{key}={json.dumps(value)}" for key, value in change.items()]
+    return RunConfig.model_validate(apply_overrides(config.model_dump(mode="json"), overrides))
 
 
 def check_memory(stage: str, config: RunConfig, home: Path) -> StagePlan | None:
