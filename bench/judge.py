@@ -248,6 +248,7 @@ def main() -> None:
     parser.add_argument("--served", action="store_true", help="also compare with the judge served by vllm serve")
     parser.add_argument("--modes", action="store_true", help="also time logprob vs text mode on calibration items")
     parser.add_argument("--skip-stage", action="store_true", help="leave out the (long) whole-stage timing")
+    parser.add_argument("--skip-rubric", action="store_true", help="leave out the rubric-cost section")
     parser.add_argument("--quick", action="store_true", help="tiny random judge: checks the plumbing in seconds")
     parser.add_argument("--precision", choices=["fp32", "bf16"], help="judge precision (default: the run's)")
     args = parser.parse_args()
@@ -269,8 +270,12 @@ def main() -> None:
           f"{__import__('torch').get_num_threads()}; load {os.getloadavg()[0]:.2f} at start")
     if not args.skip_stage:
         stage_section(run, config, home)
+    if args.skip_rubric and not args.served and not args.modes:
+        print(f"\nload {os.getloadavg()[0]:.2f} at the end")
+        return
     loaded = LoadedJudge(config, home)
-    rubric_section(items, loaded, config.judge.batch_size)
+    if not args.skip_rubric:
+        rubric_section(items, loaded, config.judge.batch_size)
     if args.served:
         served_section(items, loaded, loaded.path, "bf16" if loaded.dtype == "bfloat16" else "fp32")
     loaded.close()

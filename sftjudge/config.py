@@ -136,9 +136,19 @@ class SFTConfig(_Strict):
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
         description="Module names that receive LoRA adapters.",
     )
-    precision: Literal["auto", "fp32", "bf16"] = Field(
-        "auto", description="'auto' uses bf16 autocast when the device supports it, else fp32."
-    )
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="'auto': bf16 where the device is fast at it, else fp32. With LoRA the frozen base "
+                            "weights are held in this precision (bf16/fp16); fp16 (CUDA cards without bf16) trains "
+                            "with loss scaling.")
+    quantization: Literal["4bit", "8bit"] | None = Field(
+        None, description="QLoRA: load the frozen base weights quantised by bitsandbytes (4bit NF4 or 8bit); CUDA "
+                          "only, method lora only.")
+    packing: bool = Field(
+        False, description="Pack several rows into each max_seq_len sequence (TRL's best-fit packing, no padding); "
+                           "attention stays within each row.")
+    fsdp: bool = Field(
+        False, description="Shard a full fine-tune's weights, gradients and optimizer state over the num_processes "
+                           "processes (FSDP through accelerate) when one card cannot hold them.")
     early_stopping_patience: int | None = Field(
         None, ge=1, description="Stop when val loss has not improved for this many epochs (None: never stop early)."
     )
@@ -150,6 +160,16 @@ class SFTConfig(_Strict):
     )
     seed: int = Field(0, description="Seed for weight init of adapters, shuffling and dropout.")
     trust_remote_code: bool = Field(False, description="Allow model repos to run their own Python code.")
+
+    @model_validator(mode="after")
+    def _engine_settings_fit_together(self) -> "SFTConfig":
+        if self.quantization and self.method != "lora":
+            raise ValueError(f"sft.quantization: {self.quantization} trains LoRA adapters on quantised base weights "
+                             f"(QLoRA); set sft.method: lora, or drop sft.quantization for a full fine-tune")
+        if self.fsdp and self.method != "full":
+            raise ValueError("sft.fsdp shards a full fine-tune; LoRA's frozen base weights fit where a full "
+                             "fine-tune does not - set sft.method: full, or drop sft.fsdp")
+        return self
 
 
 class GenerateConfig(_Strict):

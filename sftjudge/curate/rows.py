@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-    role: Literal["system", "user", "assistant"]
+    role: Literal["system", "user", "assistant", "tool"]  # tool: a tool's result, context like a user turn
     content: str
 
 
@@ -107,8 +107,9 @@ def _messages_from_chat(raw: Any) -> list[ChatMessage]:
         if not isinstance(item, dict):
             raise RowError(f"messages[{i}]", "must be an object with role and content")
         role = item.get("role")
-        if role not in ("system", "user", "assistant"):
-            raise RowError(f"messages[{i}].role", f"must be system, user or assistant, got {role!r}")
+        role = "tool" if role in ("tool", "function", "ipython") else role  # names of a tool result's turn
+        if role not in ("system", "user", "assistant", "tool"):
+            raise RowError(f"messages[{i}].role", f"must be system, user, assistant or tool, got {role!r}")
         try:
             content = _text(item, "content", required=role != "system")
         except RowError as exc:
@@ -118,6 +119,8 @@ def _messages_from_chat(raw: Any) -> list[ChatMessage]:
         raise RowError("messages", "must end with an assistant message (the reference answer)")
     if not any(m.role == "user" for m in messages):
         raise RowError("messages", "needs at least one user message")
+    if messages[0].role == "assistant" or (messages[0].role == "system" and messages[1].role == "assistant"):
+        raise RowError("messages", "an assistant turn must follow a user turn (it answers something)")
     return messages
 
 

@@ -45,26 +45,36 @@ class TokenizedExample:
 
 
 def tokenize_for_training(tokenizer, example: Example, max_len: int) -> TokenizedExample:
-    """Render the full chat, mask the prompt part, truncate to `max_len` keeping the start of the answer.
+    """Render the full chat with loss on every assistant turn, the rest masked; truncate to `max_len`.
 
-    The prompt is rendered with the generation header, and the full chat must start with exactly that text;
-    otherwise the template is one where prompt and answer cannot be separated and we refuse rather than guess.
+    Each assistant turn's prompt - the chat before it, rendered with the generation header - must be exactly how
+    the longer chat starts; otherwise the template is one where prompt and answer cannot be separated (or one
+    that rewrites earlier turns) and we refuse rather than guess. System, user and tool turns are context only.
+    Truncation cuts from the left first, never past the start of the last answer (the turn the test split judges),
+    then the end of the last answer.
     """
-    prompt_text = render_prompt(tokenizer, example.prompt_messages)
-    full_text = tokenizer.apply_chat_template(
-        example.prompt_messages + [{"role": "assistant", "content": example.completion}], tokenize=False
-    )
-    if not full_text.startswith(prompt_text):
-        raise TemplateError(
-            f"row {example.id}: the chat template renders the prompt differently with and without the answer; "
-            f"cannot mask prompt tokens"
-        )
-    prompt_ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
-    answer_ids = tokenizer(full_text[len(prompt_text):], add_special_tokens=False)["input_ids"]
-    # Keep the whole answer when possible: cut the prompt from the left, it is the less valuable part.
-    overflow = len(prompt_ids) + len(answer_ids) - max_len
+    messages = [m.model_dump() for m in example.messages]
+    ids: list[int] = []
+    labels: list[int] = []
+    rendered = ""
+    for k, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        prompt_text = render_prompt(tokenizer, messages[:k])
+        full_text = tokenizer.apply_chat_template(messages[:k + 1], tokenize=False)
+        if not full_text.startswith(prompt_text) or not prompt_text.startswith(rendered):
+            raise TemplateError(
+                f"row {example.id}: the chat template renders the prompt differently with and without the answer "
+                f"(assistant turn {k}); cannot mask prompt tokens")
+        context = tokenizer(prompt_text[len(rendered):], add_special_tokens=False)["input_ids"]
+        answer = tokenizer(full_text[len(prompt_text):], add_special_tokens=False)["input_ids"]
+        ids += context + answer
+        labels += [-100] * len(context) + answer
+        rendered = full_text
+    last_answer = len(ids) - len(answer)
+    # Keep the whole last answer when possible: cut the earlier part from the left, it is the less valuable part.
+    overflow = len(ids) - max_len
     if overflow > 0:
-        cut = min(overflow, max(len(prompt_ids) - 1, 0))
-        prompt_ids = prompt_ids[cut:]
-        answer_ids = answer_ids[: max_len - len(prompt_ids)]
-    return TokenizedExample(input_ids=prompt_ids + answer_ids, labels=[-100] * len(prompt_ids) + answer_ids)
+        cut = min(overflow, max(last_answer - 1, 0))
+        ids, labels = ids[cut:][:max_len], labels[cut:][:max_len]
+    return TokenizedExample(input_ids=ids, labels=labels)

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 
-def load_causal_lm(path: str, *, dtype_name: str = "float32", trust_remote_code: bool = False):
-    """Load tokenizer + model from a local directory or hub id; safetensors only (no pickle execution)."""
+def load_causal_lm(path: str, *, dtype_name: str = "float32", trust_remote_code: bool = False,
+                   quantization_config=None):
+    """Load tokenizer + model from a local directory or hub id; safetensors only (no pickle execution).
+
+    `quantization_config` (a transformers BitsAndBytesConfig) loads the weights quantised, on the CUDA card."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -12,9 +15,11 @@ def load_causal_lm(path: str, *, dtype_name: str = "float32", trust_remote_code:
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        quantized = {"quantization_config": quantization_config, "device_map": {"": torch.cuda.current_device()}} \
+            if quantization_config is not None else {}
         model = AutoModelForCausalLM.from_pretrained(
-            path, dtype=getattr(torch, dtype_name), use_safetensors=True, trust_remote_code=trust_remote_code
-        )
+            path, dtype=getattr(torch, dtype_name), use_safetensors=True, trust_remote_code=trust_remote_code,
+            **quantized)
     except (OSError, ValueError) as exc:
         raise load_error_hint(path, exc) from exc
     return model, with_pad(tokenizer)

@@ -56,6 +56,12 @@ def atomic_directory(final: Path) -> Iterator[Path]:
         raise
 
 
+def publish_directory(tmp: Path, final: Path) -> None:
+    """Move the complete directory `tmp` (written elsewhere on the same file system) to `final` in one step."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    _replace_directory(tmp, final)
+
+
 def _replace_directory(tmp: Path, final: Path) -> None:
     """Move `tmp` to `final`, replacing what is there, also when another writer replaces it at the same moment.
 

@@ -1,22 +1,27 @@
 """Epoch checkpoints: weights as safetensors, the template fingerprint, and the state needed to resume.
 
-Each `epoch-N/` directory is written whole or not at all (temp dir + rename), so after a crash - SIGKILL
-included - the newest `epoch-N/` is always complete, and training resumes from it with the optimizer,
-scheduler and RNG states it had, reproducing the uninterrupted run.
+The trainer writes an epoch's checkpoint (weights, tokenizer, optimizer, scheduler, RNG states, trainer state)
+into a staging folder; `publish_checkpoint` adds the epoch history and the metadata and moves it to `epoch-N/` in
+one rename. So after a crash - SIGKILL included - the newest `epoch-N/` is always complete, and training resumes
+from it with the optimizer, scheduler and RNG states it had, reproducing the uninterrupted run; a half-written
+staging folder is never taken for a checkpoint.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import shutil
 from pathlib import Path
 from typing import Any
 
-from sftjudge.run.io import atomic_directory, atomic_write_json
+from sftjudge.run.io import atomic_directory, atomic_write_json, publish_directory
 
 CHECKPOINT_META = "sftjudge-checkpoint.json"
-TRAINING_STATE = "training_state.pt"
+TRAINING_STATE = "training_state.pt"  # the epoch history (tensors, numbers and lists only)
+TRAINER_STATE = "trainer_state.json"  # the trainer's step counter and log; its optimizer and RNG files sit beside
+STAGING = ".staging"  # inside the checkpoints folder: where the trainer writes before an epoch is published
 _EPOCH_DIR = re.compile(r"^epoch-(\d+)$")
 
 
@@ -36,6 +41,42 @@ def save_checkpoint(model, tokenizer, out: Path, meta: dict[str, Any], *,
             torch.save(training_state, tmp / TRAINING_STATE)
         atomic_write_json(tmp / CHECKPOINT_META, {k: meta[k] for k in ("epoch", "method", "template_fingerprint")})
     return out
+
+
+def publish_checkpoint(staged: Path, out: Path, meta: dict[str, Any], *, training_state: dict[str, Any]) -> Path:
+    """Complete the trainer's checkpoint in `staged` with `training_state` and the metadata, then move it to
+    `out` in one step; the staging folder goes when it is empty."""
+    import torch
+
+    torch.save(training_state, staged / TRAINING_STATE)
+    atomic_write_json(staged / CHECKPOINT_META, {k: meta[k] for k in ("epoch", "method", "template_fingerprint")})
+    publish_directory(staged, out)
+    with contextlib.suppress(OSError):
+        staged.parent.rmdir()
+    return out
+
+
+def check_resumable(path: Path, method: str) -> dict[str, Any]:
+    """The training state of a checkpoint that training can resume from; raises what reading it raised.
+
+    Each weights file's header is checked against its size (a torn or truncated file fails here, not halfway
+    into the trainer) and the training state is read only as tensors, numbers and lists: a pickle carrying code is
+    refused, never run.
+    """
+    from safetensors import safe_open
+
+    saved = load_training_state(path)
+    if saved is None:
+        raise FileNotFoundError(f"no {TRAINING_STATE}")
+    if not (Path(path) / TRAINER_STATE).is_file():
+        raise FileNotFoundError(f"no {TRAINER_STATE} (a checkpoint of an sftjudge before its trainer engine)")
+    weights = sorted(Path(path).glob("model*.safetensors" if method == "full" else "adapter_model.safetensors"))
+    if not weights:
+        raise FileNotFoundError(f"no {'model' if method == 'full' else 'adapter_model'}*.safetensors")
+    for file in weights:
+        with safe_open(str(file), framework="pt") as handle:
+            handle.keys()
+    return saved
 
 
 def checkpoint_meta(path: Path) -> dict[str, Any]:

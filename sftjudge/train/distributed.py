@@ -1,9 +1,10 @@
 """Data-parallel training under `accelerate launch`: which process this is, its shard, and sums over all of them.
 
 A process that no launcher started (no WORLD_SIZE above 1 in its environment) gets `Ranks()`: one process,
-rank 0, sums of one number, no Accelerator and no process group - a plain run behaves exactly as before. Under
-`accelerate launch --multi_gpu --num_processes N` (torchrun underneath) the N processes join one group through
-accelerate's `Accelerator`: NCCL between GPUs, gloo between CPU processes on a machine without CUDA.
+rank 0, sums of one number, no process group. Under `accelerate launch --multi_gpu --num_processes N` (torchrun
+underneath) the N processes join one group through accelerate's `PartialState`: NCCL between GPUs, gloo between CPU
+processes on a machine without CUDA. The trainer (train/engine.py) runs its data parallelism - DDP, or FSDP - in
+that group; what is here is what the sft stage does around it: who writes, sums of measured losses, barriers.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ class Ranks:
 
     world: int = 1
     rank: int = 0
-    accelerator: Any = None
+    state: Any = None  # accelerate's PartialState: the process group the trainer's Accelerator joins too
 
     @property
     def is_main(self) -> bool:
@@ -50,27 +51,17 @@ class Ranks:
         if self.world == 1:
             return list(values)
         import torch
+        import torch.distributed as dist
 
         # float64: token counts and summed losses of a large split stay exact well past float32's 2**24.
-        tensor = torch.tensor(values, dtype=torch.float64, device=self.accelerator.device)
-        return self.accelerator.reduce(tensor, reduction="sum").tolist()
-
-    def wrap(self, model):
-        """What training steps run through: the model itself, or a DDP view of it that all-reduces gradients."""
-        if self.world == 1:
-            return model
-        return StepModel(self.accelerator.prepare_model(model), model)
-
-    def no_sync(self, step_model, skip: bool):
-        """Context for a micro-batch whose gradients only accumulate: no all-reduce until the optimizer step."""
-        if self.world == 1 or not skip:
-            return contextlib.nullcontext()
-        return self.accelerator.no_sync(step_model.ddp)
+        tensor = torch.tensor(values, dtype=torch.float64, device=self.state.device)
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        return tensor.tolist()
 
     def wait(self) -> None:
         """Barrier: returns when every process got here (e.g. after the main process wrote a checkpoint)."""
         if self.world > 1:
-            self.accelerator.wait_for_everyone()
+            self.state.wait_for_everyone()
 
     @contextlib.contextmanager
     def main_first(self):
@@ -84,27 +75,8 @@ class Ranks:
     def finish(self) -> None:
         """Wait for every process, then leave the process group (call once, at the end of a launched script)."""
         if self.world > 1:
-            self.accelerator.wait_for_everyone()
-            self.accelerator.end_training()
-
-
-class StepModel:
-    """A DDP-wrapped model seen the way `batching.summed_token_loss` uses a model.
-
-    The forward must go through DDP - that is what arms the gradient all-reduce of the coming backward - but
-    the loss applies the output layer itself (to target positions only), and DDP does not expose
-    `get_output_embeddings`; it is taken from the wrapped model, whose parameters DDP shares.
-    """
-
-    def __init__(self, ddp, model):
-        self.ddp = ddp
-        self.model = model
-
-    def __call__(self, *args, **kwargs):
-        return self.ddp(*args, **kwargs)
-
-    def get_output_embeddings(self):
-        return self.model.get_output_embeddings()
+            self.state.wait_for_everyone()
+            self.state.destroy_process_group()
 
 
 def current() -> Ranks:
@@ -114,15 +86,15 @@ def current() -> Ranks:
     """
     if not launched():
         return Ranks()
-    accelerator = _accelerator()
-    return Ranks(accelerator.num_processes, accelerator.process_index, accelerator)
+    state = _process_group()
+    return Ranks(state.num_processes, state.process_index, state)
 
 
 @functools.cache
-def _accelerator():
+def _process_group():
     import torch
-    from accelerate import Accelerator
+    from accelerate import PartialState
 
     # Without CUDA the processes train on CPU over gloo (how the data-parallel path is tested on CPU machines).
-    # Mixed precision stays sft.precision's (device.autocast) whatever the launcher's --mixed_precision says.
-    return Accelerator(cpu=not torch.cuda.is_available(), mixed_precision="no")
+    # Only the process group: the trainer's own Accelerator joins it with the run's precision settings.
+    return PartialState(cpu=not torch.cuda.is_available())

@@ -1,18 +1,23 @@
 """Supervised fine-tuning (LoRA via peft, or full) with train and validation loss measured after every epoch.
 
-Both losses are measured the same way - eval mode, no dropout, token-weighted mean over the whole split,
-completion tokens only - so the two curves are comparable and their gap means something. Every epoch ends in
-a checkpoint holding what is needed to resume; a killed run continues from the last completed epoch.
+The steps are TRL's `SFTTrainer` (train/engine.py: the field's engine on transformers' Trainer and accelerate -
+optimizer, schedule, accumulation, mixed precision, DDP or FSDP, quantised bases, checkpoints of the optimizer and
+RNG state). Around it, an epoch callback keeps what the cycle's decisions rest on:
+- train and val loss measured the same way - eval mode, no dropout, token-weighted mean over the whole split,
+  completion tokens only - so the two curves are comparable and their gap means something;
+- early stopping with patience, the best epoch chosen by val loss and the reason written down;
+- every epoch ends in a checkpoint published whole (train/checkpoints.py) with the chat template's fingerprint and
+  the history; a killed run continues from the last completed epoch.
 
-Under `accelerate launch` the same loop runs as N data-parallel processes (sftjudge.distributed): each trains on
-its shard of every batch, and losses are sums over all ranks, so the numbers match a single-process run.
+Under `accelerate launch` the same code runs as N data-parallel processes: the trainer steps on each process's
+share of every global batch, and measured losses are sums over all processes, so the numbers match one process.
 """
 
 from __future__ import annotations
 
 import math
 import pickle
-import random
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -23,21 +28,17 @@ from sftjudge.config import SFTConfig
 from sftjudge.curate.rows import Example
 from sftjudge.errors import ConfigError, ModelError
 from sftjudge.models.chat import template_fingerprint, tokenize_for_training
-from sftjudge.runtime.device import autocast, device, use_bf16
-from sftjudge.train.batching import (
-    collate,
-    length_grouped_batches,
-    mean_loss,
-    summed_token_loss,
-)
+from sftjudge.train import engine
+from sftjudge.train.batching import mean_loss
 from sftjudge.train.checkpoints import (
+    STAGING,
+    check_resumable,
     epoch_checkpoints,
-    load_training_state,
     prune_checkpoints,
-    restore_weights,
-    save_checkpoint,
+    publish_checkpoint,
 )
 from sftjudge.train.distributed import Ranks, current
+from sftjudge.train.precision import base_weights_precision
 
 
 @dataclass(kw_only=True)
@@ -84,44 +85,51 @@ class TrainData:
 
 @dataclass(kw_only=True)
 class _Training:
-    """Everything one training run carries from step to step, in one place instead of a dozen parameters."""
+    """What the epoch callback needs from one training run, in one place instead of a dozen parameters."""
 
     sft: SFTConfig
-    model: Any  # the (peft-wrapped) model: what is saved and evaluated
-    step_model: Any  # what the optimizer steps through: the model itself, or its DDP wrapper under a launch
     tokenizer: Any
-    optimizer: Any
-    scheduler: Any
-    rng: random.Random  # the batch order; same seed on every rank
     ranks: Ranks
-    bf16: bool
+    bf16: bool  # autocast of the loss measurements (the trainer's own steps follow its arguments)
     train_tok: list
     val_tok: list
     checkpoints_dir: Path
     fingerprint: str  # the chat template the checkpoints are trained with
+    trainer: Any = None
+
+    @property
+    def model(self):
+        """The (peft-wrapped) model itself: what is measured and saved, not its DDP/FSDP wrapper."""
+        return self.trainer.model
 
     @property
     def pad_id(self) -> int:
         return self.tokenizer.pad_token_id
 
 
-def attach_adapters(model, sft: SFTConfig):
-    """Wrap the model for LoRA (only adapter weights train) or leave it whole for full fine-tuning.
+def lora_config(model, sft: SFTConfig):
+    """The LoraConfig for the sft settings, on the target modules this model has.
 
     Raises ConfigError when no module named in sft.target_modules exists in the model.
     """
-    if sft.method == "full":
-        return model
-    from peft import LoraConfig, get_peft_model
+    from peft import LoraConfig
 
     present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
     targets = [m for m in sft.target_modules if m in present]
     if not targets:
         raise ConfigError(f"sft.target_modules {list(sft.target_modules)} match no module of this model; "
                           f"some module names it has: {sorted(present)[:20]}")
-    lora = LoraConfig(r=sft.lora_r, lora_alpha=sft.lora_alpha, lora_dropout=sft.lora_dropout,
+    return LoraConfig(r=sft.lora_r, lora_alpha=sft.lora_alpha, lora_dropout=sft.lora_dropout,
                       target_modules=targets, task_type="CAUSAL_LM")
-    return get_peft_model(model, lora)
+
+
+def attach_adapters(model, sft: SFTConfig):
+    """Wrap the model for LoRA (only adapter weights train) or leave it whole for full fine-tuning."""
+    if sft.method == "full":
+        return model
+    from peft import get_peft_model
+
+    return get_peft_model(model, lora_config(model, sft))
 
 
 def train(model, tokenizer, data: TrainData, sft: SFTConfig, checkpoints_dir: Path, *,
@@ -133,62 +141,121 @@ def train(model, tokenizer, data: TrainData, sft: SFTConfig, checkpoints_dir: Pa
     epochs. Returns per-epoch metrics and the epoch with the lowest validation loss. Under `accelerate launch`
     every process calls this with the same arguments; `sft.batch_size` stays the global batch, only the main
     process saves checkpoints and calls `on_epoch`, and all return the same result. Raises ValueError on empty
-    splits.
+    splits, ModelError when the newest checkpoint cannot be resumed from.
     """
     if not data.train or not data.val:
         raise ValueError(f"need rows in both train ({len(data.train)}) and val ({len(data.val)}) splits")
     state = _start(model, tokenizer, data, sft, Path(checkpoints_dir))
-    history = _resume(state)
+    history, resume_from = _resume(state)
     resumed_from = history[-1].epoch if history else None
-    state.step_model = state.ranks.wrap(state.model)  # after resuming: every rank loaded the same checkpoint
     stopped_early = _should_stop(history, sft.early_stopping_patience)
-    for epoch in range(len(history) + 1, sft.epochs + 1):
-        if stopped_early:
-            break
-        history.append(_epoch(state, epoch))
-        if state.ranks.is_main:
-            _save_epoch(state, history)
-            if on_epoch:
-                on_epoch(history[-1])
-        state.ranks.wait()  # nobody runs ahead of a checkpoint that is not on disk yet
-        # Every rank decides from the same all-reduced val losses, so all stop (or go on) together.
-        stopped_early = _should_stop(history, sft.early_stopping_patience) and epoch < sft.epochs
+    if len(history) < sft.epochs and not stopped_early:
+        stopped_early = _run_trainer(state, model, history, resume_from, on_epoch)
     best = min(history, key=lambda m: m.val_loss)
-    trainable = [p for p in state.model.parameters() if p.requires_grad]
+    params = list((state.trainer.model if state.trainer else model).parameters())
     return SFTResult(
         epochs=history, best_epoch=best.epoch, best_checkpoint=best.checkpoint,
         selection=_selection(history, best, stopped_early, sft), stopped_early=stopped_early,
         resumed_from_epoch=resumed_from,
         kept_checkpoints=[str(p) for p in epoch_checkpoints(state.checkpoints_dir).values()],
-        template_fingerprint=state.fingerprint, trainable_params=sum(p.numel() for p in trainable),
-        total_params=sum(p.numel() for p in state.model.parameters()), precision="bf16" if state.bf16 else "fp32")
+        template_fingerprint=state.fingerprint, trainable_params=sum(p.numel() for p in params if p.requires_grad),
+        total_params=sum(p.numel() for p in params),
+        precision="bf16" if state.bf16 else "fp16" if sft.precision == "fp16" else "fp32")
 
 
 def _start(model, tokenizer, data: TrainData, sft: SFTConfig, checkpoints_dir: Path) -> _Training:
-    """Tokenise, attach adapters, build optimizer and schedule: the state before the first (or resumed) epoch."""
-    import torch
-    from transformers import get_linear_schedule_with_warmup
-
+    """Tokenise and settle the precision: the state before the first (or resumed) epoch."""
     ranks = current()  # before the model moves: joining the process group picks this process's GPU
+    if ranks.is_main:
+        shutil.rmtree(checkpoints_dir / STAGING, ignore_errors=True)  # what a killed save left: never a checkpoint
+    ranks.wait()
+    bf16 = base_weights_precision(model, sft)
+    return _Training(sft=sft, tokenizer=tokenizer, ranks=ranks, bf16=bf16,
+                     train_tok=[tokenize_for_training(tokenizer, r, sft.max_seq_len) for r in data.train],
+                     val_tok=[tokenize_for_training(tokenizer, r, sft.max_seq_len) for r in data.val],
+                     checkpoints_dir=checkpoints_dir, fingerprint=template_fingerprint(tokenizer))
+
+
+def _run_trainer(state: _Training, model, history: list[EpochMetrics], resume_from: Path | None,
+                 on_epoch: Callable[[EpochMetrics], None] | None) -> bool:
+    """Build the trainer and train the remaining epochs; True when training stopped early."""
+    import torch
+
+    sft, ranks = state.sft, state.ranks
     torch.manual_seed(sft.seed)  # same seed on every rank: identical adapter init before DDP syncs anything
-    train_tok = [tokenize_for_training(tokenizer, r, sft.max_seq_len) for r in data.train]
-    val_tok = [tokenize_for_training(tokenizer, r, sft.max_seq_len) for r in data.val]
-    fingerprint = template_fingerprint(tokenizer)
-    model = _prepare_model(model, sft)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=sft.learning_rate, weight_decay=sft.weight_decay)
-    steps_total = math.ceil(math.ceil(len(train_tok) / sft.batch_size) / sft.grad_accum) * sft.epochs
-    scheduler = get_linear_schedule_with_warmup(optimizer, int(sft.warmup_ratio * steps_total), steps_total)
-    return _Training(sft=sft, model=model, step_model=model, tokenizer=tokenizer, optimizer=optimizer,
-                     scheduler=scheduler, rng=random.Random(sft.seed), ranks=ranks, bf16=use_bf16(sft.precision),
-                     train_tok=train_tok, val_tok=val_tok, checkpoints_dir=checkpoints_dir, fingerprint=fingerprint)
+    micro_batches = math.ceil(len(state.train_tok) / sft.batch_size)
+    args = engine.training_arguments(sft, str(state.checkpoints_dir / STAGING), world=ranks.world,
+                                     steps_total=math.ceil(micro_batches / sft.grad_accum) * sft.epochs,
+                                     bf16=state.bf16, fp16=sft.precision == "fp16")
+    sampler = engine.GroupedSampler([len(e.input_ids) for e in state.train_tok], batch_size=sft.batch_size,
+                                    world=ranks.world, seed=sft.seed)
+    epochs = _EpochCallback(state, history, on_epoch)
+    trainer_class = engine.student_trainer_class()
+    state.trainer = trainer_class(
+        model=model, args=args, train_dataset=engine.rows_dataset(state.train_tok),
+        data_collator=engine.collate_rows(state.pad_id), processing_class=state.tokenizer,
+        peft_config=lora_config(model, sft) if sft.method == "lora" else None, callbacks=[epochs.callback()],
+        sampler=sampler)
+    try:
+        state.trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    finally:
+        if ranks.is_main:
+            shutil.rmtree(state.checkpoints_dir / STAGING, ignore_errors=True)
+    return epochs.stopped_early
 
 
-def _epoch(state: _Training, epoch: int) -> EpochMetrics:
-    """Train one epoch, then measure train and val loss the same way (eval mode, whole split)."""
-    started = time.time()
-    step_losses, tokens = _train_one_epoch(state, epoch)
-    seconds = time.time() - started
+class _EpochCallback:
+    """At each epoch's end: measure the losses, decide on stopping; once the trainer saved: publish the epoch."""
+
+    def __init__(self, state: _Training, history: list[EpochMetrics],
+                 on_epoch: Callable[[EpochMetrics], None] | None):
+        self.state, self.history, self.on_epoch = state, history, on_epoch
+        self.started = 0.0
+        self.stopped_early = False
+
+    def callback(self):
+        from transformers import TrainerCallback
+
+        outer = self
+
+        class EpochCallback(TrainerCallback):
+            def on_epoch_begin(self, args, state, control, **kwargs):
+                outer.started = time.time()
+                outer.state.trainer.step_records.clear()
+
+            def on_epoch_end(self, args, state, control, **kwargs):
+                outer.epoch_end(control)
+
+            def on_save(self, args, state, control, **kwargs):
+                outer.publish(Path(args.output_dir) / f"checkpoint-{state.global_step}")
+
+        return EpochCallback()
+
+    def epoch_end(self, control) -> None:
+        sft, epoch = self.state.sft, len(self.history) + 1
+        self.history.append(_measure(self.state, epoch, time.time() - self.started))
+        # Every rank decides from the same all-reduced val losses, so all stop (or go on) together.
+        if _should_stop(self.history, sft.early_stopping_patience) and epoch < sft.epochs:
+            self.stopped_early = control.should_training_stop = True
+        control.should_save = True
+
+    def publish(self, staged: Path) -> None:
+        state = self.state
+        state.ranks.wait()  # every process's RNG state is in the staging folder before it moves
+        if state.ranks.is_main:
+            _save_epoch(state, self.history, staged)
+            if self.on_epoch:
+                self.on_epoch(self.history[-1])
+        state.ranks.wait()  # nobody runs ahead of a checkpoint that is not on disk yet
+
+
+def _measure(state: _Training, epoch: int, seconds: float) -> EpochMetrics:
+    """The epoch's step losses (summed over processes), then train and val loss measured the same way."""
+    records = state.trainer.step_records
+    sums = state.ranks.sum([x for record in records for x in record])
+    steps = [sums[i:i + 3] for i in range(0, len(sums), 3)]
+    step_losses = [round(loss / max(targets, 1), 5) for loss, targets, _ in steps]
+    tokens = int(sum(tokens for _, _, tokens in steps))
     train_loss = _split_loss(state, state.train_tok, f"epoch {epoch} train loss")
     val_loss = _split_loss(state, state.val_tok, f"epoch {epoch} val loss")
     if not (math.isfinite(train_loss) and math.isfinite(val_loss)):
@@ -197,55 +264,37 @@ def _epoch(state: _Training, epoch: int) -> EpochMetrics:
                           f"sft.learning_rate (now {state.sft.learning_rate}) or look for extreme rows in the data; "
                           f"no checkpoint of this epoch was kept")
     return EpochMetrics(epoch=epoch, train_loss=train_loss, val_loss=val_loss, train_ppl=_ppl(train_loss),
-                        val_ppl=_ppl(val_loss), step_loss_mean=sum(step_losses) / len(step_losses),
-                        steps=len(step_losses), target_tokens=tokens, seconds=round(time.time() - started, 2),
+                        val_ppl=_ppl(val_loss), step_loss_mean=sum(step_losses) / max(len(step_losses), 1),
+                        steps=len(step_losses), target_tokens=tokens, seconds=round(seconds, 2),
                         checkpoint=str(state.checkpoints_dir / f"epoch-{epoch}"), step_losses=step_losses,
                         tokens_per_second=round(tokens / max(seconds, 1e-9), 1))
 
 
-def _save_epoch(state: _Training, history: list[EpochMetrics]) -> None:
-    """Write the epoch's checkpoint with its resume state, then drop checkpoints no longer kept."""
-    import torch
-
+def _save_epoch(state: _Training, history: list[EpochMetrics], staged: Path) -> None:
+    """Publish the epoch's checkpoint with its history, then drop checkpoints no longer kept."""
     epoch = history[-1].epoch
-    resume = {"optimizer": state.optimizer.state_dict(), "scheduler": state.scheduler.state_dict(),
-              "rng": state.rng.getstate(), "torch_rng": torch.get_rng_state(), "history": [asdict(m) for m in history]}
     meta = {"epoch": epoch, "method": state.sft.method, "template_fingerprint": state.fingerprint}
-    save_checkpoint(state.model, state.tokenizer, state.checkpoints_dir / f"epoch-{epoch}", meta,
-                    training_state=resume)
+    publish_checkpoint(staged, state.checkpoints_dir / f"epoch-{epoch}", meta,
+                       training_state={"history": [asdict(m) for m in history]})
     if state.sft.keep_checkpoints == "best_and_last":
         best = min(history, key=lambda m: m.val_loss).epoch
         prune_checkpoints(state.checkpoints_dir, keep={best, epoch})
 
 
-def _prepare_model(model, sft: SFTConfig):
-    model = attach_adapters(model, sft)
-    if sft.gradient_checkpointing:
-        # Recompute activations in the backward pass: less memory for longer sequences, ~30% more compute.
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        if hasattr(model, "enable_input_require_grads"):
-            model.enable_input_require_grads()
-    return model.to(device())
-
-
-def _resume(state: _Training) -> list[EpochMetrics]:
-    """Restore the newest complete checkpoint into the live objects; return the epoch history so far.
+def _resume(state: _Training) -> tuple[list[EpochMetrics], Path | None]:
+    """The epoch history so far and the newest complete checkpoint to resume from (None: start fresh).
 
     Raises ModelError (not retried) naming the checkpoint and its epoch when it cannot be read.
     """
-    import torch
     from safetensors import SafetensorError
 
     checkpoints = epoch_checkpoints(state.checkpoints_dir)
     if not checkpoints:
-        return []
+        return [], None
     epoch = max(checkpoints)
     path = checkpoints[epoch]
     try:
-        saved = load_training_state(path)
-        if saved is None:
-            raise FileNotFoundError("no training_state.pt")
-        restore_weights(state.model, path, state.sft.method)
+        saved = check_resumable(path, state.sft.method)
     except pickle.UnpicklingError:
         raise  # a training state carrying code is refused as such (never loaded), not reported as mere damage
     except (OSError, RuntimeError, ValueError, EOFError, SafetensorError) as exc:
@@ -253,12 +302,7 @@ def _resume(state: _Training) -> list[EpochMetrics]:
         raise ModelError(f"{path}: the epoch-{epoch} checkpoint cannot be resumed from ({type(exc).__name__}: "
                          f"{exc}); delete {path} to resume from the epoch before it, or the whole "
                          f"{path.parent} folder to start over") from exc
-    state.optimizer.load_state_dict(saved["optimizer"])
-    state.scheduler.load_state_dict(saved["scheduler"])
-    version, internal, gauss = saved["rng"]
-    state.rng.setstate((version, tuple(internal), gauss))
-    torch.set_rng_state(saved["torch_rng"])
-    return [EpochMetrics(**m) for m in saved["history"]]
+    return [EpochMetrics(**m) for m in saved["history"]], path
 
 
 def _should_stop(history: list[EpochMetrics], patience: int | None) -> bool:
@@ -275,52 +319,6 @@ def _selection(history: list[EpochMetrics], best: EpochMetrics, stopped_early: b
         text += (f"; stopped early after epoch {history[-1].epoch} because val loss did not improve for "
                  f"{sft.early_stopping_patience} epochs")
     return text
-
-
-def _train_one_epoch(state: _Training, epoch: int) -> tuple[list[float], int]:
-    """One pass over the training rows; returns the per-batch losses and the number of tokens seen.
-
-    Every rank draws the same batch order and trains on its shard of each batch. A shard's summed loss is divided
-    by the token count of the whole batch and multiplied by the number of ranks, so DDP's gradient average is
-    exactly the gradient of the batch's token-weighted mean loss: the step one process takes on the whole batch.
-    """
-    import torch
-
-    from sftjudge.runtime.progress import progress
-
-    sft, ranks, examples = state.sft, state.ranks, state.train_tok
-    state.model.train()
-    batches = length_grouped_batches([len(e.input_ids) for e in examples], sft.batch_size, state.rng)
-    targets = [_loss_tokens(e) for e in examples]
-    losses: list[float] = []
-    tokens = 0
-    started = time.time()
-    bar = progress(batches, desc=f"epoch {epoch}/{sft.epochs}", unit="batch", disable=not ranks.is_main)
-    for i, batch in enumerate(bar, start=1):
-        step = i % sft.grad_accum == 0 or i == len(batches)
-        shard = ranks.shard(batch)
-        # A rank whose shard is empty (a last batch smaller than the world) still runs a step - DDP's all-reduce
-        # needs every rank - on one row of the batch with weight 0.
-        rows = [examples[j] for j in shard or batch[:1]]
-        ids, mask, labels = (t.to(device()) for t in collate(rows, state.pad_id))
-        with ranks.no_sync(state.step_model, skip=not step):
-            with autocast(state.bf16):
-                loss_sum, _ = summed_token_loss(state.step_model, ids, mask, labels)
-            loss = loss_sum * (ranks.world if shard else 0) / max(sum(targets[j] for j in batch), 1)
-            (loss / sft.grad_accum).backward()
-        if step:
-            torch.nn.utils.clip_grad_norm_([p for p in state.model.parameters() if p.requires_grad], 1.0)
-            state.optimizer.step()
-            state.scheduler.step()
-            state.optimizer.zero_grad(set_to_none=True)
-        losses.append(loss.item())
-        tokens += int(mask.sum()) if shard else 0
-        rate = tokens * ranks.world / max(time.time() - started, 1e-9)
-        bar.set_postfix(loss=f"{losses[-1]:.3f}", tok_s=f"{rate:.0f}", refresh=False)
-    if ranks.world > 1:  # one all-reduce per epoch: each step's loss is the mean of the ranks' scaled losses
-        *sums, tokens = ranks.sum(losses + [tokens])
-        losses, tokens = [s / ranks.world for s in sums], int(tokens)
-    return [round(x, 5) for x in losses], tokens
 
 
 def _loss_tokens(example) -> int:
@@ -340,8 +338,10 @@ def _split_loss(state: _Training, examples: list, desc: str) -> float:
                          desc=desc)
     shard = ranks.shard(examples)
     count = sum(_loss_tokens(e) for e in shard)
-    mean = (mean_loss(state.model, shard, batch_size=batch_size, pad_id=state.pad_id, bf16=state.bf16, desc=desc)
-            if shard else 0.0)
+    # Shards padded with weightless rows to one length: every rank runs as many batches (FSDP gathers per batch).
+    blank = type(examples[0])(input_ids=examples[0].input_ids, labels=[-100] * len(examples[0].labels))
+    shard += [blank] * (math.ceil(len(examples) / ranks.world) - len(shard))
+    mean = mean_loss(state.model, shard, batch_size=batch_size, pad_id=state.pad_id, bf16=state.bf16, desc=desc)
     total, count = ranks.sum([mean * count, count])
     return total / max(count, 1)
 

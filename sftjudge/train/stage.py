@@ -38,7 +38,10 @@ def sft_stage(run_path: str, config: RunConfig) -> dict[str, Any]:
 def _sft(ctx: StageContext) -> None:
     from sftjudge.train.launch import fine_tune_launched
 
+    from sftjudge.train.precision import check_engine
+
     run, sft = ctx.run, ctx.config.sft
+    check_engine(sft)  # before an embedded model is assembled or a launch starts
     base = resolve_model(sft.base_model, ctx.home)  # an embedded model is assembled here, once
     if sft.num_processes > 1 and not launched():
         summary = fine_tune_launched(run, ctx.config)
@@ -63,17 +66,29 @@ def reference_loss(run: RunDir, sft: SFTConfig, base_path: str, checkpoint: str,
     fine-tuning, something is fundamentally wrong), measured exactly like the train and val losses.
     """
     from sftjudge.models.chat import tokenize_for_training
-    from sftjudge.runtime.device import use_bf16
+    from sftjudge.runtime.device import device, use_bf16
     from sftjudge.train.batching import mean_loss
     from sftjudge.train.checkpoints import checkpoint_meta, restore_weights
     from sftjudge.train.loop import attach_adapters
 
-    model, tokenizer = load_causal_lm(base_path, trust_remote_code=sft.trust_remote_code)
+    model, tokenizer = load_student(base_path, sft)
     model = attach_adapters(model, sft)
+    if not sft.quantization:
+        model = model.to(device())
     restore_weights(model, Path(checkpoint), checkpoint_meta(Path(checkpoint))["method"])
     examples = [tokenize_for_training(tokenizer, r, sft.max_seq_len) for r in load_split(run.path, "test")]
     return mean_loss(model, examples, batch_size=batch_size * 2, pad_id=tokenizer.pad_token_id,
                      bf16=use_bf16(sft.precision), desc="test reference loss")
+
+
+def load_student(base_path: str, sft: SFTConfig):
+    """The student and its tokenizer as training holds them: LoRA's frozen base weights in the training precision
+    or quantised (sftjudge/train/precision.py); refused before loading when this machine cannot train so."""
+    from sftjudge.train.precision import check_engine, quantization_config, student_dtype
+
+    check_engine(sft)
+    return load_causal_lm(base_path, dtype_name=student_dtype(sft), trust_remote_code=sft.trust_remote_code,
+                          quantization_config=quantization_config(sft))
 
 
 def fine_tune(run: RunDir, sft: SFTConfig, base_path: str) -> tuple[SFTResult, dict[str, Any]]:
@@ -99,7 +114,7 @@ def fine_tune(run: RunDir, sft: SFTConfig, base_path: str) -> tuple[SFTResult, d
     def attempt(batch_size: int) -> SFTResult:
         used["batch_size"] = batch_size
         accum = sft.grad_accum * max(1, sft.batch_size // batch_size)
-        model, tokenizer = load_causal_lm(base_path, trust_remote_code=sft.trust_remote_code)
+        model, tokenizer = load_student(base_path, sft)
         return train(model, tokenizer, data, sft.model_copy(update={"batch_size": batch_size, "grad_accum": accum}),
                      run / files.CHECKPOINTS, on_epoch=log_epoch)
 

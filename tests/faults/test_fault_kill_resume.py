@@ -31,15 +31,15 @@ import sftjudge.train.loop as loop
 from sftjudge.config_yaml import load_config
 from sftjudge.train.stage import sft_stage
 
-real_save = loop.save_checkpoint
+real_publish = loop.publish_checkpoint
 
-def save_then_die(model, tokenizer, out, meta, **kwargs):
-    saved = real_save(model, tokenizer, out, meta, **kwargs)
+def publish_then_die(staged, out, meta, **kwargs):
+    saved = real_publish(staged, out, meta, **kwargs)
     if meta["epoch"] == 1:
         os.kill(os.getpid(), signal.SIGKILL)
     return saved
 
-loop.save_checkpoint = save_then_die
+loop.publish_checkpoint = publish_then_die
 sft_stage({run!r}, load_config({run!r} + "/config.yaml"))
 """
 
