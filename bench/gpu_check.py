@@ -7,6 +7,9 @@ For each shape (default 1.5b and 7b, Qwen2-like dimensions; `tiny` for the CPU t
   output layer at labelled positions only) under the stage's autocast: tokens/s, model-FLOP utilisation (4 x params
   FLOPs per token: forward plus the backward pass through the frozen weights) and peak memory beside the planner's
   estimate for the same settings;
+- stage: the sft stage's own training (train/loop.train: TRL's SFTTrainer, LoRA on bf16 base weights, an epoch of
+  synthetic rows, its per-epoch train/val loss and checkpoint): tokens/s of the training pass, model-FLOP
+  utilisation, peak memory;
 - full: full fine-tuning (float32 weights, bf16 autocast, AdamW) where the planner says it fits the card, else the
   planner's refusal; 6 x params FLOPs per token;
 - qlora: LoRA on 4-bit weights when bitsandbytes is installed (else why not);
@@ -184,6 +187,34 @@ def lora(shape: str, size: dict, ceiling: float, tokenizer) -> dict:
     return out
 
 
+def stage(shape: str, size: dict, ceiling: float, tokenizer) -> dict:
+    import tempfile
+
+    import torch
+
+    from sftjudge.config import SFTConfig
+    from sftjudge.curate.rows import ChatMessage, Example
+    from sftjudge.train.loop import TrainData, train
+
+    reset_peak()
+    model, _ = build(shape, torch.bfloat16)
+    params_total = sum(p.numel() for p in model.parameters())
+    rows = [Example(id=str(i), messages=(
+        ChatMessage(role="user", content="Extract the ticket fields as JSON. My router stopped working. " * (1 + i % 4)),
+        ChatMessage(role="assistant", content='{"intent": "bug_report", "product": "router"} ' * (1 + i % 3))))
+        for i in range(size["batch_size"] * (size["steps"] + 1))]
+    sft = SFTConfig(epochs=1, batch_size=size["batch_size"], max_seq_len=size["seq"], precision="bf16", lora_r=16,
+                    lora_alpha=32, target_modules=list(TARGETS), learning_rate=1e-4, warmup_ratio=0.0)
+    with tempfile.TemporaryDirectory() as folder:
+        result = train(model, tokenizer, TrainData(train=rows, val=rows[:2]), sft, Path(folder))
+    epoch = result.epochs[0]
+    del model
+    return {"rows": len(rows), "tokens": epoch.target_tokens, "tokens_per_s": epoch.tokens_per_second,
+            "mfu": round(4 * params_total * epoch.tokens_per_second / (ceiling * 1e12), 4),
+            "train_loss": round(epoch.train_loss, 4), "val_loss": round(epoch.val_loss, 4),
+            "precision": result.precision, "peak_bytes": peak_bytes()}
+
+
 def full(shape: str, size: dict, ceiling: float, free: int | None) -> dict:
     import torch
     from transformers import LlamaConfig
@@ -304,6 +335,7 @@ def main() -> None:
         results: dict = {}
         print(f"{shape}:", flush=True)
         section(results, "lora", lambda: lora(shape, size, ceiling, tokenizer))
+        section(results, "stage", lambda: stage(shape, size, ceiling, tokenizer))
         section(results, "full", lambda: full(shape, size, ceiling, free))
         section(results, "qlora", lambda: qlora(shape, size, ceiling))
         section(results, "generate", lambda: generate(shape, tokenizer, 8 if small else 64, 8 if small else 128,

@@ -145,7 +145,8 @@ class SFTConfig(_Strict):
                           "only, method lora only.")
     packing: bool = Field(
         False, description="Pack several rows into each max_seq_len sequence (TRL's best-fit packing, no padding); "
-                           "attention stays within each row.")
+                           "attention stays within each row; batch_size then counts packed sequences. Train and "
+                           "val loss are still measured row by row.")
     fsdp: bool = Field(
         False, description="Shard a full fine-tune's weights, gradients and optimizer state over the num_processes "
                            "processes (FSDP through accelerate) when one card cannot hold them.")

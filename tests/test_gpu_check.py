@@ -27,6 +27,9 @@ def test_gpu_check_runs_every_section_on_a_tiny_shape(tmp_path):
     for name in ("lora", "full"):
         assert tiny[name]["tokens_per_s"] > 0 and 0 < tiny[name]["mfu"] < 1
         assert tiny[name]["planned_bytes"] > 0 and tiny[name]["final_loss"] > 0
+    # the stage's own trainer (SFTTrainer) on bf16 base weights, with its per-epoch losses
+    assert tiny["stage"]["tokens_per_s"] > 0 and tiny["stage"]["precision"] == "bf16"
+    assert tiny["stage"]["train_loss"] > 0 and tiny["stage"]["val_loss"] > 0
     assert tiny["qlora"]["skipped"]  # CUDA only
     assert tiny["generate"]["new_tokens"] == 8 * 8  # every answer ran its full length
     assert tiny["judge"]["scored"] == tiny["judge"]["items"] == 4

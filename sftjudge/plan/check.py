@@ -92,6 +92,21 @@ def _bf16(precision: str, target: Target) -> bool:
     return precision == "bf16" or (precision == "auto" and (target.cuda or bf16_supported()))
 
 
+def _weight_bytes(sft, bf16: bool) -> float:
+    """Bytes per frozen base weight as the sft stage loads it (sftjudge/train/precision.py): LoRA's in the training
+    precision or quantised (NF4 with its scales ~0.55, int8 ~1.05); a full fine-tune's are the trained ones.
+
+    >>> from sftjudge.config import SFTConfig
+    >>> _weight_bytes(SFTConfig(quantization="4bit"), True), _weight_bytes(SFTConfig(precision="fp32"), False)
+    (0.55, 4)
+    """
+    if sft.method != "lora":
+        return 4
+    if sft.quantization:
+        return 0.55 if sft.quantization == "4bit" else 1.05
+    return 2 if bf16 or sft.precision == "fp16" else 4
+
+
 class Planner:
     """Estimates for one config on one target; shapes read once (config.json only, nothing loaded)."""
 
@@ -119,9 +134,14 @@ class Planner:
             shape = self.shape(sft.base_model, lora=sft.method == "lora")
             if shape is None:
                 return None
-            one = sft_estimate(shape, Training(method=sft.method, batch_size=sft.batch_size,
-                                               max_seq_len=sft.max_seq_len, bf16=_bf16(sft.precision, self.target),
-                                               gradient_checkpointing=sft.gradient_checkpointing), cuda=cuda)
+            bf16 = _bf16(sft.precision, self.target)
+            one = sft_estimate(shape, Training(method=sft.method, batch_size=-(-sft.batch_size // sft.num_processes),
+                                               max_seq_len=sft.max_seq_len, bf16=bf16,
+                                               gradient_checkpointing=sft.gradient_checkpointing,
+                                               weight_bytes=_weight_bytes(sft, bf16)), cuda=cuda)
+            if sft.fsdp and sft.num_processes > 1:  # weights, gradients and optimizer state sharded over processes
+                one = Estimate(stage="sft", parts={k: v // sft.num_processes if k in ("weights", "optimizer") else v
+                                                   for k, v in one.parts.items()})
             if sft.num_processes > 1 and not cuda:  # every process holds its own copy in the same RAM
                 return Estimate(stage="sft", parts={k: v * sft.num_processes for k, v in one.parts.items()})
             return one

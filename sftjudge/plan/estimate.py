@@ -77,7 +77,7 @@ class Training:
     bf16: bool
     gradient_checkpointing: bool = False
     label_share: float = 1.0  # share of positions with a label (1.0: all, an upper bound)
-    weight_bytes: float = 4  # per frozen base weight: 4 as the sft stage loads today; 2 in bf16, ~0.55 in 4 bit
+    weight_bytes: float = 4  # per frozen base weight: 4 in float32, 2 in bf16 (LoRA's default), ~0.55 in 4 bit
 
 
 @dataclass(frozen=True, kw_only=True)

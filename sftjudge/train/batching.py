@@ -36,24 +36,29 @@ def collate(batch: list[TokenizedExample], pad_id: int):
     return ids, mask, labels
 
 
-def summed_token_loss(model, ids, mask, labels, *, output_layer=None):
+def summed_token_loss(model, ids, mask, labels, *, output_layer=None, extra=None):
     """(sum of token cross-entropies over target tokens, number of target tokens) for one batch.
 
     The output layer is applied only where a label is: with completion-only loss most positions are prompt
     or padding, and the full (positions x vocabulary) logits of a 49k-token vocabulary are a fifth of the
     model's compute and the largest activation it has. `output_layer` is the model's own (given when `model` is
     a wrapper such as DDP that does not expose it). A model sharded by FSDP applies it to every position in its
-    own forward: sharded weights are only whole inside the wrapped forward.
+    own forward: sharded weights are only whole inside the wrapped forward. `extra`: further model inputs (packed
+    rows: position_ids restarting at every row, with `mask` None).
     """
     import torch.nn.functional as F
 
     targets = labels[:, 1:]
     keep = targets != -100
+    extra = extra or {}
     if fsdp_sharded(model):
-        logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1, :][keep]
+        logits = model(input_ids=ids, attention_mask=mask, use_cache=False, **extra).logits[:, :-1, :][keep]
         return F.cross_entropy(logits.float(), targets[keep], reduction="sum"), int(keep.sum())
     # logits_to_keep=1: the model skips its own full-sequence output layer; we apply it to target rows below.
-    out = model(input_ids=ids, attention_mask=mask, output_hidden_states=True, logits_to_keep=1)
+    # use_cache=False: no key/value cache to build (and without one, packed rows' position_ids keep attention
+    # within each row: transformers reads packing from them only when there is no cache and no mask).
+    out = model(input_ids=ids, attention_mask=mask, output_hidden_states=True, logits_to_keep=1, use_cache=False,
+                **extra)
     hidden = out.hidden_states[-1][:, :-1, :]
     logits = (output_layer or model.get_output_embeddings())(hidden[keep])
     loss = F.cross_entropy(logits.float(), targets[keep], reduction="sum")

@@ -25,14 +25,24 @@ from typing import Any
 from sftjudge.models.chat import TokenizedExample
 from sftjudge.train.batching import collate, length_grouped_batches, summed_token_loss
 
-def rows_dataset(rows: list[TokenizedExample]):
-    """The rows as a `datasets.Dataset` of input_ids and labels, plus one weightless row at index len(rows): the
-    first row with every label -100, which pads a global batch (computed, but it carries no loss)."""
+def rows_dataset(rows: list[TokenizedExample], *, pack_to: int | None = None):
+    """The rows as a `datasets.Dataset` of input_ids and labels, plus one weightless row at the end (the first
+    row with every label -100), which pads a global batch: computed, but it carries no loss.
+
+    With `pack_to`, rows are first packed by TRL's best-fit-decreasing packing into sequences of at most that many
+    tokens (a `seq_lengths` column keeps each row's bounds: positions restart at every row and attention stays
+    inside it); a "row" of the dataset is then one packed sequence.
+    """
     from datasets import Dataset
 
-    blank = [-100] * len(rows[0].labels)
-    return Dataset.from_dict({"input_ids": [r.input_ids for r in rows] + [rows[0].input_ids],
-                              "labels": [r.labels for r in rows] + [blank]})
+    data = Dataset.from_dict({"input_ids": [r.input_ids for r in rows], "labels": [r.labels for r in rows]})
+    if pack_to:
+        from trl.data_utils import pack_dataset
+
+        data = pack_dataset(data, pack_to, strategy="bfd")
+    columns = {name: list(data[name]) for name in data.column_names}
+    blank = {name: values[0] for name, values in columns.items()} | {"labels": [-100] * len(columns["labels"][0])}
+    return Dataset.from_dict({name: values + [blank[name]] for name, values in columns.items()})
 
 
 class GroupedSampler:
@@ -76,14 +86,27 @@ class GroupedSampler:
         return -(-len(self.lengths) // self.batch_size) * self.per_process * self.world
 
 
-def collate_rows(pad_id: int):
-    """The data collator: right-padded input_ids, attention_mask and labels (-100 on padding)."""
+def collate_rows(pad_id: int, *, packed: bool = False):
+    """The data collator: right-padded input_ids, attention_mask and labels (-100 on padding); for packed rows
+    TRL's padding-free collator (one flat sequence, position_ids restarting at every row, no attention mask)."""
+    if packed:
+        from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+        return DataCollatorForLanguageModeling(pad_token_id=pad_id, padding_free=True)
 
     def collate_fn(batch: list[dict[str, list[int]]]) -> dict[str, Any]:
         ids, mask, labels = collate([TokenizedExample(r["input_ids"], r["labels"]) for r in batch], pad_id)
         return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
     return collate_fn
+
+
+def _tokens(inputs) -> int:
+    """Non-padding tokens of a batch, the weightless rows padding a global batch not counted."""
+    mask = inputs.get("attention_mask")
+    if mask is None:  # packed: one flat sequence of real tokens (a weightless row among them is counted)
+        return int(inputs["input_ids"].numel())
+    return int(mask[(inputs["labels"] != -100).any(dim=1)].sum())
 
 
 def student_trainer_class():
@@ -104,15 +127,17 @@ def student_trainer_class():
             return self.grouped_sampler
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            ids, mask, labels = inputs["input_ids"], inputs["attention_mask"], inputs["labels"]
+            labels = inputs["labels"]
+            # Packed rows come flat with position_ids (and varlen-kernel bounds) instead of an attention mask.
+            extra = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask", "labels")}
             # Under the trainer's autocast: its model forward autocasts (and returns float32), the output layer
             # applied here to the labelled rows must compute in the same precision.
             with self.accelerator.autocast():
-                loss_sum, targets = summed_token_loss(model, ids, mask, labels, output_layer=self._output_layer())
+                loss_sum, targets = summed_token_loss(model, inputs["input_ids"], inputs.get("attention_mask"),
+                                                      labels, output_layer=self._output_layer(), extra=extra)
             if not model.training:
                 return loss_sum / max(targets, 1)
-            weighted = (labels != -100).any(dim=1)  # the weightless rows padding a global batch count no tokens
-            self.step_records.append((float(loss_sum.detach()), targets, int(mask[weighted].sum())))
+            self.step_records.append((float(loss_sum.detach()), targets, _tokens(inputs)))
             denominator = num_items_in_batch if num_items_in_batch is not None else max(targets, 1)
             loss = loss_sum / denominator
             if self.args.average_tokens_across_devices and num_items_in_batch is not None:

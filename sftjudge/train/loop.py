@@ -183,17 +183,18 @@ def _run_trainer(state: _Training, model, history: list[EpochMetrics], resume_fr
 
     sft, ranks = state.sft, state.ranks
     torch.manual_seed(sft.seed)  # same seed on every rank: identical adapter init before DDP syncs anything
-    micro_batches = math.ceil(len(state.train_tok) / sft.batch_size)
+    dataset = engine.rows_dataset(state.train_tok, pack_to=sft.max_seq_len if sft.packing else None)
+    lengths = [len(ids) for ids in dataset["input_ids"][:-1]]  # the last row is the weightless one
+    micro_batches = math.ceil(len(lengths) / sft.batch_size)
     args = engine.training_arguments(sft, str(state.checkpoints_dir / STAGING), world=ranks.world,
                                      steps_total=math.ceil(micro_batches / sft.grad_accum) * sft.epochs,
                                      bf16=state.bf16, fp16=sft.precision == "fp16")
-    sampler = engine.GroupedSampler([len(e.input_ids) for e in state.train_tok], batch_size=sft.batch_size,
-                                    world=ranks.world, seed=sft.seed)
+    sampler = engine.GroupedSampler(lengths, batch_size=sft.batch_size, world=ranks.world, seed=sft.seed)
     epochs = _EpochCallback(state, history, on_epoch)
     trainer_class = engine.student_trainer_class()
     state.trainer = trainer_class(
-        model=model, args=args, train_dataset=engine.rows_dataset(state.train_tok),
-        data_collator=engine.collate_rows(state.pad_id), processing_class=state.tokenizer,
+        model=model, args=args, train_dataset=dataset,
+        data_collator=engine.collate_rows(state.pad_id, packed=sft.packing), processing_class=state.tokenizer,
         peft_config=lora_config(model, sft) if sft.method == "lora" else None, callbacks=[epochs.callback()],
         sampler=sampler)
     try:

@@ -73,4 +73,4 @@ def base_weights_precision(model, sft: SFTConfig) -> bool:
     quantized = getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False)
     if not quantized and model.dtype != dtype:
         model.to(dtype)
-    return use_bf16(sft.precision) and sft.precision != "fp16"
+    return use_bf16(sft.precision)
