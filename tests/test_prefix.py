@@ -164,3 +164,29 @@ def test_the_store_keeps_to_its_budget_and_drops_the_least_recently_used():
     assert store.used <= store.budget
     store.put((4,), entry(11))  # larger than the whole budget: not kept, nothing else dropped
     assert store.get((4,)) is None and len(store.entries) == 2
+
+
+@pytest.mark.model
+def test_an_opening_only_one_row_needs_costs_no_pass_of_its_own(tiny_model):
+    """A first judgment of an item runs its whole prompt in one pass and keeps the opening from it; only an opening
+    several rows of the batch share is computed apart, once."""
+    model, tok = tiny_model
+    store = PrefixStore(64 * 2**20)
+    scorer = LogprobJudge(model, tok, judge("reference-score"), prefixes=store)
+    calls = []
+    original = model.forward
+
+    @functools.wraps(original)
+    def counting(*args, **kwargs):
+        calls.append(kwargs["input_ids"].shape)
+        return original(*args, **kwargs)
+
+    model.forward = counting
+    try:
+        scorer.score([it for it in items() if it["id"].endswith("-a0")], batch_size=3)  # three questions, one pass
+        assert len(calls) == 1 and store.misses == 3 and len(store.entries) >= 3
+        calls.clear()
+        scorer.score([it for it in items() if it["id"].endswith("-a1")], batch_size=3)  # all three reused
+        assert len(calls) == 1 and store.hits == 3
+    finally:
+        model.forward = original

@@ -17,7 +17,7 @@ have several cut points; the longest one already in the store is used.
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from typing import Any
 
 from sftjudge.judge.fit import SHRINK_ORDER
@@ -136,20 +136,46 @@ def forward_with_prefixes(model, store: PrefixStore, seqs: list[list[int]], cuts
     (PAD) never matters. Returns (logits of the last `keep` positions [batch, keep, vocab], the key/value cache of
     the whole sequences or None, the attention mask over it, each row's real length)."""
     import torch
-    from transformers import DynamicCache
 
     arg = cache_argument(model)
     if not any(cuts):  # nothing shared: plain left-padded pass
         return _plain(model, seqs, keep=keep, keep_cache=keep_cache, arg=arg)
     prefix_lens = [_longest_stored(store, s, c) for s, c in zip(seqs, cuts)]
-    missing = list(dict.fromkeys(tuple(s[:c[0]]) for s, c, p in zip(seqs, cuts, prefix_lens) if c and not p))
-    store.misses += len(missing)  # openings computed; every other row with a cut point reused a stored prefix
-    store.hits += sum(1 for c in cuts if c) - len(missing)
-    fresh = _compute_openings(model, store, missing, arg)
-    prefix_lens = [p or (c[0] if c else 0) for p, c in zip(prefix_lens, cuts)]
+    openings = [tuple(s[:c[0]]) if c and not p else None for s, c, p in zip(seqs, cuts, prefix_lens)]
+    rows_per_opening = Counter(o for o in openings if o)
+    # An opening two rows of this batch share is computed once, in a pass of its own; an opening only one row
+    # needs is computed within that row's pass (a separate pass would cost more than it saves) and stored from it.
+    shared = [o for o in rows_per_opening if rows_per_opening[o] > 1]
+    store.misses += len(rows_per_opening)  # openings computed; every other row with a cut point reused one
+    store.hits += sum(1 for c in cuts if c) - len(rows_per_opening)
+    fresh = _compute_openings(model, store, shared, arg)
+    prefix_lens = [p or (len(o) if o in fresh else 0) for p, o in zip(prefix_lens, openings)]
     cached = [(fresh.get(tuple(s[:p])) or store.get(tuple(s[:p]))) if p else None for s, p in zip(seqs, prefix_lens)]
-    later = [[c for c in cut if c > p] for cut, p in zip(cuts, prefix_lens)]  # longer cuts to store after this pass
+    later = [[c for c in cut if c > p] for cut, p in zip(cuts, prefix_lens)]  # cuts to store after this pass
     width = max(prefix_lens)
+    cache = _stacked(cached, prefix_lens, width, model.config) if width else None
+    tails = [s[p:] for s, p in zip(seqs, prefix_lens)]
+    tail_ids, tail_mask = _left_padded(tails)
+    head_mask = torch.tensor([[0] * (width - p) + [1] * p for p in prefix_lens], dtype=torch.long, device=device())
+    positions = torch.tensor(prefix_lens, device=device())[:, None] + (tail_mask.cumsum(-1) - 1).clamp(min=0)
+    mask = torch.cat([head_mask, tail_mask], dim=1)
+    store_later = any(later)
+    with torch.no_grad():
+        out = model(input_ids=tail_ids, attention_mask=mask, position_ids=positions,
+                    use_cache=keep_cache or store_later, **keep_logits(model, keep),
+                    **({arg: cache} if cache is not None else {}))
+    if store_later:
+        _store_longer(store, getattr(out, arg), seqs, list(zip(prefix_lens, later)), (width, tail_ids.shape[1]))
+    return out.logits[:, -keep:, :].float(), (getattr(out, arg) if keep_cache else None), mask, \
+        [len(s) for s in seqs]
+
+
+def _stacked(cached: list, prefix_lens: list[int], width: int, config):
+    """One key/value cache of the rows' stored prefixes, each right-aligned in `width` columns (padding masked);
+    an empty one for a row without a stored prefix."""
+    import torch
+    from transformers import DynamicCache
+
     template = next(c for c in cached if c is not None)
     stacked = []
     for layer, (k0, v0) in enumerate(template):
@@ -161,20 +187,7 @@ def forward_with_prefixes(model, store: PrefixStore, seqs: list[list[int]], cuts
             ks.append(torch.nn.functional.pad(k, (0, 0, gap, 0)))
             vs.append(torch.nn.functional.pad(v, (0, 0, gap, 0)))
         stacked.append((torch.cat(ks), torch.cat(vs)))
-    cache = DynamicCache(ddp_cache_data=stacked, config=model.config)
-    tails = [s[p:] for s, p in zip(seqs, prefix_lens)]
-    tail_ids, tail_mask = _left_padded(tails)
-    head_mask = torch.tensor([[0] * (width - p) + [1] * p for p in prefix_lens], device=device())
-    positions = torch.tensor(prefix_lens, device=device())[:, None] + (tail_mask.cumsum(-1) - 1).clamp(min=0)
-    mask = torch.cat([head_mask, tail_mask], dim=1)
-    store_later = any(later)
-    with torch.no_grad():
-        out = model(input_ids=tail_ids, attention_mask=mask, position_ids=positions,
-                    use_cache=keep_cache or store_later, **keep_logits(model, keep), **{arg: cache})
-    if store_later:
-        _store_longer(store, getattr(out, arg), seqs, list(zip(prefix_lens, later)), (width, tail_ids.shape[1]))
-    return out.logits[:, -keep:, :].float(), (getattr(out, arg) if keep_cache else None), mask, \
-        [len(s) for s in seqs]
+    return DynamicCache(ddp_cache_data=stacked, config=config)
 
 
 def _longest_stored(store: PrefixStore, seq: list[int], cuts: tuple[int, ...]) -> int:
