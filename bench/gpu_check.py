@@ -199,10 +199,10 @@ def stage(shape: str, size: dict, ceiling: float, tokenizer) -> dict:
     reset_peak()
     model, _ = build(shape, torch.bfloat16)
     params_total = sum(p.numel() for p in model.parameters())
-    rows = [Example(id=str(i), messages=(
-        ChatMessage(role="user", content="Extract the ticket fields as JSON. My router stopped working. " * (1 + i % 4)),
-        ChatMessage(role="assistant", content='{"intent": "bug_report", "product": "router"} ' * (1 + i % 3))))
-        for i in range(size["batch_size"] * (size["steps"] + 1))]
+    ask, answer = "Extract the ticket fields as JSON. My router stopped working. ", '{"intent": "bug_report"} '
+    rows = [Example(id=str(i), messages=(ChatMessage(role="user", content=ask * (1 + i % 4)),
+                                         ChatMessage(role="assistant", content=answer * (1 + i % 3))))
+            for i in range(size["batch_size"] * (size["steps"] + 1))]
     sft = SFTConfig(epochs=1, batch_size=size["batch_size"], max_seq_len=size["seq"], precision="bf16", lora_r=16,
                     lora_alpha=32, target_modules=list(TARGETS), learning_rate=1e-4, warmup_ratio=0.0)
     with tempfile.TemporaryDirectory() as folder:

@@ -164,8 +164,9 @@ def training_arguments(sft, staging: str, *, world: int, steps_total: int, bf16:
     fsdp = {}
     if sft.fsdp:
         fsdp = {"fsdp": "full_shard auto_wrap",
-                "fsdp_config": {"version": 2, "reshard_after_forward": True, "auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
-                                "state_dict_type": "FULL_STATE_DICT", "cpu_ram_efficient_loading": False}}
+                "fsdp_config": {"version": 2, "reshard_after_forward": True,
+                                "auto_wrap_policy": "TRANSFORMER_BASED_WRAP", "state_dict_type": "FULL_STATE_DICT",
+                                "cpu_ram_efficient_loading": False}}
     return TrlConfig(
         output_dir=staging, num_train_epochs=sft.epochs, per_device_train_batch_size=-(-sft.batch_size // world),
         gradient_accumulation_steps=sft.grad_accum, learning_rate=sft.learning_rate, weight_decay=sft.weight_decay,
