@@ -156,7 +156,7 @@ def student_trainer_class():
 def training_arguments(sft, staging: str, *, world: int, steps_total: int, bf16: bool, fp16: bool):
     """trl.SFTConfig for the sft settings: per-process batch, accumulation, schedule, precision, checkpointing,
     FSDP for a full fine-tune across processes. No evaluation, logging or saving strategy of the trainer's own
-    beyond an epoch checkpoint: the epoch callback measures and publishes (train/epochs.py)."""
+    beyond an epoch checkpoint: the epoch callback measures and publishes (train/loop.py)."""
     import torch
     from trl import SFTConfig as TrlConfig
 
