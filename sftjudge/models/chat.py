@@ -43,6 +43,10 @@ class TokenizedExample:
     def n_target_tokens(self) -> int:
         return sum(1 for label in self.labels if label != -100)
 
+    def without_loss(self) -> "TokenizedExample":
+        """The same tokens with no label: a row that pads a batch is computed but carries no loss."""
+        return TokenizedExample(input_ids=self.input_ids, labels=[-100] * len(self.labels))
+
 
 def tokenize_for_training(tokenizer, example: Example, max_len: int) -> TokenizedExample:
     """Render the full chat with loss on every assistant turn, the rest masked; truncate to `max_len`.

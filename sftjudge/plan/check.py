@@ -100,11 +100,11 @@ def _weight_bytes(sft, bf16: bool) -> float:
     >>> _weight_bytes(SFTConfig(quantization="4bit"), True), _weight_bytes(SFTConfig(precision="fp32"), False)
     (0.55, 4)
     """
-    if sft.method != "lora":
-        return 4
+    from sftjudge.train.precision import student_dtype
+
     if sft.quantization:
         return 0.55 if sft.quantization == "4bit" else 1.05
-    return 2 if bf16 or sft.precision == "fp16" else 4
+    return {"float32": 4, "bfloat16": 2, "float16": 2}[student_dtype(sft, bf16)]
 
 
 class Planner:

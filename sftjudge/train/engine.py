@@ -25,6 +25,7 @@ from typing import Any
 from sftjudge.models.chat import TokenizedExample
 from sftjudge.train.batching import collate, length_grouped_batches, summed_token_loss
 
+
 def rows_dataset(rows: list[TokenizedExample], *, pack_to: int | None = None):
     """The rows as a `datasets.Dataset` of input_ids and labels, plus one weightless row at the end (the first
     row with every label -100), which pads a global batch: computed, but it carries no loss.
@@ -40,9 +41,9 @@ def rows_dataset(rows: list[TokenizedExample], *, pack_to: int | None = None):
         from trl.data_utils import pack_dataset
 
         data = pack_dataset(data, pack_to, strategy="bfd")
-    columns = {name: list(data[name]) for name in data.column_names}
-    blank = {name: values[0] for name, values in columns.items()} | {"labels": [-100] * len(columns["labels"][0])}
-    return Dataset.from_dict({name: values + [blank[name]] for name, values in columns.items()})
+    first = data[0]
+    blank = TokenizedExample(first["input_ids"], first["labels"]).without_loss()
+    return data.add_item(first | {"labels": blank.labels})
 
 
 class GroupedSampler:

@@ -340,8 +340,7 @@ def _split_loss(state: _Training, examples: list, desc: str) -> float:
     shard = ranks.shard(examples)
     count = sum(_loss_tokens(e) for e in shard)
     # Shards padded with weightless rows to one length: every rank runs as many batches (FSDP gathers per batch).
-    blank = type(examples[0])(input_ids=examples[0].input_ids, labels=[-100] * len(examples[0].labels))
-    shard += [blank] * (math.ceil(len(examples) / ranks.world) - len(shard))
+    shard += [examples[0].without_loss()] * (math.ceil(len(examples) / ranks.world) - len(shard))
     mean = mean_loss(state.model, shard, batch_size=batch_size, pad_id=state.pad_id, bf16=state.bf16, desc=desc)
     total, count = ranks.sum([mean * count, count])
     return total / max(count, 1)

@@ -35,8 +35,9 @@ def check_engine(sft: SFTConfig) -> None:
                               f"sftjudge[gpu]`") from exc
 
 
-def student_dtype(sft: SFTConfig) -> str:
-    """The dtype to load the student's weights in (torch attribute name).
+def student_dtype(sft: SFTConfig, bf16: bool | None = None) -> str:
+    """The dtype to load the student's weights in (torch attribute name); `bf16`: whether training runs in bf16
+    (default: whether it does on this machine; the memory planner passes its target's).
 
     >>> student_dtype(SFTConfig(method="full", precision="bf16")), student_dtype(SFTConfig(precision="bf16"))
     ('float32', 'bfloat16')
@@ -45,7 +46,7 @@ def student_dtype(sft: SFTConfig) -> str:
         return "float32"
     if sft.precision == "fp16":
         return "float16"
-    return "bfloat16" if use_bf16(sft.precision) else "float32"
+    return "bfloat16" if (use_bf16(sft.precision) if bf16 is None else bf16) else "float32"
 
 
 def quantization_config(sft: SFTConfig):

@@ -37,7 +37,6 @@ def sft_stage(run_path: str, config: RunConfig) -> dict[str, Any]:
 
 def _sft(ctx: StageContext) -> None:
     from sftjudge.train.launch import fine_tune_launched
-
     from sftjudge.train.precision import check_engine
 
     run, sft = ctx.run, ctx.config.sft
