@@ -71,27 +71,31 @@ def judge_run(run: RunDir, config: RunConfig, home: Path, champion_dir: str | No
     judge = config.judge
     generations = read_jsonl(run / files.GENERATIONS)
     loaded = LoadedJudge(config, home)
-    judging = CachedJudge(loaded=loaded, cache=JudgmentCache(run / files.JUDGMENT_CACHE).load(),
-                          batch_size=judge.batch_size)
-    spec = load_judge(Path(judge.judges_dir), judge.judge)
-    identity = loaded.identity(spec)
-    clock = Stopwatch()  # seconds per part of the stage, in metrics.json: where a judge stage's time goes
-    encoder, rule = _encoder(judge, home), _format_rule(judge)
-    # Pointwise first, for the run's and the base model's answers: the rubric then reuses each answer's keys and
-    # values (judge/prefix.py) instead of computing them again.
-    pointwise = clock("pointwise", judging.judge, spec, [judge_item(g) for g in generations])
-    baseline = clock("base model", _judge_baseline, run, judging, spec,
-                     lambda gens: cheap_metrics(gens, rule, encoder))
-    dimensions = clock("rubric", _dimensions, run, judging, judge, generations, champion_dir)
-    anchors = (clock("anchors", anchor_scores, loaded, spec, generations, home, judge.batch_size)
-               if judge.anchors else {})
-    pairwise, outcomes = clock("pairwise", _pairwise, judging, judge, generations, champion_dir)
-    noise = clock("noise", measure_noise, judging, spec, champion_dir, judge.noise_items)
-    suite = (clock("regression suite", judge_suite, run.path, judging,
-                   load_judge(Path(judge.judges_dir), config.regression.judge), config.regression.suite)
-             if config.regression.enabled else None)
-    judge_params = loaded.params
-    loaded.close()
+    try:
+        judging = CachedJudge(loaded=loaded, cache=JudgmentCache(run / files.JUDGMENT_CACHE).load(),
+                              batch_size=judge.batch_size)
+        spec = load_judge(Path(judge.judges_dir), judge.judge)
+        identity = loaded.identity(spec)
+        clock = Stopwatch()  # seconds per part of the stage, in metrics.json: where a judge stage's time goes
+        encoder, rule = _encoder(judge, home), _format_rule(judge)
+        # Pointwise first, for the run's and the base model's answers: the rubric then reuses each answer's keys and
+        # values (judge/prefix.py) instead of computing them again.
+        pointwise = clock("pointwise", judging.judge, spec, [judge_item(g) for g in generations])
+        baseline = clock("base model", _judge_baseline, run, judging, spec,
+                         lambda gens: cheap_metrics(gens, rule, encoder))
+        dimensions = clock("rubric", _dimensions, run, judging, judge, generations, champion_dir)
+        anchors = (clock("anchors", anchor_scores, loaded, spec, generations, home, judge.batch_size)
+                   if judge.anchors else {})
+        pairwise, outcomes = clock("pairwise", _pairwise, judging, judge, generations, champion_dir)
+        noise = clock("noise", measure_noise, judging, spec, champion_dir, judge.noise_items)
+        suite = (clock("regression suite", judge_suite, run.path, judging,
+                       load_judge(Path(judge.judges_dir), config.regression.judge), config.regression.suite)
+                 if config.regression.enabled else None)
+        judge_params = loaded.params
+    finally:
+        # Also when a part fails: a vLLM engine left running would make the retry's engine fail vLLM's start-up
+        # check of free memory, in this same process.
+        loaded.close()
     rows, cheap_rows = [], cheap_metrics(generations, rule, encoder)
     for gen, judged, cheap in zip(generations, pointwise, cheap_rows):
         rows.append({k: v for k, v in judged.items() if k != "key"} | {

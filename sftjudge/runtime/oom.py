@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import traceback
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -52,12 +53,17 @@ def with_smaller_batch_on_oom(work: Callable[[int], T], batch_size: int, *,
         except Exception as exc:  # noqa: BLE001 - only out-of-memory is handled, everything else re-raised
             if not is_out_of_memory(exc) or size <= 1:
                 raise
-            _free_memory()
             log(f"out of memory at batch size {size}; retrying with {size // 2}")
-            size //= 2
+            # The traceback holds every frame of the failed attempt, and with them its model, trainer and
+            # optimizer: clear their locals now, and free only once the except block (and `exc`) is gone.
+            traceback.clear_frames(exc.__traceback__)
+        free_memory()
+        size //= 2
 
 
-def _free_memory() -> None:
+def free_memory() -> None:
+    """Collect unreachable objects (models sit in reference cycles: accelerate rebinds `forward` to the model) and
+    hand the CUDA allocator's cached blocks back, so the next load or another process finds the memory free."""
     gc.collect()
     try:
         import torch

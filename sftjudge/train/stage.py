@@ -21,7 +21,7 @@ from sftjudge.run import files
 from sftjudge.run.directory import RunDir
 from sftjudge.run.io import atomic_write_json, write_jsonl
 from sftjudge.run.stage import StageContext, run_stage
-from sftjudge.runtime.oom import with_smaller_batch_on_oom
+from sftjudge.runtime.oom import free_memory, with_smaller_batch_on_oom
 from sftjudge.train.distributed import current, launched
 from sftjudge.train.loop import EpochMetrics, SFTResult, TrainData, train
 
@@ -123,10 +123,14 @@ def fine_tune(run: RunDir, sft: SFTConfig, base_path: str) -> tuple[SFTResult, d
         result = attempt(sft.batch_size)
     else:
         result = with_smaller_batch_on_oom(attempt, sft.batch_size)
+    # The trained student sits in reference cycles (accelerate rebinds its forward to it); collect it here, or the
+    # test-loss pass below - and on a GPU worker the next stage's engine - loads into memory still taken.
+    free_memory()
     if not ranks.is_main:
         return result, {}
     write_jsonl(metrics_path, [asdict(m) for m in result.epochs])
     test_loss = reference_loss(run, sft, base_path, result.best_checkpoint, used["batch_size"])
+    free_memory()
     base_params = result.total_params - (result.trainable_params if sft.method == "lora" else 0)
     summary = result.to_json() | {"base_model": sft.base_model, "base_model_path": base_path, "method": sft.method,
                                   "base_params": base_params, "batch_size": used["batch_size"],
