@@ -177,7 +177,7 @@ class GenerateConfig(_Strict):
     """Answer generation on the test split."""
 
     backend: Literal["transformers", "vllm"] = Field(
-        "transformers", description="transformers (CPU or GPU) or vLLM (GPU worker, `pip install sftjudge[gpu]`)."
+        "transformers", description="transformers (CPU or GPU) or vLLM (GPU worker: a served engine, see vllm)."
     )
     max_new_tokens: int = Field(96, ge=1, description="Upper bound on generated tokens per answer.")
     batch_size: int = Field(8, ge=1, description="Prompts generated together (transformers backend).")
@@ -192,6 +192,26 @@ class GenerateConfig(_Strict):
     baseline: bool = Field(
         False, description="Also answer the test split with the base model (no fine-tune), once per split and "
                            "params, shared across runs; judged as the baseline row of every comparison.")
+
+
+class VLLMConfig(_Strict):
+    """How vLLM runs for generate.backend=vllm and judge.backend=vllm."""
+
+    engine: Literal["server", "in_process"] = Field(
+        "server", description="server: answer through an OpenAI-compatible `vllm serve` in vLLM's own environment "
+                              "(started from vllm.python for the stage and stopped after it, or the long-lived one "
+                              "at vllm.base_url), so vLLM's pins never meet the trainer's; in_process: vllm.LLM in "
+                              "the stage's own process (only where vllm is installed beside sftjudge).")
+    python: str | None = Field(
+        None, description="The Python of the vLLM environment that runs `vllm serve`; default $SFTJUDGE_VLLM_PYTHON "
+                          "(the GPU image sets it), else the Python next to a `vllm` command on PATH.")
+    base_url: str | None = Field(
+        None, description="A running vLLM server (sidecar, URL ending in /v1) that answers for the student instead "
+                          "of one started per stage: it must serve sft.base_model, see the runs directory at the "
+                          "same path and allow runtime LoRA loading (VLLM_ALLOW_RUNTIME_LORA_UPDATING=True).")
+    startup_s: float = Field(900, gt=0, description="Seconds a started server may take to answer (it loads and "
+                                                     "compiles the model).")
+    concurrency: int = Field(64, ge=1, description="Requests in flight to a vLLM server (it batches them).")
 
 
 class ReviewConfig(_Strict):
@@ -318,5 +338,6 @@ class RunConfig(_Strict):
     tracking: TrackingConfig = Field(default_factory=TrackingConfig, description="MLflow tracking and registry.")
     orchestration: OrchestrationConfig = Field(
         default_factory=OrchestrationConfig, description="GPU routing (Prefect work pools).")
+    vllm: VLLMConfig = Field(default_factory=VLLMConfig, description="vLLM as a served engine (GPU workers).")
 
 

@@ -60,3 +60,17 @@ def prefect_harness():
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+@pytest.fixture
+def stand_in(tmp_path, monkeypatch) -> Path:
+    """`vllm.python` = this Python then starts the stand-in for vLLM's server (tests/vllm_stand_in.py); returns the
+    file where the stand-in records every start and request."""
+    from vllm_stand_in import install
+
+    install(tmp_path / "fake-vllm")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path / "fake-vllm"), str(Path(__file__).parent),
+                                                      os.environ.get("PYTHONPATH", "")]))
+    record = tmp_path / "vllm-record.jsonl"
+    monkeypatch.setenv("VLLM_STAND_IN_RECORD", str(record))
+    return record

@@ -125,7 +125,8 @@ def test_the_vllm_backend_runs_every_judge_on_one_engine_and_loads_no_transforme
                                                                                         sftjudge_home):
     from sftjudge.judge.model import LoadedJudge
 
-    config = RunConfig.model_validate({"judge": {"model": "tiny", "backend": "vllm", "precision": "fp32"}})
+    config = RunConfig.model_validate({"judge": {"model": "tiny", "backend": "vllm", "precision": "fp32"},
+                                       "vllm": {"engine": "in_process"}})
     loaded = LoadedJudge(config, sftjudge_home)
     pointwise = loaded.scorer(judge("reference-score")).score(ITEMS)
     rubric = loaded.scorer(judge("rubric")).score(ITEMS)

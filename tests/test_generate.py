@@ -356,7 +356,7 @@ def test_lazy_generator_builds_on_first_use_and_closes(tiny_model):
 
 def test_a_retried_generate_stage_generates_only_what_is_missing(tiny_model, tiny_model_dir, tmp_path,
                                                                  monkeypatch):
-    import sftjudge.generate.stage
+    import sftjudge.generate.engines
     from sftjudge.config import GenerateConfig, RegressionConfig, RunConfig, SFTConfig
     from sftjudge.generate.stage import generate_stage
     from sftjudge.run.directory import RunDir
@@ -377,8 +377,8 @@ def test_a_retried_generate_stage_generates_only_what_is_missing(tiny_model, tin
     (run / files.GENERATIONS).write_text("".join(lines[:2]) + lines[2][:20])  # killed while writing
     run._set_stage("generate", {"status": "failed"})
     built = []
-    real = sftjudge.generate.stage.make_generator
-    monkeypatch.setattr(sftjudge.generate.stage, "make_generator",
+    real = sftjudge.generate.engines.make_generator
+    monkeypatch.setattr(sftjudge.generate.engines, "make_generator",
                         lambda *a, **k: built.append(CountingGenerator(real(*a, **k)[0])) or (built[-1], None))
     counts = generate_stage(str(run.path), config)["counts"]
     assert (counts["generated"], counts["reused"], counts["cache_dropped_lines"]) == (3, 2, 1)
@@ -386,5 +386,5 @@ def test_a_retried_generate_stage_generates_only_what_is_missing(tiny_model, tin
     assert [r["id"] for r in read_jsonl(run / files.GENERATIONS)] == [r.id for r in rows]
 
     run._set_stage("generate", {"status": "failed"})
-    monkeypatch.setattr(sftjudge.generate.stage, "make_generator", lambda *a, **k: pytest.fail("model loaded"))
+    monkeypatch.setattr(sftjudge.generate.engines, "make_generator", lambda *a, **k: pytest.fail("model loaded"))
     assert generate_stage(str(run.path), config)["counts"]["generated"] == 0

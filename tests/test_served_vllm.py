@@ -13,7 +13,7 @@ import pytest
 from sftjudge.judge.logprob import LogprobJudge
 from sftjudge.judge.rubric import RubricJudge
 from sftjudge.judge.served import ServedChat, ServedLogprobJudge, ServedRubricJudge
-from sftjudge.judge.served_client import ServedClient
+from sftjudge.runtime.served_client import ServedClient
 from sftjudge.judge.spec import load_judge
 from sftjudge.judge.text import TextJudge
 

@@ -69,6 +69,9 @@ class Engine:
     trust_remote_code: bool
     tensor_parallel_size: int
     gpu_memory_utilization: float
+    # vLLM sizes its key/value cache for this many tokens per sequence; left to vLLM it is the model's own context
+    # (128k for many), which does not fit a 24-48 GB card beside the weights and fails the engine's start.
+    max_model_len: int | None = None
 
     @classmethod
     def for_student(cls, config: RunConfig) -> Engine:
@@ -76,7 +79,13 @@ class Engine:
         gen = config.generate
         return cls(backend=gen.backend, precision=config.sft.precision, batch_size=gen.batch_size,
                    trust_remote_code=config.sft.trust_remote_code, tensor_parallel_size=gen.tensor_parallel_size,
-                   gpu_memory_utilization=gen.gpu_memory_utilization)
+                   gpu_memory_utilization=gen.gpu_memory_utilization, max_model_len=student_context(config))
+
+    @property
+    def chunk_size(self) -> int:
+        """Prompts handed to the engine per call: one batch for transformers; for vLLM, which batches continuously
+        (within one call, or across the requests in flight to a server), enough to keep it full."""
+        return self.batch_size if self.backend == "transformers" else max(self.batch_size, 256)
 
     @property
     def id(self) -> str:
@@ -84,8 +93,21 @@ class Engine:
         return engine_id(self.backend, self.precision)
 
     def vllm_kwargs(self) -> dict[str, Any]:
-        return {"tensor_parallel_size": self.tensor_parallel_size,
-                "gpu_memory_utilization": self.gpu_memory_utilization, "dtype": VLLM_DTYPE[self.precision]}
+        kwargs = {"tensor_parallel_size": self.tensor_parallel_size,
+                  "gpu_memory_utilization": self.gpu_memory_utilization, "dtype": VLLM_DTYPE[self.precision]}
+        return kwargs | ({"max_model_len": self.max_model_len} if self.max_model_len else {})
+
+
+def student_context(config: RunConfig) -> int:
+    """Tokens one student sequence can take in the generate stage: a prompt (curation keeps rows within
+    sft.max_seq_len) plus the longest answer asked for (the test split's or the regression suite's).
+
+    >>> student_context(RunConfig())
+    352
+    """
+    answers = max(config.generate.max_new_tokens,
+                  config.regression.max_new_tokens if config.regression.enabled else 0)
+    return config.sft.max_seq_len + answers
 
 
 def cut_at_stop(text: str, stop: tuple[str, ...]) -> tuple[str, bool]:

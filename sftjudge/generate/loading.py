@@ -16,7 +16,7 @@ from sftjudge.generate.backends import (
 )
 from sftjudge.models.chat import template_fingerprint
 from sftjudge.models.loading import load_causal_lm, with_pad
-from sftjudge.runtime.device import device, use_bf16
+from sftjudge.runtime.device import compute_dtype, device
 
 # vLLM only accepts these LoRA ranks for `max_lora_rank`; the adapter's rank is rounded up to one of them.
 _VLLM_LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)
@@ -49,7 +49,7 @@ def load_finetuned(base_path: str, checkpoint: Path, *, precision: str = "auto",
 def _placed(model, precision: str):
     import torch
 
-    return model.to(device=device(), dtype=torch.bfloat16 if use_bf16(precision) else torch.float32)
+    return model.to(device=device(), dtype=getattr(torch, compute_dtype(precision)))
 
 
 def checkpoint_tokenizer(checkpoint: Path):

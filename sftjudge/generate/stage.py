@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gc
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,6 @@ from sftjudge.curate.split import load_split
 from sftjudge.generate.backends import (
     Engine,
     GenerationParams,
-    LazyGenerator,
     generation_params,
     prompts_for,
 )
@@ -28,7 +28,8 @@ from sftjudge.generate.cache import (
     generate_baseline,
     generate_cached,
 )
-from sftjudge.generate.loading import checkpoint_tokenizer, make_generator
+from sftjudge.generate.engines import stage_engines
+from sftjudge.generate.loading import checkpoint_tokenizer
 from sftjudge.judge.suite import load_suite
 from sftjudge.models.embedded import resolve_model
 from sftjudge.models.fingerprint import model_fingerprint
@@ -54,30 +55,33 @@ def _generate(ctx: StageContext) -> None:
     rows = load_split(run.path, "test")
     tokenizer = checkpoint_tokenizer(checkpoint)
     prompts = prompts_for(tokenizer, rows)  # refuses a template mismatch up front
-    model = AnsweringModel(fingerprint=model_fingerprint(base, checkpoint, engine=engine.id),
-                           label=f"{run.run_id}/epoch-{summary['best_epoch']}",
-                           generator=LazyGenerator(lambda: make_generator(engine, base, checkpoint)[0]))
-    # vLLM batches continuously inside one call, so it gets bigger chunks; transformers gets one batch each.
-    chunk = engine.batch_size if engine.backend == "transformers" else max(engine.batch_size, 256)
     suite = load_suite(config.regression.suite) if config.regression.enabled else None
-    try:
-        result = generate_cached(rows, prompts, generation_params(config.generate), run / files.GENERATIONS, model,
-                                 chunk_size=chunk)
-        if suite is not None:
-            generate_cached(suite, prompts_for(tokenizer, suite), _suite_params(config),
-                            run / files.REGRESSION_GENERATIONS, model, chunk_size=chunk)
-    finally:
-        model.generator.close()  # frees the GPU for the judge, also when generation failed
-        gc.collect()
-    record.outputs = {"generations": files.GENERATIONS}
     base_jobs = []  # (rows, params, file): the base model's answers this run wants
     if config.generate.baseline:
         base_jobs.append((rows, generation_params(config.generate), files.BASELINE_GENERATIONS))
-        record.outputs["baseline"] = files.BASELINE_GENERATIONS
     if suite is not None:
         base_jobs.append((suite, _suite_params(config), files.REGRESSION_BASELINE))
+    untuned = UntunedModel.load(base, engine) if base_jobs else None
+    engines = stage_engines(run, config, base, checkpoint, (tokenizer, untuned and untuned.tokenizer))
+    model = AnsweringModel(fingerprint=model_fingerprint(base, checkpoint, engine=engine.id),
+                           label=f"{run.run_id}/epoch-{summary['best_epoch']}", generator=engines.student)
+    try:
+        result = generate_cached(rows, prompts, generation_params(config.generate), run / files.GENERATIONS, model,
+                                 chunk_size=engine.chunk_size)
+        if suite is not None:
+            generate_cached(suite, prompts_for(tokenizer, suite), _suite_params(config),
+                            run / files.REGRESSION_GENERATIONS, model, chunk_size=engine.chunk_size)
+        engines.student_done()  # frees the card for the base model, unless one engine answers for both
+        if untuned is not None:
+            _base_model_answers(ctx, replace(untuned, generator=engines.base), engine.chunk_size, base_jobs)
+    finally:
+        engines.close()  # frees the card for the judge, also when generation failed
+        gc.collect()
+    record.outputs = {"generations": files.GENERATIONS}
+    if config.generate.baseline:
+        record.outputs["baseline"] = files.BASELINE_GENERATIONS
+    if suite is not None:
         record.outputs |= {"regression": files.REGRESSION_GENERATIONS, "regression_baseline": files.REGRESSION_BASELINE}
-    _base_model_answers(ctx, base, engine, base_jobs)
     records = result.records
     record.counts = {"items": len(records), **result.counts(), "model_fingerprint": model.fingerprint,
                      "hit_max_new_tokens": sum(r["finish_reason"] == "length" for r in records),
@@ -90,19 +94,13 @@ def _suite_params(config: RunConfig) -> GenerationParams:
                             seed=config.generate.seed)
 
 
-def _base_model_answers(ctx: StageContext, base: str, engine: Engine,
+def _base_model_answers(ctx: StageContext, untuned: UntunedModel, chunk_size: int,
                         jobs: list[tuple[list[Example], GenerationParams, str]]) -> None:
     """The base model's answers for each (rows, params, file) job, from the baseline cache shared by every run.
 
-    One tokenizer and one lazily loaded generator serve all jobs: the base model (a vLLM engine on a GPU worker)
+    One generator serves all jobs: the base model (on a GPU worker, the student's vLLM server with no adapter)
     starts at most once per stage, and not at all when every answer is cached.
     """
-    if not jobs:
-        return
-    untuned = UntunedModel.load(base, engine)
-    try:
-        for rows, params, name in jobs:
-            baseline = generate_baseline(untuned, rows, params, ctx.home, chunk_size=engine.batch_size)
-            write_jsonl(ctx.run / name, baseline.records)
-    finally:
-        untuned.generator.close()
+    for rows, params, name in jobs:
+        baseline = generate_baseline(untuned, rows, params, ctx.home, chunk_size=chunk_size)
+        write_jsonl(ctx.run / name, baseline.records)

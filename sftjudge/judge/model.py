@@ -14,9 +14,21 @@ from sftjudge.judge.spec import JudgeSpec, judge_identity
 TOP_LOGPROBS = 20  # log-probabilities per position a vLLM judge asks for (vLLM's default max_logprobs)
 
 
+def judge_context(judge: JudgeConfig) -> int:
+    """Tokens one judge sequence can take: a prompt fitted to judge.max_prompt_tokens and a text judge's reply
+    (logprob judges read one or two tokens). A vLLM judge engine is sized for this, not the model's own context.
+
+    >>> judge_context(JudgeConfig(max_prompt_tokens=1024))
+    1088
+    """
+    from sftjudge.judge.text import REPLY_TOKENS
+
+    return judge.max_prompt_tokens + REPLY_TOKENS
+
+
 def served_client(judge: JudgeConfig):
     """The client for judge.backend=openai."""
-    from sftjudge.judge.served_client import ServedClient
+    from sftjudge.runtime.served_client import ServedClient
 
     served = judge.openai
     return ServedClient(base_url=served.base_url, model=served.model, api_key_env=served.api_key_env,
@@ -37,28 +49,36 @@ class LoadedJudge:
 
     Loaded in `judge.precision` (bf16 where it is fast: a float32 copy of a 1.5B judge alone is 6.7 GB). One scorer
     per definition is built and kept: in text mode with vLLM each scorer would start an engine of its own. With
-    judge.backend=openai nothing is loaded but the tokenizer (to fit prompts): a server does the judging.
+    judge.backend=openai nothing is loaded but the tokenizer (to fit prompts): a server does the judging. With
+    judge.backend=vllm (vllm.engine: server) that server is a `vllm serve` of the judge model in vLLM's own
+    environment, started on the first judgment the stage's cache misses and stopped by `close`; its output goes
+    to `log`.
     """
 
-    def __init__(self, config: RunConfig, home: Path):
+    def __init__(self, config: RunConfig, home: Path, log: Path | None = None):
         from transformers import AutoTokenizer
 
         from sftjudge.models.chat import template_fingerprint
         from sftjudge.models.embedded import resolve_model
         from sftjudge.models.fingerprint import engine_id, model_fingerprint
         from sftjudge.models.loading import with_pad
-        from sftjudge.runtime.device import use_bf16
+        from sftjudge.runtime.device import compute_dtype
 
         self.config = config.judge
+        self.vllm = config.vllm
         self.vllm_kwargs = {"tensor_parallel_size": config.generate.tensor_parallel_size,
                             "gpu_memory_utilization": config.generate.gpu_memory_utilization}
+        self.log = log or Path(home) / "vllm_judge.log"
         self.path = resolve_model(self.config.model, home)
-        self.dtype = "bfloat16" if use_bf16(self.config.precision) else "float32"
+        self.dtype = compute_dtype(self.config.precision)
         self.tokenizer = with_pad(AutoTokenizer.from_pretrained(self.path))
-        self.client = served_client(self.config) if self.config.backend == "openai" else None
-        # Weights, chat template and dtype: the same definition on another model or dtype scores differently.
         in_engine = self.config.backend == "vllm"
-        self.fingerprint = (served_fingerprint(self.client) if self.client is not None else
+        self.vllm_server = in_engine and self.vllm.engine == "server"
+        self.served = self.config.backend == "openai" or self.vllm_server
+        self._client = served_client(self.config) if self.config.backend == "openai" else None
+        self._server = None  # the started `vllm serve` (vllm_server)
+        # Weights, chat template and dtype: the same definition on another model or dtype scores differently.
+        self.fingerprint = (served_fingerprint(self._client) if self._client is not None else
                             model_fingerprint(self.path, template=template_fingerprint(self.tokenizer),
                                               engine=engine_id(self.config.backend, self.config.precision)))
         self._model = None
@@ -90,14 +110,34 @@ class LoadedJudge:
             from sftjudge.models.fingerprint import VLLM_DTYPE
 
             self._engine = VLLMGenerator(self.path, tokenizer=self.tokenizer, engine_kwargs=self.vllm_kwargs | {
-                "dtype": VLLM_DTYPE[self.config.precision], "max_logprobs": TOP_LOGPROBS})
+                "dtype": VLLM_DTYPE[self.config.precision], "max_logprobs": TOP_LOGPROBS,
+                "max_model_len": judge_context(self.config)})
         return self._engine
+
+    @property
+    def client(self):
+        """The served judge's client; for vllm_server the server is started here, on first use."""
+        if self._client is None and self.vllm_server:
+            self._client = self._start_server()
+        return self._client
+
+    def _start_server(self):
+        from sftjudge.models.fingerprint import VLLM_DTYPE
+        from sftjudge.runtime.served_client import ServedClient
+        from sftjudge.runtime.vllm_server import ServeSettings, start_server, vllm_python
+
+        settings = ServeSettings(name="judge", dtype=VLLM_DTYPE[self.config.precision],
+                                 max_model_len=judge_context(self.config), startup_s=self.vllm.startup_s,
+                                 max_logprobs=TOP_LOGPROBS, **self.vllm_kwargs)
+        self._server = start_server(vllm_python(self.vllm.python), self.path, settings, self.log)
+        return ServedClient(base_url=self._server.url, model="judge", concurrency=self.vllm.concurrency,
+                            timeout_s=600, service="vLLM judge server", setting=f"the server's log {self.log}")
 
     @property
     def params(self) -> int | None:
         """The judge's parameter count; None for a served judge (the server does not say). With vLLM it is read
         from config.json (plan/shape.py): loading a transformers copy to count would double the judge's memory."""
-        if self.client is not None:
+        if self.config.backend == "openai":
             return None
         if self.config.backend == "vllm":
             from sftjudge.plan.shape import model_shape
@@ -110,9 +150,11 @@ class LoadedJudge:
 
     def identity(self, spec: JudgeSpec) -> str:
         """This judge's identity under `spec` (see `judge_identity`)."""
-        if self.client is not None:
+        if self.config.backend == "openai":
             return judge_identity(spec, f"{self.mode(spec)}/openai", self.config.openai.model, self.fingerprint)
-        return judge_identity(spec, f"{self.mode(spec)}/{self.config.backend}", self.config.model, self.fingerprint)
+        # A served vLLM judge reads labels by token text through the chat endpoint; in the engine, by token id.
+        backend = "vllm-server" if self.vllm_server else self.config.backend
+        return judge_identity(spec, f"{self.mode(spec)}/{backend}", self.config.model, self.fingerprint)
 
     def scorer(self, spec: JudgeSpec):
         """The scorer for `spec` (logprob or text mode), built on first use and reused."""
@@ -122,7 +164,7 @@ class LoadedJudge:
         return self._scorers[key]
 
     def _build_scorer(self, spec: JudgeSpec):
-        if self.client is not None:
+        if self.served:
             return self._served_scorer(spec)
         if self.mode(spec) == "text":
             from sftjudge.generate.backends import TransformersGenerator
@@ -155,6 +197,9 @@ class LoadedJudge:
             return TextJudge(ServedChat(self.client), self.tokenizer, spec,
                              max_prompt_tokens=self.config.max_prompt_tokens)
         kind = ServedRubricJudge if spec.kind == "rubric" else ServedLogprobJudge
+        if self.vllm_server:  # our own vLLM server: prefill works, and it was started with TOP_LOGPROBS
+            return kind(self.client, self.tokenizer, spec, max_prompt_tokens=self.config.max_prompt_tokens,
+                        prefill=True, top_logprobs=TOP_LOGPROBS)
         return kind(self.client, self.tokenizer, spec, max_prompt_tokens=self.config.max_prompt_tokens,
                     prefill=self.config.openai.prefill, top_logprobs=self.config.openai.top_logprobs)
 
@@ -168,7 +213,11 @@ class LoadedJudge:
             self._engine = None
         self._scorers.clear()
         self.prefixes = None
-        if self.client is not None:
-            self.client.close()
+        client, self._client = self._client, None
+        if client is not None:
+            client.close()
+        server, self._server = self._server, None
+        if server is not None:
+            server.stop()
         self._model = None
         gc.collect()

@@ -70,7 +70,7 @@ def judge_run(run: RunDir, config: RunConfig, home: Path, champion_dir: str | No
     the base model's); write judgments, metrics and health; return the metrics."""
     judge = config.judge
     generations = read_jsonl(run / files.GENERATIONS)
-    loaded = LoadedJudge(config, home)
+    loaded = LoadedJudge(config, home, log=run / files.VLLM_JUDGE_LOG)
     try:
         judging = CachedJudge(loaded=loaded, cache=JudgmentCache(run / files.JUDGMENT_CACHE).load(),
                               batch_size=judge.batch_size)

@@ -113,11 +113,14 @@ def expected_format(spec: JudgeSpec) -> str:
     return f'{{"score": <integer {spec.scale.min}-{spec.scale.max}>}}'
 
 
+REPLY_TOKENS = 64  # a text judge's reply: a JSON verdict, with room for a sentence before it
+
+
 class TextJudge:
     """Judge by generated JSON with any `Generator` backend (vLLM on a GPU worker, transformers elsewhere) or a
     served model's chat endpoint (judge/served.py `ServedChat`)."""
 
-    def __init__(self, generator, tokenizer, spec: JudgeSpec, *, max_new_tokens: int = 64,
+    def __init__(self, generator, tokenizer, spec: JudgeSpec, *, max_new_tokens: int = REPLY_TOKENS,
                  max_prompt_tokens: int | None = None):
         from sftjudge.generate.backends import GenerationParams
 

@@ -14,12 +14,14 @@ from pathlib import Path
 from typing import Any
 
 from sftjudge.run.io import file_sha256
-from sftjudge.runtime.device import use_bf16
+from sftjudge.runtime.device import compute_dtype
 
 # Small files that change what the weights compute (architecture, LoRA scaling); hashed with the weights.
 _CONFIG_FILES = ("config.json", "adapter_config.json")
 # The run's precision setting as vLLM's dtype ("auto": the checkpoint's own dtype).
-VLLM_DTYPE = {"auto": "auto", "fp32": "float32", "bf16": "bfloat16"}
+VLLM_DTYPE = {"auto": "auto", "fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+# A transformers engine's dtype as its id writes it.
+_SHORT_DTYPE = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
 
 
 def sha256_json(obj: Any) -> str:
@@ -66,4 +68,4 @@ def engine_id(backend: str, precision: str) -> str:
     """What else, besides the weights, decides the numbers: backend and dtype (bf16 and fp32 greedy differ)."""
     if backend == "vllm":
         return f"vllm/{VLLM_DTYPE[precision]}"
-    return f"transformers/{'bf16' if use_bf16(precision) else 'fp32'}"
+    return f"transformers/{_SHORT_DTYPE[compute_dtype(precision)]}"

@@ -27,6 +27,7 @@ GENERATIONS = "generations.jsonl"
 BASELINE_GENERATIONS = "baseline_generations.jsonl"  # the base model's answers (generate.baseline)
 REGRESSION_GENERATIONS = "regression_generations.jsonl"
 REGRESSION_BASELINE = "regression_baseline.jsonl"
+VLLM_GENERATE_LOG = "vllm_generate.log"  # output of the generate stage's vLLM server (generate.backend: vllm)
 
 # judge
 JUDGMENTS = "judgments.jsonl"
@@ -35,6 +36,7 @@ PAIRWISE = "pairwise.jsonl"
 BASELINE_JUDGMENTS = "baseline_judgments.jsonl"  # the base model's answers judged, per item (generate.baseline)
 ANCHORS = "anchors.jsonl"  # per test item: the judge's score of the reference itself and of an empty answer
 REGRESSION_JUDGMENTS = "regression_judgments.jsonl"
+VLLM_JUDGE_LOG = "vllm_judge.log"  # output of the judge stage's vLLM server (judge.backend: vllm)
 METRICS = "metrics.json"  # judge score, cheap metrics, pairwise, health, noise, regression suite
 
 # decide

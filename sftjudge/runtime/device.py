@@ -33,6 +33,18 @@ def use_bf16(precision: str) -> bool:
     return precision == "bf16" or (precision == "auto" and bf16_supported())
 
 
+def compute_dtype(precision: str) -> str:
+    """The torch dtype (attribute name) a model answers or judges in under a precision setting: fp16 stays fp16
+    (cards without bf16, where the student also trained in fp16), bf16 where it is fast, else float32.
+
+    >>> compute_dtype("fp16"), compute_dtype("bf16"), compute_dtype("fp32")
+    ('float16', 'bfloat16', 'float32')
+    """
+    if precision == "fp16":
+        return "float16"
+    return "bfloat16" if use_bf16(precision) else "float32"
+
+
 def autocast(enabled: bool):
     import torch
 

@@ -33,6 +33,8 @@ class ServedClient:
     max_retries: int = 4
     timeout_s: float = 120.0
     backoff_s: float = 0.5
+    service: str = "judge server"  # what errors call it, and the setting that points at it
+    setting: str = "judge.openai.base_url or raise judge.openai.max_retries"
     sleep: Callable[[float], None] = time.sleep  # tests replace it to check the backoff without waiting
     _http: Any = field(default=None, repr=False)
 
@@ -64,18 +66,18 @@ class ServedClient:
                     try:
                         return reply.json()
                     except ValueError:
-                        raise JudgeError(f"judge server {url}: the reply is not JSON ({reply.text[:200]!r})")
+                        raise JudgeError(f"{self.service} {url}: the reply is not JSON ({reply.text[:200]!r})")
                 problem = f"HTTP {reply.status_code}: {_server_message(reply)}"
                 if reply.status_code not in TRANSIENT_STATUS:
-                    raise JudgeError(f"judge server {url} refused the request ({problem}); not retried: a "
+                    raise JudgeError(f"{self.service} {url} refused the request ({problem}); not retried: a "
                                      f"{reply.status_code} means the request itself is wrong"
                                      + (f" or the key in ${self.api_key_env} is missing or wrong"
                                         if reply.status_code in (401, 403) else ""))
                 wait = max(wait, _retry_after(reply))
             if attempt < self.max_retries:
                 self.sleep(min(wait, MAX_BACKOFF_S))
-        raise JudgeError(f"judge server {url} failed {self.max_retries + 1} times ({problem}); is it running and "
-                         f"reachable? Check judge.openai.base_url or raise judge.openai.max_retries")
+        raise JudgeError(f"{self.service} {url} failed {self.max_retries + 1} times ({problem}); is it running and "
+                         f"reachable? Check {self.setting}")
 
     def chat(self, messages: list[dict[str, str]], **options: Any) -> dict[str, Any]:
         """One chat completion: `options` are added to the request body (max_tokens, logprobs, ...)."""
