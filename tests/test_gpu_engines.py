@@ -84,3 +84,18 @@ def test_a_vllm_judge_is_a_server_in_its_own_environment_stopped_with_the_stage(
     loaded.close()
     with pytest.raises(OSError):
         os.kill(started[0]["pid"], 0)  # the server is gone: the next stage finds the card free
+
+
+def test_one_training_process_on_a_host_with_several_cards_trains_on_one(monkeypatch):
+    import torch
+
+    from sftjudge.config import SFTConfig
+    from sftjudge.train import engine
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: None)
+    args = engine.training_arguments(SFTConfig(precision="fp32", batch_size=8), "/tmp/unused", world=1,
+                                     steps_total=4, bf16=False, fp16=False)
+    # transformers counted 4 cards and would wrap the model in nn.DataParallel: a global batch of 32, not 8
+    assert (args.n_gpu, args.train_batch_size) == (1, 8)

@@ -87,11 +87,17 @@ def _without_seconds(rows: list[dict]) -> list[dict]:
     return [{k: r[k] for k in keep} | {"seconds": None} for r in rows]
 
 
-def test_one_server_answers_for_the_lora_student_and_the_base_model(tmp_path, tiny_model_dir, stand_in):
+def test_one_server_answers_for_the_lora_student_and_the_base_model(tmp_path, tiny_model_dir, stand_in,
+                                                                    monkeypatch):
+    from sftjudge.generate import stage
     from sftjudge.generate.stage import generate_stage
 
+    chunks, real = [], stage.generate_baseline
+    monkeypatch.setattr(stage, "generate_baseline",
+                        lambda *args, chunk_size: chunks.append(chunk_size) or real(*args, chunk_size=chunk_size))
     run, config = _run(tmp_path, tiny_model_dir, "lora")
     counts = generate_stage(str(run.path), config)["counts"]
+    assert chunks == [256]  # the base model's prompts reach vLLM in one go, not in transformers' batches of 8
     assert counts["generated"] == 5
     started = [r for r in records(stand_in) if "argv" in r]
     assert len(started) == 1, "the base model's answers started a second engine"

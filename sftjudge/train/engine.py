@@ -19,6 +19,7 @@ What the trainer gets from here, and why:
 
 from __future__ import annotations
 
+import logging
 import random
 from typing import Any
 
@@ -168,7 +169,7 @@ def training_arguments(sft, staging: str, *, world: int, steps_total: int, bf16:
                 "fsdp_config": {"version": 2, "reshard_after_forward": True,
                                 "auto_wrap_policy": "TRANSFORMER_BASED_WRAP", "state_dict_type": "FULL_STATE_DICT",
                                 "cpu_ram_efficient_loading": False}}
-    return TrlConfig(
+    args = TrlConfig(
         output_dir=staging, num_train_epochs=sft.epochs, per_device_train_batch_size=-(-sft.batch_size // world),
         gradient_accumulation_steps=sft.grad_accum, learning_rate=sft.learning_rate, weight_decay=sft.weight_decay,
         lr_scheduler_type="linear", warmup_steps=int(sft.warmup_ratio * steps_total), max_grad_norm=1.0,
@@ -180,3 +181,11 @@ def training_arguments(sft, staging: str, *, world: int, steps_total: int, bf16:
         remove_unused_columns=False, max_length=None, packing=False, dataset_kwargs={"skip_prepare_dataset": True},
         average_tokens_across_devices=True,
         ddp_find_unused_parameters=False, **fsdp)
+    if world == 1 and args.n_gpu > 1:
+        # One process that sees several cards is wrapped in nn.DataParallel by the Trainer, which multiplies the
+        # global batch by the cards and changes the schedule without a word. Several cards are num_processes'.
+        logging.getLogger("sftjudge").warning(
+            "this process sees %d GPUs and trains on one; set sft.num_processes: %d to train on all of them",
+            args.n_gpu, args.n_gpu)
+        args._n_gpu = 1
+    return args
