@@ -88,6 +88,10 @@ $(VLLM_INSTALLED):
 	$(VLLM_VENV)/bin/pip install --no-deps -e .
 	touch $@
 
+.PHONY: gpu-pins
+gpu-pins: install  ## resolve the GPU image's two Python stacks on PyPI and compare with docker/constraints-*.txt
+	$(BIN)/python scripts/gpu_pins.py
+
 .PHONY: vllm-check
 vllm-check: models $(VLLM_INSTALLED)  ## real vLLM (CPU build, own venv): answers, served and in-engine judges
 	$(BIN)/python scripts/vllm_check.py --vllm-python $(VLLM_VENV)/bin/python

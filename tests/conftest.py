@@ -74,3 +74,28 @@ def stand_in(tmp_path, monkeypatch) -> Path:
     record = tmp_path / "vllm-record.jsonl"
     monkeypatch.setenv("VLLM_STAND_IN_RECORD", str(record))
     return record
+
+
+# pip resolving the GPU images' two stacks against PyPI takes about a minute, nearly all of it waiting on the
+# network: it starts as soon as the session's tests are known and runs beside them (tests/test_gpu_images.py).
+_gpu_resolutions = None
+
+
+def pytest_collection_finish(session):
+    global _gpu_resolutions
+    if any(item.get_closest_marker("resolver") for item in session.items):
+        import concurrent.futures
+        import sys
+
+        sys.path.insert(0, str(REPO / "scripts"))
+        from gpu_pins import STACKS, resolve
+
+        pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="gpu-pins")
+        _gpu_resolutions = pool.submit(lambda: {s.name: resolve(s, REPO / s.constraints) for s in STACKS})
+        pool.shutdown(wait=False)
+
+
+@pytest.fixture(scope="session")
+def gpu_resolutions() -> dict:
+    """name -> {package: version} of each GPU stack as pip resolves it with its constraints file."""
+    return _gpu_resolutions.result(timeout=900)
