@@ -340,4 +340,16 @@ class RunConfig(_Strict):
         default_factory=OrchestrationConfig, description="GPU routing (Prefect work pools).")
     vllm: VLLMConfig = Field(default_factory=VLLMConfig, description="vLLM as a served engine (GPU workers).")
 
+    @property
+    def student_context_tokens(self) -> int:
+        """Tokens one student sequence can take in the generate stage: a prompt (curation keeps rows within
+        sft.max_seq_len) plus the longest answer asked for (the test split's or the regression suite's); a vLLM
+        engine is sized for this, not for the model's own context (128k for many, which a 24-48 GB card cannot hold).
+
+        >>> RunConfig().student_context_tokens
+        352
+        """
+        answers = max(self.generate.max_new_tokens, self.regression.max_new_tokens if self.regression.enabled else 0)
+        return self.sft.max_seq_len + answers
+
 

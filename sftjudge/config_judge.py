@@ -48,8 +48,21 @@ class ServedJudgeConfig(_Strict):
     top_logprobs: int = Field(20, ge=1, le=100, description="Top tokens asked for per position (logprob judges).")
 
 
+JUDGE_REPLY_TOKENS = 64  # a text judge's reply: a JSON verdict, with room for a sentence before it
+
+
 class JudgeConfig(_Strict):
     """The local LLM judge and cheap metrics."""
+
+    @property
+    def context_tokens(self) -> int:
+        """Tokens one judge sequence can take: a prompt fitted to max_prompt_tokens and a text judge's reply (logprob
+        judges read one or two tokens). A vLLM judge engine is sized for this, not for the model's own context.
+
+        >>> JudgeConfig(max_prompt_tokens=1024).context_tokens
+        1088
+        """
+        return self.max_prompt_tokens + JUDGE_REPLY_TOKENS
 
     judge: str = Field("reference-score", description="Pointwise judge definition: a folder under judges_dir.")
     judges_dir: str = Field("judges", description="Folder holding judge definitions (judge.yaml + prompt).")

@@ -80,6 +80,9 @@ def _declared() -> set[str]:
     requirements = list(project["dependencies"])
     for extra in project["optional-dependencies"].values():
         requirements += extra
+    # vLLM's own environment (the in-process vLLM path runs where sftjudge is installed into it, --no-deps)
+    requirements += [line for line in (REPO / "requirements" / "vllm.txt").read_text().splitlines()
+                     if line.strip() and not line.startswith("#")]
     return {re.split(r"[\s\[<>=!;~]", r, maxsplit=1)[0].lower().replace("_", "-") for r in requirements}
 
 

@@ -138,3 +138,63 @@ def test_a_model_stage_records_its_plan_and_measured_memory_in_the_manifest(tmp_
     assert memory["planned_bytes"] > 0 and memory["peak_rss_bytes"] > 0  # on a GPU: free memory before and after
     run_stage("curate", run.path, tiny_config(f"runs_dir={tmp_path}"), lambda ctx: None)
     assert "memory" not in run.stage_info("curate")  # no model, no plan
+
+
+def _seven_b_shape(seven_b, sftjudge_home, **lora):
+    return model_shape(seven_b, sftjudge_home, **lora)
+
+
+def test_a_full_fine_tune_counts_autocast_copies_and_the_optimizer_steps_temporaries(seven_b, sftjudge_home):
+    shape = _seven_b_shape(seven_b, sftjudge_home)
+    base = (f"sft.base_model={seven_b}", "sft.method=full", "sft.precision=bf16", "sft.gradient_checkpointing=true",
+            "sft.max_seq_len=512")
+    # a small batch: AdamW's multi-tensor step (one float32 temporary per weight) is the larger transient
+    small = Planner(tiny_config(*base, "sft.batch_size=1"), sftjudge_home, Target.here(120, cuda=True)).plan("sft")
+    parts = small.estimate.parts
+    assert parts["weights"] == shape.params * 4 and parts["optimizer"] == shape.params * 12
+    assert parts["optimizer step"] == shape.params * 4 and "activations" not in parts
+    # 100 GiB of weights and AdamW state plus 25 of the step's temporaries: an earlier plan said ~102 GiB fit here
+    assert 125 * GIB < small.estimate.total and not small.fits
+    # a large batch: the backward pass is larger, and under bf16 autocast it holds a bf16 copy of every weight
+    large = Planner(tiny_config(*base, "sft.batch_size=64", "sft.gradient_checkpointing=false"), sftjudge_home,
+                    Target.here(1000, cuda=True)).plan("sft").estimate.parts
+    assert large["autocast copies"] == shape.params * 2 and "optimizer step" not in large
+    assert large["activations"] + large["logits"] + large["autocast copies"] > shape.params * 4
+
+
+def test_qlora_keeps_the_embeddings_and_output_layer_in_bf16(seven_b, sftjudge_home):
+    shape = _seven_b_shape(seven_b, sftjudge_home, lora_r=16, lora_targets=("q_proj", "v_proj"))
+    assert shape.embedding_params == 2 * 32000 * 4096  # untied: input embeddings and lm_head
+    config = tiny_config(f"sft.base_model={seven_b}", "sft.quantization=4bit", "sft.precision=bf16", "sft.lora_r=16",
+                         "sft.target_modules=[q_proj, v_proj]")
+    weights = Planner(config, sftjudge_home, Target.here(24, cuda=True)).plan("sft").estimate.parts["weights"]
+    # NF4 for the linear layers, bf16 for the 262M embedding parameters bitsandbytes does not quantise
+    expected = (shape.params - shape.embedding_params) * 0.55 + shape.embedding_params * 2 + shape.lora_params * 4
+    assert weights == int((shape.params - shape.embedding_params) * 0.55 + shape.embedding_params * 2) \
+        + shape.lora_params * 4 == pytest.approx(expected, abs=1)
+
+
+def test_transformers_generate_loads_float32_in_host_ram_not_on_the_card(seven_b, sftjudge_home):
+    config = tiny_config(f"sft.base_model={seven_b}", "sft.precision=bf16", "generate.backend=transformers")
+    roomy = Target(cuda=True, free=80 * GIB, total=80 * GIB, name="an 80 GiB card", host_free=200 * GIB)
+    planned = Planner(config, sftjudge_home, roomy).plan("generate")
+    # on the card: bf16 weights and the cache; the 25 GiB float32 load was counted here before
+    assert "weights (float32 while loading)" not in planned.estimate.parts and planned.fits
+    assert planned.estimate.parts["weights"] == model_shape(seven_b, sftjudge_home).params * 2
+    small_host = Target(cuda=True, free=80 * GIB, total=80 * GIB, name="an 80 GiB card", host_free=16 * GIB)
+    refused = Planner(config, sftjudge_home, small_host).plan("generate")
+    assert not refused.fits and "host RAM" in refused.message(small_host)
+
+
+def test_a_vllm_judge_is_planned_as_a_reservation_of_the_card(seven_b, sftjudge_home):
+    config = tiny_config(f"judge.model={seven_b}", "judge.backend=vllm", "judge.precision=bf16",
+                         "generate.gpu_memory_utilization=0.1")
+    planned = Planner(config, sftjudge_home, Target.here(80, cuda=True)).plan("judge")
+    # vLLM takes its share up front, whatever judge.batch_size or the prefix store say
+    assert planned.estimate.parts["vllm reservation"] == int(80 * GIB * 0.1)
+    assert "prefix store" not in planned.estimate.parts
+    assert not planned.fits and "vLLM needs ~" in planned.message(Target.here(80, cuda=True))
+    share = planned.suggestions[0][0]["generate.gpu_memory_utilization"]
+    assert Planner(tiny_config(f"judge.model={seven_b}", "judge.backend=vllm", "judge.precision=bf16",
+                               f"generate.gpu_memory_utilization={share}"), sftjudge_home,
+                   Target.here(80, cuda=True)).plan("judge").fits

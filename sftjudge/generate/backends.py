@@ -79,7 +79,7 @@ class Engine:
         gen = config.generate
         return cls(backend=gen.backend, precision=config.sft.precision, batch_size=gen.batch_size,
                    trust_remote_code=config.sft.trust_remote_code, tensor_parallel_size=gen.tensor_parallel_size,
-                   gpu_memory_utilization=gen.gpu_memory_utilization, max_model_len=student_context(config))
+                   gpu_memory_utilization=gen.gpu_memory_utilization, max_model_len=config.student_context_tokens)
 
     @property
     def chunk_size(self) -> int:
@@ -96,18 +96,6 @@ class Engine:
         kwargs = {"tensor_parallel_size": self.tensor_parallel_size,
                   "gpu_memory_utilization": self.gpu_memory_utilization, "dtype": VLLM_DTYPE[self.precision]}
         return kwargs | ({"max_model_len": self.max_model_len} if self.max_model_len else {})
-
-
-def student_context(config: RunConfig) -> int:
-    """Tokens one student sequence can take in the generate stage: a prompt (curation keeps rows within
-    sft.max_seq_len) plus the longest answer asked for (the test split's or the regression suite's).
-
-    >>> student_context(RunConfig())
-    352
-    """
-    answers = max(config.generate.max_new_tokens,
-                  config.regression.max_new_tokens if config.regression.enabled else 0)
-    return config.sft.max_seq_len + answers
 
 
 def cut_at_stop(text: str, stop: tuple[str, ...]) -> tuple[str, bool]:

@@ -10,20 +10,9 @@ from pathlib import Path
 from sftjudge.config import JudgeConfig, RunConfig
 from sftjudge.judge.prefix import PrefixStore
 from sftjudge.judge.spec import JudgeSpec, judge_identity
+from sftjudge.run import files
 
 TOP_LOGPROBS = 20  # log-probabilities per position a vLLM judge asks for (vLLM's default max_logprobs)
-
-
-def judge_context(judge: JudgeConfig) -> int:
-    """Tokens one judge sequence can take: a prompt fitted to judge.max_prompt_tokens and a text judge's reply
-    (logprob judges read one or two tokens). A vLLM judge engine is sized for this, not the model's own context.
-
-    >>> judge_context(JudgeConfig(max_prompt_tokens=1024))
-    1088
-    """
-    from sftjudge.judge.text import REPLY_TOKENS
-
-    return judge.max_prompt_tokens + REPLY_TOKENS
 
 
 def served_client(judge: JudgeConfig):
@@ -68,7 +57,7 @@ class LoadedJudge:
         self.vllm = config.vllm
         self.vllm_kwargs = {"tensor_parallel_size": config.generate.tensor_parallel_size,
                             "gpu_memory_utilization": config.generate.gpu_memory_utilization}
-        self.log = log or Path(home) / "vllm_judge.log"
+        self.log = log or Path(home) / files.VLLM_JUDGE_LOG
         self.path = resolve_model(self.config.model, home)
         self.dtype = compute_dtype(self.config.precision)
         self.tokenizer = with_pad(AutoTokenizer.from_pretrained(self.path))
@@ -111,7 +100,7 @@ class LoadedJudge:
 
             self._engine = VLLMGenerator(self.path, tokenizer=self.tokenizer, engine_kwargs=self.vllm_kwargs | {
                 "dtype": VLLM_DTYPE[self.config.precision], "max_logprobs": TOP_LOGPROBS,
-                "max_model_len": judge_context(self.config)})
+                "max_model_len": self.config.context_tokens})
         return self._engine
 
     @property
@@ -127,7 +116,7 @@ class LoadedJudge:
         from sftjudge.runtime.vllm_server import ServeSettings, start_server, vllm_python
 
         settings = ServeSettings(name="judge", dtype=VLLM_DTYPE[self.config.precision],
-                                 max_model_len=judge_context(self.config), startup_s=self.vllm.startup_s,
+                                 max_model_len=self.config.context_tokens, startup_s=self.vllm.startup_s,
                                  max_logprobs=TOP_LOGPROBS, **self.vllm_kwargs)
         self._server = start_server(vllm_python(self.vllm.python), self.path, settings, self.log)
         return ServedClient(base_url=self._server.url, model="judge", concurrency=self.vllm.concurrency,

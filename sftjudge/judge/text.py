@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel, ValidationError, field_validator
 
+from sftjudge.config_judge import JUDGE_REPLY_TOKENS
 from sftjudge.judge.fit import fit_item
 from sftjudge.judge.spec import JudgeSpec, Judgment
 
@@ -113,14 +114,11 @@ def expected_format(spec: JudgeSpec) -> str:
     return f'{{"score": <integer {spec.scale.min}-{spec.scale.max}>}}'
 
 
-REPLY_TOKENS = 64  # a text judge's reply: a JSON verdict, with room for a sentence before it
-
-
 class TextJudge:
     """Judge by generated JSON with any `Generator` backend (vLLM on a GPU worker, transformers elsewhere) or a
     served model's chat endpoint (judge/served.py `ServedChat`)."""
 
-    def __init__(self, generator, tokenizer, spec: JudgeSpec, *, max_new_tokens: int = REPLY_TOKENS,
+    def __init__(self, generator, tokenizer, spec: JudgeSpec, *, max_new_tokens: int = JUDGE_REPLY_TOKENS,
                  max_prompt_tokens: int | None = None):
         from sftjudge.generate.backends import GenerationParams
 

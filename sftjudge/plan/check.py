@@ -18,6 +18,7 @@ from sftjudge.plan.estimate import (
     Training,
     generate_estimate,
     gib,
+    host_estimate,
     judge_estimate,
     sft_estimate,
     vllm_estimate,
@@ -40,6 +41,7 @@ class Target:
     free: int
     total: int
     name: str
+    host_free: int | None = None  # RAM free beside a card (a transformers stage loads there first); None: unchecked
 
     @staticmethod
     def here(gib_free: float | None = None, cuda: bool | None = None) -> "Target":
@@ -51,11 +53,12 @@ class Target:
             size = int(gib_free * 2**30)
             return Target(cuda=on_gpu, free=size, total=size, name=f"a {'GPU' if on_gpu else 'machine'} with "
                                                                   f"{gib_free:g} GiB free")
-        if on_gpu and torch.cuda.is_available():
-            free, total = torch.cuda.mem_get_info()
-            return Target(cuda=True, free=free, total=total, name=f"this GPU ({torch.cuda.get_device_name()})")
         import psutil
 
+        if on_gpu and torch.cuda.is_available():
+            free, total = torch.cuda.mem_get_info()
+            return Target(cuda=True, free=free, total=total, name=f"this GPU ({torch.cuda.get_device_name()})",
+                          host_free=psutil.virtual_memory().available)
         memory = psutil.virtual_memory()
         return Target(cuda=False, free=memory.available, total=memory.total, name="this machine's RAM")
 
@@ -90,6 +93,11 @@ def _bf16(precision: str, target: Target) -> bool:
     from sftjudge.runtime.device import bf16_supported
 
     return precision == "bf16" or (precision == "auto" and (target.cuda or bf16_supported()))
+
+
+def _half(precision: str, target: Target) -> bool:
+    """Whether a model answers in 2-byte weights: bf16 as above, or fp16 (runtime/device.compute_dtype)."""
+    return precision == "fp16" or _bf16(precision, target)
 
 
 def _weight_bytes(sft, bf16: bool) -> float:
@@ -138,7 +146,8 @@ class Planner:
             one = sft_estimate(shape, Training(method=sft.method, batch_size=-(-sft.batch_size // sft.num_processes),
                                                max_seq_len=sft.max_seq_len, bf16=bf16,
                                                gradient_checkpointing=sft.gradient_checkpointing,
-                                               weight_bytes=_weight_bytes(sft, bf16)), cuda=cuda)
+                                               weight_bytes=_weight_bytes(sft, bf16),
+                                               quantized=bool(sft.quantization)), cuda=cuda)
             if sft.fsdp and sft.num_processes > 1:  # weights, gradients and optimizer state sharded over processes
                 one = Estimate(stage="sft", parts={k: v // sft.num_processes if k in ("weights", "optimizer") else v
                                                    for k, v in one.parts.items()})
@@ -151,10 +160,11 @@ class Planner:
                 return None  # vLLM is sized separately: it reserves a share of the card (_vllm_plan)
             return generate_estimate(shape, batch_size=c.generate.batch_size,
                                      prompt_tokens=c.sft.max_seq_len, max_new_tokens=c.generate.max_new_tokens,
-                                     bf16=_bf16(c.sft.precision, self.target), cuda=cuda)
+                                     bf16=_half(c.sft.precision, self.target), cuda=cuda)
         if stage == "judge":
             judge = c.judge
-            shape = None if judge.backend == "openai" else self.shape(judge.model)  # served: nothing loaded here
+            # served: nothing loaded here; vLLM: sized by its reservation (_vllm_plan)
+            shape = None if judge.backend in ("openai", "vllm") else self.shape(judge.model)
             if shape is None:
                 return None
             return judge_estimate(shape, Judging(
@@ -167,34 +177,49 @@ class Planner:
     def plan(self, stage: str, *, resident: int = 0) -> StagePlan | None:
         """Does the stage fit? `resident`: bytes this process already holds that the estimate counts as runtime
         (a stage started inside a running flow), so they are not asked for twice."""
-        if stage == "generate" and self.config.generate.backend == "vllm":
-            return self._vllm_plan()
+        c = self.config
+        if stage == "generate" and c.generate.backend == "vllm":
+            return self._vllm_plan(stage, c.sft.base_model, c.sft.precision, c.student_context_tokens)
+        if stage == "judge" and c.judge.backend == "vllm":
+            return self._vllm_plan(stage, c.judge.model, c.judge.precision, c.judge.context_tokens)
         estimate = self.estimate(stage)
         if estimate is None:
             return None
         limit = self.target.free + min(resident, estimate.parts.get("runtime", 0))
         fits = estimate.total <= limit
         suggestions = [] if fits else self._suggestions(stage, limit)
-        return StagePlan(stage=stage, estimate=estimate, fits=fits, limit=limit, suggestions=suggestions)
+        planned = StagePlan(stage=stage, estimate=estimate, fits=fits, limit=limit, suggestions=suggestions)
+        if stage == "generate" and self.target.cuda and self.target.host_free is not None:
+            self._check_host(planned)
+        return planned
 
-    def _vllm_plan(self) -> StagePlan | None:
-        shape = self.shape(self.config.sft.base_model)
+    def _check_host(self, planned: StagePlan) -> None:
+        """The transformers generate stage loads the student in float32 in host RAM before casting it onto the
+        card: a box with a large card and little RAM fails there, not on the card."""
+        host = host_estimate(self.shape(self.config.sft.base_model))
+        if host.total > self.target.host_free:
+            planned.fits = False
+            planned.note = (f"loading it needs {host.describe()} of host RAM, which has {gib(self.target.host_free)} "
+                            f"GiB free: use a machine with more RAM or generate.backend: vllm")
+
+    def _vllm_plan(self, stage: str, model: str, precision: str, max_model_len: int) -> StagePlan | None:
+        """A vLLM engine (generate's student, or the judge) takes gpu_memory_utilization of the card up front."""
+        shape = self.shape(model)
         if not self.target.cuda or shape is None:
             return None  # vLLM's CPU backend sizes its cache by VLLM_CPU_KVCACHE_SPACE, not by this plan
         g = self.config.generate
-        reserved, needs = vllm_estimate(shape, device_total=self.target.total,
-                                        utilization=g.gpu_memory_utilization, bf16=_bf16(self.config.sft.precision,
-                                                                                         self.target),
-                                        max_model_len=self.config.sft.max_seq_len + g.max_new_tokens)
+        reserved, needs = vllm_estimate(shape, device_total=self.target.total, utilization=g.gpu_memory_utilization,
+                                        bf16=_half(precision, self.target), max_model_len=max_model_len)
+        reserved = Estimate(stage=stage, parts=reserved.parts)
         reservation = reserved.parts["vllm reservation"]
         fits = needs <= reservation and reservation <= self.target.free
         suggestions = []
         if not fits and needs <= self.target.free * 0.95:
             share = round(min(0.95, needs / self.target.total + 0.05), 2)
             change = {"generate.gpu_memory_utilization": share}
-            suggestions.append((change, Estimate(stage="generate", parts={"vllm reservation": int(
+            suggestions.append((change, Estimate(stage=stage, parts={"vllm reservation": int(
                 self.target.total * share)})))
-        return StagePlan(stage="generate", estimate=reserved, fits=fits, limit=self.target.free,
+        return StagePlan(stage=stage, estimate=reserved, fits=fits, limit=self.target.free,
                          suggestions=suggestions, note=f"vLLM needs ~{gib(needs)} GiB inside its reservation")
 
     def _suggestions(self, stage: str, limit: int) -> list[tuple[dict[str, Any], Estimate]]:

@@ -3,12 +3,16 @@
 What each stage holds at its peak, as the code in this repository runs it (bench/plan.py compares these with
 measured peaks):
 
-- sft: the student's weights as loaded (float32 today; bf16 autocast computes in bf16 but keeps fp32 weights),
-  the trainable parameters' gradients and AdamW's two moments (float32), the activations kept for the backward
-  pass of one micro-batch (batch x max_seq_len tokens through every layer; with gradient checkpointing only each
-  layer's input plus one layer's working set), and the output layer's logits at the labelled positions.
-- generate: the student loaded in float32 and cast (the larger of the load and the run), the key/value cache of a
-  batch of prompts plus max_new_tokens. vLLM instead reserves gpu_memory_utilization of the card.
+- sft: the student's weights as loaded (a full fine-tune's in float32; LoRA's frozen base in the training
+  precision, or quantised: bitsandbytes leaves the embeddings and the output layer in bf16), the trainable
+  parameters' gradients and AdamW's two moments (float32), and then the larger of two moments: the backward pass
+  (the activations kept for one micro-batch - batch x max_seq_len tokens through every layer; with gradient
+  checkpointing only each layer's input plus one layer's working set -, the output layer's logits at the labelled
+  positions, and under bf16 autocast the bf16 copies of trained float32 weights that autocast makes and the graph
+  keeps) or the optimizer step (AdamW's multi-tensor step computes a float32 temporary per trained parameter).
+- generate: on a card, the student in its precision and the key/value cache of a batch of prompts plus
+  max_new_tokens; the float32 load before the cast happens in host RAM (`host_estimate`). On the CPU both are
+  one memory: the larger counts. vLLM instead reserves gpu_memory_utilization of the card.
 - judge: the judge's weights in its precision, the key/value cache of one batch of max_prompt_tokens prompts (the
   rubric repeats it per criterion), one forward pass's working set, and the shared-prefix store's budget.
 
@@ -78,6 +82,7 @@ class Training:
     gradient_checkpointing: bool = False
     label_share: float = 1.0  # share of positions with a label (1.0: all, an upper bound)
     weight_bytes: float = 4  # per frozen base weight: 4 in float32, 2 in bf16 (LoRA's default), ~0.55 in 4 bit
+    quantized: bool = False  # bitsandbytes: embeddings and output layer stay bf16
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -100,8 +105,11 @@ def sft_estimate(shape: ModelShape, settings: Training, *, cuda: bool) -> Estima
     tokens = batch_size * max_seq_len
     act = 2 if bf16 else 4
     trainable = shape.params if method == "full" else shape.lora_params
-    weights = int(shape.params * (4 if method == "full" else weight_bytes)) \
-        + (shape.lora_params * 4 if method == "lora" else 0)
+    if settings.quantized:
+        base = (shape.params - shape.embedding_params) * weight_bytes + shape.embedding_params * 2
+    else:
+        base = shape.params * (4 if method == "full" else weight_bytes)
+    weights = int(base) + (shape.lora_params * 4 if method == "lora" else 0)
     optimizer = trainable * (4 + 8)  # gradients + AdamW's two moments, float32
     lora_in = shape.lora_inputs if method == "lora" else 0
     one_layer = layer_activations(shape, tokens, max_seq_len, act_bytes=act, lora_inputs=lora_in, scores=not cuda)
@@ -111,21 +119,34 @@ def sft_estimate(shape: ModelShape, settings: Training, *, cuda: bool) -> Estima
         activations = shape.layers * one_layer
     labelled = int(tokens * label_share)
     logits = labelled * shape.vocab * 4 * 2  # float32 logits and their gradient
-    return Estimate(stage="sft", parts={"weights": weights, "optimizer": optimizer, "activations": activations,
-                                        "logits": logits, "runtime": _runtime(cuda)})
+    backward = {"activations": activations, "logits": logits}
+    if bf16 and method == "full":
+        backward["autocast copies"] = shape.params * 2
+    step = {"optimizer step": trainable * 4}
+    transient = backward if sum(backward.values()) >= sum(step.values()) else step
+    return Estimate(stage="sft", parts={"weights": weights, "optimizer": optimizer, **transient,
+                                        "runtime": _runtime(cuda)})
 
 
 def generate_estimate(shape: ModelShape, *, batch_size: int, prompt_tokens: int, max_new_tokens: int, bf16: bool,
                       cuda: bool) -> Estimate:
-    """Peak of the transformers generate stage: loading (float32, then cast) or generating, whichever is larger."""
+    """Peak of the transformers generate stage on its device: generating; on the CPU, where the float32 load happens
+    in the same memory, loading if that is larger (on a card the load is `host_estimate`'s). `bf16`: any 16-bit
+    precision."""
     dtype = 2 if bf16 else 4
     kv = batch_size * (prompt_tokens + max_new_tokens) * shape.kv_bytes_per_token(dtype)
     working = batch_size * prompt_tokens * (shape.hidden + shape.intermediate) * dtype * 2 \
         + batch_size * shape.vocab * 4 * 2
     running = {"weights": shape.params * dtype, "kv cache": kv, "working": working}
     loading = {"weights (float32 while loading)": shape.params * 4}
-    peak = loading if sum(loading.values()) > sum(running.values()) else running
+    peak = loading if not cuda and sum(loading.values()) > sum(running.values()) else running
     return Estimate(stage="generate", parts=peak | {"runtime": _runtime(cuda)})
+
+
+def host_estimate(shape: ModelShape) -> Estimate:
+    """Host RAM of a transformers stage that loads a model in float32 before casting it onto a card."""
+    return Estimate(stage="generate", parts={"weights (float32 while loading)": shape.params * 4,
+                                             "runtime": CPU_RUNTIME})
 
 
 def vllm_estimate(shape: ModelShape, *, device_total: int, utilization: float, bf16: bool,

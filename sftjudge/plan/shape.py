@@ -19,6 +19,7 @@ class ModelShape:
     vocab: int
     lora_params: int  # adapter parameters for the configured target modules and rank (0 when none match)
     lora_inputs: int = 0  # per layer: summed input widths of the adapted modules (their dropout copies are kept)
+    embedding_params: int = 0  # input embeddings and output layer (once when tied): bitsandbytes leaves them bf16
 
     def kv_bytes_per_token(self, dtype_bytes: int) -> int:
         """Keys and values of one token across every layer."""
@@ -34,6 +35,8 @@ def shape_from_config(name: str, config, *, lora_r: int = 0, lora_targets: tuple
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config)
     params = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+    ends = [m for m in (model.get_input_embeddings(), model.get_output_embeddings()) if m is not None]
+    embedding = sum(p.numel() for p in {id(p): p for m in ends for p in m.parameters()}.values())
     lora = inputs = 0
     if lora_r and lora_targets:
         for name_, module in model.named_modules():
@@ -46,7 +49,8 @@ def shape_from_config(name: str, config, *, lora_r: int = 0, lora_targets: tuple
                       intermediate=getattr(text, "intermediate_size", 4 * text.hidden_size), heads=heads,
                       kv_heads=getattr(text, "num_key_value_heads", None) or heads,
                       head_dim=getattr(text, "head_dim", None) or text.hidden_size // heads,
-                      vocab=text.vocab_size, lora_params=lora, lora_inputs=inputs // text.num_hidden_layers)
+                      vocab=text.vocab_size, lora_params=lora, lora_inputs=inputs // text.num_hidden_layers,
+                      embedding_params=embedding)
 
 
 def model_shape(ref: str, home, *, trust_remote_code: bool = False, lora_r: int = 0,
