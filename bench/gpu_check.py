@@ -12,12 +12,17 @@ For each shape (default 1.5b and 7b, Qwen2-like dimensions; `tiny` for the CPU t
   utilisation, peak memory;
 - full: full fine-tuning (float32 weights, bf16 autocast, AdamW) where the planner says it fits the card, else the
   planner's refusal; 6 x params FLOPs per token;
-- qlora: LoRA on 4-bit weights when bitsandbytes is installed (else why not);
+- qlora: the stage's QLoRA when bitsandbytes is installed (else why not): the model loaded 4-bit by the stage's
+  own `load_student` and trained by the same `train` as `stage`;
 - generate: batched greedy generation through generate/backends.TransformersGenerator: new tokens/s;
-- judge: logprob judging through judge/logprob.LogprobJudge with the shipped reference-score definition: items/s.
+- judge: logprob judging through judge/logprob.LogprobJudge with the shipped reference-score definition: items/s;
+- vllm: a `vllm serve` from vLLM's own environment with a LoRA adapter, asked through the generate stage's
+  ServedGenerator for the adapter's and the base model's answers (bench/gpu_check_vllm.py): start-up seconds and
+  new tokens/s; skipped, saying why, without a vLLM environment.
 
-Each section records its error instead of stopping the run, so one failure still leaves the other numbers. Writes
-one JSON (--out) and prints it. The tokenizer is the tiny test tokenizer trained on the spot (token ids stay below
+Sections are isolated: each records its error instead of stopping the run, and after each the memory is collected
+and handed back (what the card had free before and after the section is recorded, so a section that leaks shows,
+and the next one measures on a clean card). Writes one JSON (--out) and prints it. The tokenizer is the tiny test tokenizer trained on the spot (token ids stay below
 its 400; the models keep their full vocabularies, so the output layer costs what it costs).
 
     python bench/gpu_check.py --out gpu_check.json                 # on the GPU machine, < 8 minutes on an H200
@@ -36,6 +41,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+from gpu_check_vllm import vllm_section  # noqa: E402
 
 SHAPES = {  # Llama-architecture configs with the dimensions of Qwen2-1.5B and Qwen2-7B
     "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
@@ -49,13 +57,20 @@ TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down
 
 
 def section(results: dict, name: str, work) -> None:
-    """Run one measurement; keep its numbers, or its error, under `name`."""
+    """Run one measurement; keep its numbers, or its error, under `name`; then collect and hand the memory back."""
+    from sftjudge.runtime.memory import device_free
+    from sftjudge.runtime.oom import free_memory
+
+    before = device_free()
     started = time.perf_counter()
     try:
         results[name] = work()
     except Exception as exc:  # one broken section must not lose the others' numbers
         results[name] = {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc(limit=6)}
     results[name]["seconds"] = round(time.perf_counter() - started, 1)
+    free_memory()  # outside the except block: a failed section's traceback no longer holds its model
+    if before is not None:
+        results[name]["gpu_left_in_use_bytes"] = max(0, before - device_free())
     print(f"  {name}: {json.dumps({k: v for k, v in results[name].items() if k != 'traceback'})}", flush=True)
 
 
@@ -187,7 +202,9 @@ def lora(shape: str, size: dict, ceiling: float, tokenizer) -> dict:
     return out
 
 
-def stage(shape: str, size: dict, ceiling: float, tokenizer) -> dict:
+def stage(shape: str, size: dict, ceiling: float, tokenizer, quantization: str | None = None) -> dict:
+    """The sft stage's training: `train` on a model built here, or with `quantization` loaded 4-bit by the stage's
+    own `load_student` from a saved copy (QLoRA exactly as a run does it)."""
     import tempfile
 
     import torch
@@ -195,24 +212,31 @@ def stage(shape: str, size: dict, ceiling: float, tokenizer) -> dict:
     from sftjudge.config import SFTConfig
     from sftjudge.curate.rows import ChatMessage, Example
     from sftjudge.train.loop import TrainData, train
+    from sftjudge.train.stage import load_student
 
-    reset_peak()
-    model, _ = build(shape, torch.bfloat16)
-    params_total = sum(p.numel() for p in model.parameters())
+    sft = SFTConfig(epochs=1, batch_size=size["batch_size"], max_seq_len=size["seq"], precision="bf16", lora_r=16,
+                    lora_alpha=32, target_modules=list(TARGETS), learning_rate=1e-4, warmup_ratio=0.0,
+                    quantization=quantization)
     ask, answer = "Extract the ticket fields as JSON. My router stopped working. ", '{"intent": "bug_report"} '
     rows = [Example(id=str(i), messages=(ChatMessage(role="user", content=ask * (1 + i % 4)),
                                          ChatMessage(role="assistant", content=answer * (1 + i % 3))))
             for i in range(size["batch_size"] * (size["steps"] + 1))]
-    sft = SFTConfig(epochs=1, batch_size=size["batch_size"], max_seq_len=size["seq"], precision="bf16", lora_r=16,
-                    lora_alpha=32, target_modules=list(TARGETS), learning_rate=1e-4, warmup_ratio=0.0)
     with tempfile.TemporaryDirectory() as folder:
-        result = train(model, tokenizer, TrainData(train=rows, val=rows[:2]), sft, Path(folder))
+        model, _ = build(shape, torch.bfloat16)
+        params_total = sum(p.numel() for p in model.parameters())
+        if quantization:
+            model.save_pretrained(Path(folder) / "base")
+            tokenizer.save_pretrained(Path(folder) / "base")
+            del model
+            model, _ = load_student(str(Path(folder) / "base"), sft)
+        reset_peak()
+        result = train(model, tokenizer, TrainData(train=rows, val=rows[:2]), sft, Path(folder) / "checkpoints")
     epoch = result.epochs[0]
     del model
     return {"rows": len(rows), "tokens": epoch.target_tokens, "tokens_per_s": epoch.tokens_per_second,
             "mfu": round(4 * params_total * epoch.tokens_per_second / (ceiling * 1e12), 4),
             "train_loss": round(epoch.train_loss, 4), "val_loss": round(epoch.val_loss, 4),
-            "precision": result.precision, "peak_bytes": peak_bytes()}
+            "precision": result.precision, "quantization": quantization, "peak_bytes": peak_bytes()}
 
 
 def full(shape: str, size: dict, ceiling: float, free: int | None) -> dict:
@@ -235,34 +259,14 @@ def full(shape: str, size: dict, ceiling: float, free: int | None) -> dict:
     return out | {"params": params_total, "planned_bytes": need}
 
 
-def qlora(shape: str, size: dict, ceiling: float) -> dict:
+def qlora(shape: str, size: dict, ceiling: float, tokenizer) -> dict:
     import importlib.util
-    import tempfile
 
     import torch
 
     if importlib.util.find_spec("bitsandbytes") is None or not torch.cuda.is_available():
         return {"skipped": "bitsandbytes is not installed" if torch.cuda.is_available() else "needs CUDA"}
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
-
-    with tempfile.TemporaryDirectory() as folder:  # 4-bit weights come from a checkpoint: write the random one
-        model, config = build(shape, torch.bfloat16)
-        params_total = sum(p.numel() for p in model.parameters())
-        model.save_pretrained(folder)
-        del model
-        reset_peak()
-        quantised = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
-                                       bnb_4bit_compute_dtype=torch.bfloat16)
-        model = AutoModelForCausalLM.from_pretrained(folder, quantization_config=quantised, device_map={"": 0})
-    model = get_peft_model(prepare_model_for_kbit_training(model, use_gradient_checkpointing=False),
-                           LoraConfig(r=16, lora_alpha=32, target_modules=TARGETS))
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    out = train_steps(model, trainable, flops_per_token=4 * params_total, ceiling=ceiling,
-                      vocab=config.vocab_size, **size)
-    del model
-    return out | {"params": params_total, "planned_bytes": planned(shape, config, "lora", size["batch_size"],
-                                                                   size["seq"], 0.55)}
+    return stage(shape, size, ceiling, tokenizer, quantization="4bit")
 
 
 def generate(shape: str, tokenizer, prompts: int, new_tokens: int, batch_size: int) -> dict:
@@ -337,10 +341,12 @@ def main() -> None:
         section(results, "lora", lambda: lora(shape, size, ceiling, tokenizer))
         section(results, "stage", lambda: stage(shape, size, ceiling, tokenizer))
         section(results, "full", lambda: full(shape, size, ceiling, free))
-        section(results, "qlora", lambda: qlora(shape, size, ceiling))
+        section(results, "qlora", lambda: qlora(shape, size, ceiling, tokenizer))
         section(results, "generate", lambda: generate(shape, tokenizer, 8 if small else 64, 8 if small else 128,
                                                       4 if small else 32))
         section(results, "judge", lambda: judge(shape, tokenizer, 4 if small else 64, 2 if small else 8))
+        section(results, "vllm", lambda: vllm_section(SHAPES[shape], tokenizer, 8 if small else 64,
+                                                      8 if small else 128, cuda))
         report["shapes"][shape] = results
     args.out.write_text(json.dumps(report, indent=2))
     print(f"wrote {args.out}")

@@ -8,6 +8,7 @@ imports Prefect: tasks/ wraps the stage functions one to one.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,7 @@ from sftjudge.models.embedded import sftjudge_home
 from sftjudge.plan.check import check_memory
 from sftjudge.run.directory import RunDir, StageRecord
 from sftjudge.run.faults import maybe_fail
-from sftjudge.runtime.memory import device_free, stage_memory
+from sftjudge.runtime.memory import DevicePeak, device_free, stage_memory
 from sftjudge.runtime.threads import apply_threads, resolve_threads
 
 
@@ -60,7 +61,8 @@ def run_stage(stage: str, run_path: str | Path, config: RunConfig,
         maybe_fail(stage, run.path)
         planned = check_memory(stage, config, home)  # sft, generate, judge: refuse what will not fit, unloaded
         before = device_free() if planned is not None else None
-        work(StageContext(run=run, config=config, home=home, record=record))
+        with DevicePeak() if before is not None else contextlib.nullcontext() as peak:
+            work(StageContext(run=run, config=config, home=home, record=record))
         if planned is not None:
-            record.memory = stage_memory(stage, planned.estimate.total, before)
+            record.memory = stage_memory(stage, planned.estimate.total, before, peak)
     return run.stage_info(stage)

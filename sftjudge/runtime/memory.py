@@ -12,6 +12,8 @@ from __future__ import annotations
 import logging
 import resource
 import sys
+import threading
+from collections.abc import Callable
 from typing import Any
 
 HANDBACK_SLACK = 2**30  # allocator caches and CUDA context growth stay below this
@@ -48,12 +50,61 @@ def handback(stage: str, before: int | None, after: int | None) -> str | None:
             f"not shut down")
 
 
-def stage_memory(stage: str, planned: int | None, before: int | None) -> dict[str, Any]:
-    """The manifest's memory record of a stage that just finished (see the module docstring)."""
+class DevicePeak:
+    """The least free memory the device had while the block ran, read from the driver every `interval_s` in a
+    thread: device-wide, so a vLLM server in another process counts, which torch's own peak statistics miss.
+
+    >>> readings = iter([10, 4, 7])
+    >>> with DevicePeak(read=lambda: next(readings, 7), interval_s=0.001) as peak:
+    ...     import time; time.sleep(0.05)
+    >>> peak.least_free
+    4
+    """
+
+    def __init__(self, read: Callable[[], int] | None = None, interval_s: float = 0.25):
+        self.read = read or _driver_free
+        self.interval_s = interval_s
+        self.least_free: int | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="device-peak", daemon=True)
+
+    def _watch(self) -> None:
+        while True:
+            try:
+                free = self.read()
+            except Exception:  # noqa: BLE001 - a failed reading only loses a sample
+                free = None
+            if free is not None:
+                self.least_free = free if self.least_free is None else min(self.least_free, free)
+            if self._stop.wait(self.interval_s):
+                return
+
+    def __enter__(self) -> DevicePeak:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def _driver_free() -> int:
+    import torch
+
+    return int(torch.cuda.mem_get_info()[0])
+
+
+def stage_memory(stage: str, planned: int | None, before: int | None,
+                 peak: DevicePeak | None = None) -> dict[str, Any]:
+    """The manifest's memory record of a stage that just finished (see the module docstring): on a GPU the free
+    memory before and after, what it handed back, and the most it had in use at once beyond what was in use
+    before it started (`peak`)."""
     after = device_free()
     record: dict[str, Any] = {"planned_bytes": planned}
     if before is not None:
         record |= {"gpu_free_before": before, "gpu_free_after": after}
+        if peak is not None and peak.least_free is not None:
+            record["gpu_peak_used"] = max(0, before - peak.least_free)
         warning = handback(stage, before, after)
         if warning:
             log.warning(warning)
