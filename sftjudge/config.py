@@ -212,6 +212,9 @@ class VLLMConfig(_Strict):
     startup_s: float = Field(900, gt=0, description="Seconds a started server may take to answer (it loads and "
                                                      "compiles the model).")
     concurrency: int = Field(64, ge=1, description="Requests in flight to a vLLM server (it batches them).")
+    enforce_eager: bool = Field(
+        False, description="Start servers without CUDA graphs and torch.compile: a faster start, slower decoding "
+                           "(worth it for a few hundred answers, as in bench/gpu_smoke.sh).")
 
 
 class ReviewConfig(_Strict):

@@ -124,3 +124,22 @@ def test_the_pin_checker_names_every_difference():
     import gpu_pins
 
     assert doctest.testmod(gpu_pins).failed == 0
+
+
+def test_the_gpu_smoke_script_parses_and_its_cycle_is_a_valid_config():
+    import subprocess
+
+    from sftjudge.config_yaml import load_config
+    from sftjudge.models.embedded import EMBEDDED
+
+    script = REPO / "bench" / "gpu_smoke.sh"
+    assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
+    config = load_config(str(REPO / "configs" / "gpu-smoke.yaml"), [])
+    # every GPU path in one cycle, on models that come from PyPI (the smoke machine has no model hub)
+    assert (config.sft.quantization, config.sft.packing) == ("4bit", True)
+    assert config.generate.backend == config.judge.backend == "vllm" and config.vllm.engine == "server"
+    assert {config.sft.base_model, config.judge.model} <= set(EMBEDDED)
+    text = script.read_text()
+    for pins in ("docker/constraints-gpu.txt", "docker/constraints-vllm.txt"):
+        assert f"-c {pins}" in text  # installed from the same pins as the image
+    assert text.count('"$UV" pip check') == 2 and "gpu_smoke_report.py" in text

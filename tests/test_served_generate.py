@@ -124,13 +124,14 @@ def test_one_server_answers_for_the_lora_student_and_the_base_model(tmp_path, ti
 def test_a_full_checkpoint_and_the_base_model_never_share_the_card(tmp_path, tiny_model_dir, stand_in):
     from sftjudge.generate.stage import generate_stage
 
-    run, config = _run(tmp_path, tiny_model_dir, "full")
+    run, config = _run(tmp_path, tiny_model_dir, "full", enforce_eager=True)
     generate_stage(str(run.path), config)
     started = [r for r in records(stand_in) if "argv" in r]
     assert [r["argv"][r["argv"].index("--model") + 1] for r in started] == [
         json.loads((run / files.SFT_SUMMARY).read_text())["best_checkpoint"], str(tiny_model_dir)]
     assert all(r["alive_before"] == [] for r in started)  # the student's server was stopped first
     assert "--enable-lora" not in started[0]["argv"]
+    assert all("--enforce-eager" in r["argv"] for r in started)  # vllm.enforce_eager: a quicker start
 
 
 def test_a_long_lived_server_gets_the_adapter_at_runtime(tmp_path, tiny_model_dir, stand_in, monkeypatch):

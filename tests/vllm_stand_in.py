@@ -58,6 +58,7 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument(flag, type=int)
     p.add_argument("--gpu-memory-utilization", type=float)
     p.add_argument("--disable-log-stats", action="store_true")
+    p.add_argument("--enforce-eager", action="store_true")
     p.add_argument("--enable-lora", action="store_true")
     p.add_argument("--lora-modules", nargs="+", default=[])
     return p

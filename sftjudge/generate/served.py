@@ -110,6 +110,7 @@ class StudentServer:
             name=BASE, dtype=VLLM_DTYPE[engine.precision], max_model_len=engine.max_model_len or 4096,
             startup_s=self.config.vllm.startup_s, gpu_memory_utilization=engine.gpu_memory_utilization,
             tensor_parallel_size=engine.tensor_parallel_size,
+            enforce_eager=self.config.vllm.enforce_eager,
             lora_modules=((STUDENT, str(self.adapter)),) if self.adapter else (),
             max_lora_rank=max_lora_rank(self.adapter) if self.adapter else None)
         self.server = start_server(vllm_python(self.config.vllm.python), self.weights, settings, self.log)

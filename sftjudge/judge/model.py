@@ -117,6 +117,7 @@ class LoadedJudge:
 
         settings = ServeSettings(name="judge", dtype=VLLM_DTYPE[self.config.precision],
                                  max_model_len=self.config.context_tokens, startup_s=self.vllm.startup_s,
+                                 enforce_eager=self.vllm.enforce_eager,
                                  max_logprobs=TOP_LOGPROBS, **self.vllm_kwargs)
         self._server = start_server(vllm_python(self.vllm.python), self.path, settings, self.log)
         return ServedClient(base_url=self._server.url, model="judge", concurrency=self.vllm.concurrency,

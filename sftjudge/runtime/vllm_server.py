@@ -47,6 +47,7 @@ class ServeSettings:
     lora_modules: tuple[tuple[str, str], ...] = ()  # (name, adapter folder) served beside the base model
     max_lora_rank: int | None = None
     max_logprobs: int = 20
+    enforce_eager: bool = False
 
 
 def serve_command(python: str | Path, model_dir: str | Path, settings: ServeSettings, port: int) -> list[str]:
@@ -64,6 +65,8 @@ def serve_command(python: str | Path, model_dir: str | Path, settings: ServeSett
                str(settings.tensor_parallel_size)]
     if settings.gpu_memory_utilization is not None:
         command += ["--gpu-memory-utilization", str(settings.gpu_memory_utilization)]
+    if settings.enforce_eager:
+        command.append("--enforce-eager")
     command.append("--disable-log-stats")
     if settings.lora_modules:
         command += ["--enable-lora", "--lora-modules", *(f"{name}={path}" for name, path in settings.lora_modules),
