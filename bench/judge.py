@@ -185,8 +185,8 @@ def rubric_section(items: list[dict], loaded, batch_size: int) -> None:
 
 def served_section(items: list[dict], loaded, model_dir: str, precision: str) -> None:
     from sftjudge.judge.served import ServedLogprobJudge
-    from sftjudge.runtime.served_client import ServedClient
     from sftjudge.judge.spec import load_judge
+    from sftjudge.runtime.served_client import ServedClient
     from sftjudge.runtime.vllm_server import ServeSettings, vllm_server
 
     if not VLLM_PYTHON.exists():

@@ -12,13 +12,12 @@ runtime. The real `vllm serve` runs the same path in `make vllm-check` (tests/te
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
 import pytest
 from helpers import example
-from vllm_stand_in import records
+from vllm_stand_in import alive, records
 
 from sftjudge.config import RunConfig
 from sftjudge.run import files
@@ -114,7 +113,7 @@ def test_one_server_answers_for_the_lora_student_and_the_base_model(tmp_path, ti
     base_prompts = [r["prompt"] for r in read_jsonl(run / files.BASELINE_GENERATIONS)]
     assert _answers(run / files.BASELINE_GENERATIONS) == _transformers_answers(config, str(tiny_model_dir), None,
                                                                                  base_prompts)
-    assert not _alive(started[0]["pid"]), "the stage left its vLLM server running"
+    assert not alive(started[0]["pid"]), "the stage left its vLLM server running"
 
     run._set_stage("generate", {"status": "failed"})  # a retry finds every answer cached
     assert generate_stage(str(run.path), config)["counts"]["generated"] == 0
@@ -164,10 +163,3 @@ def test_without_a_vllm_environment_the_stage_says_what_to_set(tmp_path, tiny_mo
     with pytest.raises(ConfigError, match="vllm.python"):
         generate_stage(str(run.path), config)
 
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except OSError:
-        return False
-    return True

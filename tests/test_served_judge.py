@@ -10,9 +10,9 @@ import pytest
 
 from sftjudge.errors import JudgeError
 from sftjudge.judge.served import ServedChat, ServedLogprobJudge, ServedRubricJudge, served_distribution
-from sftjudge.runtime.served_client import ServedClient
 from sftjudge.judge.spec import load_judge
 from sftjudge.judge.text import TextJudge
+from sftjudge.runtime.served_client import ServedClient
 
 import served_fake
 

@@ -13,9 +13,9 @@ import pytest
 from sftjudge.judge.logprob import LogprobJudge
 from sftjudge.judge.rubric import RubricJudge
 from sftjudge.judge.served import ServedChat, ServedLogprobJudge, ServedRubricJudge
-from sftjudge.runtime.served_client import ServedClient
 from sftjudge.judge.spec import load_judge
 from sftjudge.judge.text import TextJudge
+from sftjudge.runtime.served_client import ServedClient
 
 REPO = Path(__file__).resolve().parent.parent
 VLLM_PYTHON = REPO / ".cache/venv-vllm/bin/python"

@@ -41,7 +41,7 @@ def _record(entry: dict) -> None:
         handle.write(json.dumps(entry) + "\n")
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except OSError:
@@ -104,7 +104,7 @@ class Models:
 def main() -> None:
     args = _parser().parse_args()
     earlier = [r["pid"] for r in records(Path(os.environ["VLLM_STAND_IN_RECORD"])) if "argv" in r]
-    _record({"argv": sys.argv[1:], "pid": os.getpid(), "alive_before": [p for p in earlier if _alive(p)]})
+    _record({"argv": sys.argv[1:], "pid": os.getpid(), "alive_before": [p for p in earlier if alive(p)]})
     name = args.served_model_name or args.model
     models = Models(args.model)
     for module in args.lora_modules:

@@ -20,8 +20,8 @@ from sftjudge.errors import JudgeError
 from sftjudge.judge.fit import fit_item
 from sftjudge.judge.logprob import judgment_from_distribution, unread_when_no_label
 from sftjudge.judge.rubric import combine_dimensions
-from sftjudge.runtime.served_client import ServedClient
 from sftjudge.judge.spec import JudgeSpec, Judgment
+from sftjudge.runtime.served_client import ServedClient
 
 # Below this probability of the first character of "10", the second request is not worth its round trip: it could
 # move the expected score by at most 10 x this.
