@@ -58,8 +58,10 @@ def read_constraints(path: Path) -> dict[str, str]:
     return pins
 
 
-def resolve(stack: Stack, constraints: Path | None = None, pip: str | None = None) -> dict[str, str]:
-    """name -> version of everything pip would install for `stack` (the project itself left out).
+def resolve(stack: Stack, constraints: Path | None = None, pip: str | None = None,
+            background: bool = False) -> dict[str, str]:
+    """name -> version of everything pip would install for `stack` (the project itself left out); `background`:
+    at the lowest CPU priority (the test suite runs it beside its own tests on two cores).
 
     Raises RuntimeError with pip's own explanation when the stack does not resolve.
     """
@@ -69,7 +71,8 @@ def resolve(stack: Stack, constraints: Path | None = None, pip: str | None = Non
                    "--quiet", "--disable-pip-version-check", "--report", str(report), *stack.requirements]
         if constraints is not None:
             command += ["-c", str(constraints)]
-        done = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
+        done = subprocess.run((["nice", "-n", "19"] if background else []) + command, cwd=REPO,
+                              capture_output=True, text=True)
         if done.returncode != 0:
             raise RuntimeError(f"the {stack.name} stack does not resolve ({' '.join(command[3:])}):\n"
                                + (done.stderr or done.stdout)[-3000:])

@@ -76,8 +76,9 @@ def stand_in(tmp_path, monkeypatch) -> Path:
     return record
 
 
-# pip resolving the GPU images' two stacks against PyPI takes about a minute, nearly all of it waiting on the
-# network: it starts as soon as the session's tests are known and runs beside them (tests/test_gpu_images.py).
+# pip resolving the GPU images' two stacks against PyPI takes about a minute (half of it waiting on the network):
+# it starts as soon as the session's tests are known and runs beside them at the lowest CPU priority, on cycles the
+# model tests leave idle (tests/test_gpu_images.py).
 _gpu_resolutions = None
 
 
@@ -91,7 +92,8 @@ def pytest_collection_finish(session):
         from gpu_pins import STACKS, resolve
 
         pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="gpu-pins")
-        _gpu_resolutions = pool.submit(lambda: {s.name: resolve(s, REPO / s.constraints) for s in STACKS})
+        _gpu_resolutions = pool.submit(
+            lambda: {s.name: resolve(s, REPO / s.constraints, background=True) for s in STACKS})
         pool.shutdown(wait=False)
 
 

@@ -100,6 +100,8 @@ def test_every_gpu_image_environment_is_installed_from_its_pins_and_checked():
         assert re.search(r"-c /opt/pins/constraints-(gpu|vllm)\.txt", run), run
         assert re.search(r"pip check", run), f"no `pip check` after: {run}"
     assert "SFTJUDGE_VLLM_PYTHON=/opt/vllm/bin/python" in IMAGES["gpu"].read_text()
+    cpu = [args for word, args in _instructions(IMAGES["cpu"]) if word == "RUN" and "-e \".[postgres]\"" in args]
+    assert cpu and "-c /opt/pins/constraints-gpu.txt" in cpu[0] and "pip check" in cpu[0]  # the same pins
     extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
     # vLLM beside Prefect 3.8.8 resolves only by backtracking to vllm 0.19 on torch 2.10 (measured: 89 s of pip)
     assert not any(req.startswith("vllm") for reqs in extras.values() for req in reqs)

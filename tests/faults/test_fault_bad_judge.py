@@ -56,7 +56,7 @@ def pointwise_reply(prompt: str) -> str:
 class ScriptedJudge:
     """Replaces LoadedJudge: no model; text-mode judging with scripted replies (pairwise: always "A")."""
 
-    def __init__(self, config, home):
+    def __init__(self, config, home, log=None):
         self.params = 10**12  # larger than any student, so only the reply problems are under test
 
     def identity(self, spec):
