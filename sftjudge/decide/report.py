@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -274,6 +275,37 @@ def _taxes(run_path: Path) -> dict[str, float | None]:
     return {c: v["tax"] for c, v in (regression or {}).get("categories", {}).items()}
 
 
+# Where a link or image in report.html may point: the report's own plots are inlined as PNG data; links are web pages.
+_SAFE_TARGET = re.compile(r"(?:https?://|#|data:image/png;base64,)", re.IGNORECASE)
+
+
+def _safe_html(text: str) -> str:
+    r"""report.md as HTML in which nothing from the data, the answers or a run's name can run: raw HTML is shown as
+    text (Markdown's HTML passthrough is switched off), and a link or image pointing anywhere but a web page or an
+    inlined plot (javascript:, data:text/html, ...) keeps its text and loses its target. report.html is shared and
+    stored as an MLflow artifact, so it must be safe to open.
+
+    >>> _safe_html('# run <script>alert(1)</script>\n\n[x](javascript:alert(1)) <img src=x onerror=alert(1)>')
+    '<h1>run &lt;script&gt;alert(1)&lt;/script&gt;</h1>\n<p><a>x</a> &lt;img src=x onerror=alert(1)&gt;</p>'
+    """
+    import markdown
+    from markdown.treeprocessors import Treeprocessor
+
+    class DropUnsafeTargets(Treeprocessor):
+        def run(self, root):
+            for element in root.iter():
+                for attribute in ("href", "src"):
+                    target = element.get(attribute)
+                    if target is not None and not _SAFE_TARGET.match(target.strip()):
+                        del element.attrib[attribute]
+
+    converter = markdown.Markdown(extensions=["tables"])
+    converter.preprocessors.deregister("html_block")
+    converter.inlinePatterns.deregister("html")
+    converter.treeprocessors.register(DropUnsafeTargets(converter), "drop_unsafe_targets", 0)
+    return converter.convert(text)
+
+
 def write_html(run: RunDir) -> Path:
     """report.md as one self-contained HTML file (plots inlined), to attach or share."""
     import base64
@@ -290,7 +322,7 @@ def write_html(run: RunDir) -> Path:
         data = base64.b64encode(image.read_bytes()).decode()
         return f"![{match.group(1)}](data:image/png;base64,{data})"
 
-    body = markdown.markdown(re.sub(r"!\[([^\]]*)\]\(([^)]+\.png)\)", inline, text), extensions=["tables"])
+    body = _safe_html(re.sub(r"!\[([^\]]*)\]\(([^)]+\.png)\)", inline, text))
     style = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
              "table{border-collapse:collapse;margin:1em 0;font-size:0.9em}td,th{border:1px solid #ccc;"
              "padding:4px 8px;text-align:left;vertical-align:top}th{background:#f3f3f3}img{max-width:100%}")
