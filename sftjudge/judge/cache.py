@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass
 from typing import Any
 
+from sftjudge.errors import JudgeError
 from sftjudge.judge.spec import JudgeSpec
 from sftjudge.run.jsonl_cache import KeyedJsonl
 
@@ -27,8 +29,22 @@ def judge_cached(scorer, cache: JudgmentCache, items: list[dict[str, Any]], tag:
     for start in range(0, len(todo), batch_size * 4):
         chunk = todo[start:start + batch_size * 4]
         judged = scorer.score([item for _, item in chunk], batch_size=batch_size)
+        for judgment in judged:
+            check_finite(judgment)
         cache.append([{"key": key} | j.to_json() for (key, _), j in zip(chunk, judged)])
     return [cache.records[key] for key in keys]
+
+
+def check_finite(judgment) -> None:
+    """Refuse a judgment that is not a number a decision can rest on - a NaN or infinite score or dimension, a label
+    mass above 1 - before it is cached (the anchors cache is shared across runs) or scored; raises JudgeError."""
+    numbers = {"score": judgment.score, "label_mass": judgment.label_mass} | {
+        f"dimension {name}": value for name, value in judgment.dimensions.items()}
+    bad = {name: value for name, value in numbers.items()
+           if value is not None and not (math.isfinite(value) and (name != "label_mass" or value <= 1 + 1e-3))}
+    if bad:
+        raise JudgeError(f"the judge gave item {judgment.id} {', '.join(f'{k} {v!r}' for k, v in bad.items())}: not "
+                         f"a usable judgment (the model or server is broken); nothing of it was kept")
 
 
 @dataclass(kw_only=True)

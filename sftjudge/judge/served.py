@@ -26,6 +26,8 @@ from sftjudge.runtime.served_client import ServedClient
 # Below this probability of the first character of "10", the second request is not worth its round trip: it could
 # move the expected score by at most 10 x this.
 MIN_HEAD_PROBABILITY = 1e-3
+# A server's float rounding: log-probabilities a hair above 0 and top tokens summing a hair above 1 are still sane.
+LOGPROB_SLACK, MASS_SLACK = 1e-4, 1e-3
 
 
 def _merged(top: list[dict[str, Any]], strip: bool) -> dict[str, float]:
@@ -37,8 +39,16 @@ def _merged(top: list[dict[str, Any]], strip: bool) -> dict[str, float]:
     probs: dict[str, float] = {}
     for entry in top:
         key = str(entry.get("token", ""))
+        logprob = float(entry["logprob"])
+        if not math.isfinite(logprob) or logprob > LOGPROB_SLACK:
+            raise JudgeError(f"the judge server returned the log-probability {logprob!r} for the token {key!r}: a "
+                             f"log-probability is finite and at most 0, so the server is broken; nothing of this "
+                             f"reply was scored or kept")
         key = key.strip() if strip else key
-        probs[key] = probs.get(key, 0.0) + math.exp(float(entry["logprob"]))
+        probs[key] = probs.get(key, 0.0) + math.exp(logprob)
+    if sum(probs.values()) > 1 + MASS_SLACK:
+        raise JudgeError(f"the judge server's top tokens have probabilities summing to {sum(probs.values()):.4g}, "
+                         f"more than 1: the server is broken; nothing of this reply was scored or kept")
     return probs
 
 

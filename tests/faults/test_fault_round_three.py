@@ -41,3 +41,50 @@ def test_the_html_report_shows_hostile_data_and_answers_as_text(base_run, tmp_pa
     live = r"<script|<img src=x|<[^>]*\son\w+=|<a[^>]*href=.?javascript:"  # a tag that runs, not its escaped text
     assert not re.search(live, html, re.IGNORECASE), re.search(f".{{60}}({live})", html, re.IGNORECASE).group(0)
     assert html.count("<img") == html.count('<img alt=') and "data:image/png;base64," in html  # the plots stay
+
+
+class _ScriptedServer:
+    """Stands for a ServedClient whose chat replies carry the given top log-probabilities at the first position."""
+
+    base_url = "http://127.0.0.1:9/v1"
+
+    def __init__(self, top: list[tuple[str, float]]):
+        self.top = top
+
+    def chat(self, messages, **options):
+        top = [{"token": token, "logprob": logprob} for token, logprob in self.top]
+        return {"choices": [{"logprobs": {"content": [{"token": top[0]["token"], "top_logprobs": top}]}}]}
+
+    def map(self, work, items):
+        return [work(item) for item in items]
+
+
+@pytest.mark.parametrize("top", [[("8", float("nan")), ("9", -1.0)], [("8", float("inf"))], [("9", 50.0)],
+                                 [("8", -0.1), ("9", -0.1)]], ids=["nan", "inf", "positive", "mass-above-1"])
+def test_impossible_log_probabilities_from_a_served_judge_are_refused_not_scored(tiny_model, top):
+    from sftjudge.errors import JudgeError
+    from sftjudge.judge.served import ServedLogprobJudge
+    from sftjudge.judge.spec import load_judge
+
+    from .faultkit import REPO
+
+    _, tok = tiny_model
+    scorer = ServedLogprobJudge(_ScriptedServer(top), tok, load_judge(REPO / "judges", "reference-score"))
+    item = {"id": "a", "instruction": "Which port?", "reference": "8443", "answer": "8443"}
+    with pytest.raises(JudgeError, match="server is broken"):
+        scorer.score([item])  # before: NaN became the score, +50 a label mass of 5e21 and the score 9.0
+
+
+def test_a_non_finite_judgment_is_never_cached(tmp_path):
+    from sftjudge.errors import JudgeError
+    from sftjudge.judge.cache import JudgmentCache, judge_cached
+    from sftjudge.judge.spec import Judgment
+
+    class Broken:
+        def score(self, items, batch_size=4):
+            return [Judgment(id=i["id"], score=float("nan"), label_mass=0.9) for i in items]
+
+    cache = JudgmentCache(tmp_path / "judgments.cache.jsonl").load()
+    with pytest.raises(JudgeError, match="item a .*score nan"):
+        judge_cached(Broken(), cache, [{"id": "a", "answer": "x"}], "judge@x", batch_size=4)
+    assert not (tmp_path / "judgments.cache.jsonl").exists() or not (tmp_path / "judgments.cache.jsonl").read_text()
