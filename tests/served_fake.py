@@ -25,6 +25,7 @@ class Script:
     reply: Callable[[dict[str, Any]], str] = lambda body: '{"score": 7}'
     fail_with: list[int] = field(default_factory=list)
     retry_after: str | None = None
+    echo_headers: bool = False  # a failure's message repeats the request's headers, as some servers' errors do
     logprobs: bool = True
     delay_s: float = 0.0
     requests: list[dict[str, Any]] = field(default_factory=list)
@@ -78,7 +79,8 @@ def start(script: Script) -> tuple[ThreadingHTTPServer, str]:
                 time.sleep(script.delay_s)
                 if failure is not None:
                     extra = {"Retry-After": script.retry_after} if script.retry_after else None
-                    self._send(failure, {"error": {"message": f"scripted failure {failure}"}}, extra)
+                    echoed = f" (request headers: {dict(self.headers)})" if script.echo_headers else ""
+                    self._send(failure, {"error": {"message": f"scripted failure {failure}{echoed}"}}, extra)
                 elif self.path.endswith("/models"):
                     self._send(200, {"data": [{"id": "judge-x", "root": "/models/judge-x", "max_model_len": 4096,
                                                "owned_by": "scripted"}]})

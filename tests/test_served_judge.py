@@ -185,3 +185,17 @@ def test_a_text_judge_replies_through_chat_and_is_validated(server, tok):
     repair = script.requests[-1]["body"]["messages"]
     assert [m["role"] for m in repair][-2:] == ["assistant", "user"]
     assert "score 11 outside 1-10" in repair[-1]["content"]
+
+
+def test_a_server_that_echoes_the_authorization_header_never_puts_the_key_in_an_error(server, tok, monkeypatch):
+    script, url = server
+    monkeypatch.setenv("SFTJUDGE_JUDGE_API_KEY", "sk-secret-123")
+    script.fail_with, script.echo_headers = [400], True
+    with pytest.raises(JudgeError) as refused:
+        reference_score(tok, url).score([ITEM])
+    # the error reaches stderr, manifest.json, `sftjudge show` and Prefect's database
+    assert "request headers" in str(refused.value) and "sk-secret-123" not in str(refused.value)
+    script.fail_with = [503, 503]
+    with pytest.raises(JudgeError) as gave_up:
+        reference_score(tok, url, max_retries=1).score([ITEM])
+    assert "sk-secret-123" not in str(gave_up.value) and "Bearer" in str(gave_up.value)

@@ -46,6 +46,12 @@ class ServedClient:
                                       limits=httpx.Limits(max_connections=self.concurrency))
         return self._http
 
+    def _redacted(self, text: str) -> str:
+        """`text` (a server's words) without the API key: a server may repeat the request's Authorization header in
+        an error, and errors reach stderr, the manifest, `sftjudge show` and Prefect's database."""
+        key = os.environ.get(self.api_key_env)
+        return text.replace(key, "[the key in $" + self.api_key_env + "]") if key else text
+
     def _headers(self) -> dict[str, str]:
         key = os.environ.get(self.api_key_env)
         return {"Authorization": f"Bearer {key}"} if key else {}
@@ -60,14 +66,15 @@ class ServedClient:
             try:
                 reply = self._client().request(method, url, json=body, headers=self._headers())
             except httpx.TransportError as exc:  # refused, reset, timed out: the server may be starting or busy
-                problem = f"{type(exc).__name__}: {exc}"
+                problem = self._redacted(f"{type(exc).__name__}: {exc}")
             else:
                 if reply.status_code < 400:
                     try:
                         return reply.json()
                     except ValueError:
-                        raise JudgeError(f"{self.service} {url}: the reply is not JSON ({reply.text[:200]!r})")
-                problem = f"HTTP {reply.status_code}: {_server_message(reply)}"
+                        raise JudgeError(f"{self.service} {url}: the reply is not JSON "
+                                         f"({self._redacted(reply.text[:200])!r})")
+                problem = f"HTTP {reply.status_code}: {self._redacted(_server_message(reply))}"
                 if reply.status_code not in TRANSIENT_STATUS:
                     raise JudgeError(f"{self.service} {url} refused the request ({problem}); not retried: a "
                                      f"{reply.status_code} means the request itself is wrong"
