@@ -41,6 +41,8 @@ class Review:
 
     def shown(self) -> dict[str, Any]:
         """The sample as the page shows it, with the labels given so far (choices as first / second)."""
+        with self.lock:
+            self.store.refresh()
         items = []
         for item in self.sample:
             pair = shown_pair(item)
@@ -89,7 +91,7 @@ def app(review: Review):
     def sample() -> dict[str, Any]:
         return review.shown()
 
-    @api.post("/api/label/{item_id}")
+    @api.post("/api/label/{item_id:path}")  # an item id may hold a "/"
     def label(item_id: str, body: dict[str, Any]) -> dict[str, Any]:
         try:
             return review.label(item_id, body)
