@@ -266,7 +266,9 @@ class DecideConfig(_Strict):
     require_approval: bool = Field(
         False, description="A promotion waits for a person: the flow pauses for an approve/reject answer in the Prefect "
                            "UI (with a link to the report); reject or no answer within approval_timeout_s holds.")
-    approval_timeout_s: int = Field(3600, ge=10, description="Seconds a promotion waits for its approval.")
+    approval_timeout_s: int = Field(3600, ge=10, le=30 * 86400,
+                                    description="Seconds a promotion waits for its approval (at most 30 days: the "
+                                                "flow run waits paused that long).")
     max_alignment_tax: float | None = Field(
         2.0, ge=0, description="Largest drop (score points, 1-10) from the base model on any regression-suite "
                                "category; a run whose loss exceeds it over the whole interval is never promoted "

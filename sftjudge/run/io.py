@@ -50,6 +50,7 @@ def atomic_directory(final: Path) -> Iterator[Path]:
     try:
         os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp's 0700 would hide it from a teammate or another worker
         yield tmp
+        follow_umask(tmp)
         _replace_directory(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -59,7 +60,21 @@ def atomic_directory(final: Path) -> Iterator[Path]:
 def publish_directory(tmp: Path, final: Path) -> None:
     """Move the complete directory `tmp` (written elsewhere on the same file system) to `final` in one step."""
     final.parent.mkdir(parents=True, exist_ok=True)
+    follow_umask(tmp)
     _replace_directory(tmp, final)
+
+
+def follow_umask(folder: Path) -> None:
+    """Give every file under `folder` the permissions the umask allows (executable bits kept as they are).
+
+    safetensors' `save_file` creates its files 0600 whatever the umask, so adapters, exports and prepared models
+    on storage shared between workers (or a teammate) could not be read by anyone else.
+    """
+    allowed = 0o666 & ~current_umask()
+    for path in Path(folder).rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            mode = path.stat().st_mode & 0o777
+            os.chmod(path, allowed | (mode & 0o111 & ~current_umask()))
 
 
 def _replace_directory(tmp: Path, final: Path) -> None:

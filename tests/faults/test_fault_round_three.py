@@ -209,3 +209,37 @@ def test_label_files_from_spreadsheets_and_odd_encodings_are_read_or_refused_cle
     nested.write_text("[" * 100_000 + "]" * 100_000 + "\n")
     with pytest.raises(DataError, match=f"{nested}:1: "):
         review.store.import_file(nested)
+
+
+@pytest.mark.model
+def test_saved_weights_follow_the_umask_not_safetensors_0600(tmp_path, tiny_model):
+    import os
+    import stat
+
+    from sftjudge.models.chat import template_fingerprint
+    from sftjudge.run.io import publish_directory
+    from sftjudge.train.checkpoints import save_checkpoint
+
+    model, tok = tiny_model
+    old = os.umask(0o022)
+    try:
+        saved = save_checkpoint(model, tok, tmp_path / "epoch-1", {"epoch": 1, "method": "full",
+                                                                   "template_fingerprint": template_fingerprint(tok)})
+        staged = tmp_path / "staging"  # as the trainer leaves an epoch before it is published
+        model.save_pretrained(staged)
+        publish_directory(staged, tmp_path / "epoch-2")
+    finally:
+        os.umask(old)
+    for folder in (saved, tmp_path / "epoch-2"):
+        modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in folder.iterdir() if p.is_file()}
+        assert modes and all(mode == 0o644 for mode in modes.values()), modes  # model.safetensors was 0600
+
+
+def test_an_approval_timeout_too_large_for_a_pause_is_refused_up_front():
+    from sftjudge.config_yaml import load_config
+    from sftjudge.errors import ConfigError
+
+    # before: accepted, then the approval pause died with OverflowError and `resume` repeated it
+    with pytest.raises(ConfigError, match="approval_timeout_s"):
+        load_config(None, ["decide.approval_timeout_s=1000000000000000000"])
+    assert load_config(None, ["decide.approval_timeout_s=86400"]).decide.approval_timeout_s == 86400
