@@ -6,7 +6,6 @@ greedy decoding from it gives the run's own test answers when exported in the dt
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 from sftjudge.errors import ModelError
@@ -14,6 +13,7 @@ from sftjudge.run import files
 from sftjudge.run.io import atomic_directory
 
 DTYPES = {"bf16": "bfloat16", "fp32": "float32"}
+MARKER = "sftjudge-export.json"  # in every export: what --overwrite may replace
 
 
 def export_run(run: Path, out: Path, home: Path, *, dtype: str = "bf16", overwrite: bool = False) -> Path:
@@ -32,8 +32,7 @@ def export_run(run: Path, out: Path, home: Path, *, dtype: str = "bf16", overwri
     if not summary_path.is_file():
         raise ModelError(f"{run}: no {files.SFT_SUMMARY}: the run's sft stage has not finished, so there is no "
                          f"checkpoint to export")
-    if out.exists() and not overwrite:
-        raise ModelError(f"{out} exists; choose another folder or pass --overwrite")
+    _check_target(out, overwrite)
     sft = json.loads(summary_path.read_text())
     config = load_config(run / files.CONFIG)
     checkpoint = Path(sft["best_checkpoint"])
@@ -46,16 +45,29 @@ def export_run(run: Path, out: Path, home: Path, *, dtype: str = "bf16", overwri
     model = model.to(dtype=getattr(torch, DTYPES[dtype]))
     model.config.torch_dtype = getattr(torch, DTYPES[dtype])
     _decoding(model, tokenizer, config.generate)
-    if out.exists():
-        shutil.rmtree(out)
+    # The old export stays in place until the new one is complete: atomic_directory swaps them in one rename.
     with atomic_directory(out) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         (tmp / "README.md").write_text(model_card(run, config, sft, DTYPES[dtype]), encoding="utf-8")
-        (tmp / "sftjudge-export.json").write_text(json.dumps({
+        (tmp / MARKER).write_text(json.dumps({
             "run_id": run.name, "checkpoint": str(checkpoint), "epoch": sft.get("best_epoch"), "dtype": dtype,
             "base_model": config.sft.base_model, "method": sft.get("method")}, indent=2))
     return out
+
+
+def _check_target(out: Path, overwrite: bool) -> None:
+    """Refuse an `out` that exists, unless `overwrite` and it is an earlier export (or an empty folder): a folder of
+    someone's files, or the runs directory itself, is never replaced. Raises ModelError."""
+    if not out.exists() and not out.is_symlink():
+        return
+    if not overwrite:
+        raise ModelError(f"{out} exists; choose another folder or pass --overwrite")
+    if not out.is_dir() or out.is_symlink():
+        raise ModelError(f"{out} is not a folder; --overwrite replaces only an earlier export")
+    if not (out / MARKER).is_file() and any(out.iterdir()):
+        raise ModelError(f"{out} is not an sftjudge export (it has no {MARKER}); --overwrite replaces only an "
+                         f"earlier export, so nothing was deleted: choose another folder")
 
 
 def _decoding(model, tokenizer, generate) -> None:

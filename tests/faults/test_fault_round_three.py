@@ -243,3 +243,32 @@ def test_an_approval_timeout_too_large_for_a_pause_is_refused_up_front():
     with pytest.raises(ConfigError, match="approval_timeout_s"):
         load_config(None, ["decide.approval_timeout_s=1000000000000000000"])
     assert load_config(None, ["decide.approval_timeout_s=86400"]).decide.approval_timeout_s == 86400
+
+
+@pytest.mark.model
+def test_export_overwrite_replaces_only_an_earlier_export_and_only_once_the_new_one_is_whole(base_run, tmp_path,
+                                                                                             sftjudge_home,
+                                                                                             monkeypatch):
+    from sftjudge.errors import ModelError
+    from sftjudge.export import card
+    from sftjudge.export.merge import export_run
+
+    precious = tmp_path / "someones-files"
+    precious.mkdir()
+    (precious / "thesis.tex").write_text("years of work")
+    for target in (precious, base_run.parent):  # a folder of files, and the runs directory itself
+        with pytest.raises(ModelError, match="not an sftjudge export"):
+            export_run(base_run, target, sftjudge_home, overwrite=True)
+    assert (precious / "thesis.tex").read_text() == "years of work" and (base_run / files.MANIFEST).is_file()
+
+    out = export_run(base_run, tmp_path / "export", sftjudge_home)
+    first = sorted(p.name for p in out.iterdir())
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt  # stands for a kill while the new export is being written
+
+    monkeypatch.setattr(card, "model_card", killed)
+    with pytest.raises(KeyboardInterrupt):
+        export_run(base_run, out, sftjudge_home, overwrite=True)
+    assert sorted(p.name for p in out.iterdir()) == first  # before: the old export was deleted first
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp-")]
