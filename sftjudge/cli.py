@@ -323,10 +323,12 @@ def cmd_judge(args: argparse.Namespace) -> int:
 def cmd_registry(args: argparse.Namespace) -> int:
     from sftjudge.decide.stage import rebuild_registry
 
-    registry = rebuild_registry(args.runs_dir)
+    registry, skipped = rebuild_registry(args.runs_dir)
     champion = registry.champion()
     print(f"rebuilt {registry.where}: {len(registry.runs())} runs, champion "
           f"{champion['run_id'] if champion else '(none)'}")
+    for line in skipped:
+        print(f"left out (cannot be read): {line}", file=sys.stderr)
     return 0
 
 

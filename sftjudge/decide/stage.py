@@ -151,30 +151,64 @@ def _decide_and_report(ctx: StageContext) -> None:
     ctx.record.counts = {"action": decision.action, "champion_before": decision.champion_before}
 
 
-def rebuild_registry(runs_dir: str | Path) -> Registry:
-    """A new registry from the decided runs in `runs_dir`, replayed in creation order (promotions included).
+def rebuild_registry(runs_dir: str | Path) -> tuple[Registry, list[str]]:
+    """A new registry from the decided runs in `runs_dir`, replayed in creation order (promotions included); returns
+    it and the runs left out, each with why.
 
-    The damaged file is kept beside it as `registry.sqlite.damaged`. Manual promotions and rollbacks are not in
-    the run directories, so the champion is the last run a decision (or an approval) promoted; releases are restored
-    from each run's review/release.json. Returns the new registry.
+    Every run is read before anything is written; one that cannot be read (a truncated manifest, a damaged
+    decision) is left out and named, never a reason to stop half-way. The new registry is built beside the old one
+    and swapped in whole; the old file is kept as `registry.sqlite.damaged` (`.damaged-2`, ... when one is there:
+    a backup is never overwritten). Manual promotions and rollbacks are not in the run directories, so the champion
+    is the last run a decision (or an approval) promoted; releases are restored from each run's review/release.json.
     """
-    from sftjudge.config_yaml import load_config
+    import os
 
     url = registry_url(runs_dir)
     if url.get_backend_name() != "sqlite":
         raise RegistryError("registry rebuild writes the SQLite registry of a runs directory; a PostgreSQL registry "
                             "($SFTJUDGE_REGISTRY_URL) is restored from the database's own backups")
     runs_dir, target = Path(runs_dir), Path(url.database)
+    readable, skipped = _readable_runs(runs_dir)
+    building = target.with_name(f".{target.name}.rebuilding-{os.getpid()}")
+    building.unlink(missing_ok=True)
+    registry = Registry(building)
+    for run, config, decision, result, _ in readable:
+        registry.record(_registry_row(run, config, decision, result), promote=decision.action == "promote")
+    for release in sorted((r for *_, r in readable if r), key=lambda r: r["released_at"]):
+        registry.restore_release(release)  # each kept beside its run (sftjudge release)
+    registry.engine.dispose()
     if target.exists():
-        target.replace(target.with_name(target.name + ".damaged"))
-    registry = Registry(target)
-    decided = [RunDir(p.parent) for p in runs_dir.glob(f"*/{files.DECISION}")]
-    for run in sorted(decided, key=lambda r: (r.manifest()["created_at"], r.run_id)):
-        config = load_config(run / files.CONFIG)
-        decision = Decision(**json.loads((run / files.DECISION).read_text()))
-        registry.record(_registry_row(run, config, decision, run_result(run)), promote=decision.action == "promote")
-    released = [json.loads((run / files.REVIEW_RELEASE).read_text()) for run in decided
-                if (run / files.REVIEW_RELEASE).is_file()]
-    for record in sorted(released, key=lambda r: r["released_at"]):  # each kept beside its run (sftjudge release)
-        registry.restore_release(record)
-    return registry
+        target.replace(_free_name(target.with_name(target.name + ".damaged")))
+    building.replace(target)
+    return Registry(target), skipped
+
+
+def _readable_runs(runs_dir: Path) -> tuple[list[tuple], list[str]]:
+    """(run, config, decision, result, release or None) of every decided run that reads whole, in creation order;
+    and "run: why" for each that does not."""
+    from sftjudge.config_yaml import load_config
+    from sftjudge.errors import UserError
+
+    readable, skipped = [], []
+    for path in sorted(runs_dir.glob(f"*/{files.DECISION}")):
+        run = RunDir(path.parent)
+        try:
+            created = run.manifest()["created_at"]
+            release = (json.loads((run / files.REVIEW_RELEASE).read_text())
+                       if (run / files.REVIEW_RELEASE).is_file() else None)
+            entry = (run, load_config(run / files.CONFIG), Decision(**json.loads(path.read_text())),
+                     run_result(run), release)
+        except (OSError, ValueError, KeyError, TypeError, UserError) as exc:
+            skipped.append(f"{run.path.name}: {type(exc).__name__}: {str(exc)[:200]}")
+            continue
+        readable.append(((created, run.run_id), entry))
+    return [entry for _, entry in sorted(readable, key=lambda pair: pair[0])], skipped
+
+
+def _free_name(path: Path) -> Path:
+    """`path`, or `path-2`, `path-3`, ... : the first that does not exist."""
+    candidate, n = path, 1
+    while candidate.exists():
+        n += 1
+        candidate = path.with_name(f"{path.name}-{n}")
+    return candidate

@@ -272,3 +272,28 @@ def test_export_overwrite_replaces_only_an_earlier_export_and_only_once_the_new_
         export_run(base_run, out, sftjudge_home, overwrite=True)
     assert sorted(p.name for p in out.iterdir()) == first  # before: the old export was deleted first
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp-")]
+
+
+def test_a_registry_rebuild_with_an_unreadable_run_keeps_the_others_and_every_backup(base_run, tmp_path, capsys):
+    from sftjudge import cli
+    from sftjudge.config_yaml import load_config
+    from sftjudge.decide.stage import decide_stage
+    from sftjudge.run.registry import Registry
+
+    from .faultkit import set_scores
+
+    runs = tmp_path / "runs"
+    a, b, c = (clone_run(base_run, runs, name, reset=("decide",)) for name in ("a", "b", "c"))
+    for run, score in ((a, 4.0), (b, 7.0), (c, 8.0)):
+        set_scores(run, [score, score + 0.2, score - 0.2, score + 0.1, score - 0.1, score])
+        decide_stage(str(run), load_config(run / files.CONFIG, [f"runs_dir={runs}"]))
+    (c / files.MANIFEST).write_text('{"run_id": "c", "stag')  # truncated by a full disk
+    (runs / "registry.sqlite").write_bytes(b"garbage")
+    assert cli.main(["registry", "rebuild", "--runs-dir", str(runs)]) == 0
+    out = capsys.readouterr()
+    assert "2 runs, champion b" in out.out and "left out (cannot be read): c:" in out.err  # before: exit 1, emptied
+    assert (runs / "registry.sqlite.damaged").read_bytes() == b"garbage"
+    assert cli.main(["registry", "rebuild", "--runs-dir", str(runs)]) == 0  # again: the first backup stays
+    assert (runs / "registry.sqlite.damaged").read_bytes() == b"garbage"
+    assert (runs / "registry.sqlite.damaged-2").is_file()
+    assert [r["run_id"] for r in Registry.in_runs_dir(runs).runs()] == ["a", "b"]
