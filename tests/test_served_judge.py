@@ -199,3 +199,38 @@ def test_a_server_that_echoes_the_authorization_header_never_puts_the_key_in_an_
     with pytest.raises(JudgeError) as gave_up:
         reference_score(tok, url, max_retries=1).score([ITEM])
     assert "sk-secret-123" not in str(gave_up.value) and "Bearer" in str(gave_up.value)
+
+
+def test_timeout_s_is_a_deadline_for_the_whole_reply_not_each_read(tok):
+    import threading
+    import time
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Dripping(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_POST(self):
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", "1000")
+            self.end_headers()
+            for _ in range(60):  # one byte every 0.2 s: each read is quick, the reply never ends
+                try:
+                    self.wfile.write(b" ")
+                    self.wfile.flush()
+                except OSError:
+                    return
+                time.sleep(0.2)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Dripping)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    started = time.monotonic()
+    try:
+        with pytest.raises(JudgeError, match=r"failed 1 times \(ReadTimeout: no whole reply within 1 s"):
+            reference_score(tok, f"http://127.0.0.1:{server.server_address[1]}/v1", max_retries=0,
+                            timeout_s=1).score([ITEM])
+    finally:
+        server.shutdown()
+    assert time.monotonic() - started < 5  # before: the whole 12 s drip (90 s and more in the issue)

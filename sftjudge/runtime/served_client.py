@@ -56,6 +56,24 @@ class ServedClient:
         key = os.environ.get(self.api_key_env)
         return {"Authorization": f"Bearer {key}"} if key else {}
 
+    def _send(self, method: str, url: str, body: dict[str, Any] | None):
+        """The whole reply within timeout_s of the request's start. httpx's own timeouts count per read, so a server
+        that drips a byte now and then would hold the stage for ever; a reply past the deadline is a ReadTimeout
+        (retried like any other)."""
+        import httpx
+
+        deadline = time.monotonic() + self.timeout_s
+        with self._client().stream(method, url, json=body, headers=self._headers()) as streamed:
+            content = bytearray()
+            for chunk in streamed.iter_bytes():
+                content += chunk
+                if time.monotonic() > deadline:
+                    raise httpx.ReadTimeout(f"no whole reply within {self.timeout_s:g} s", request=streamed.request)
+            headers = {k: v for k, v in streamed.headers.items() if k.lower() not in ("content-encoding",
+                                                                                     "content-length")}
+            return httpx.Response(streamed.status_code, headers=headers, content=bytes(content),
+                                  request=streamed.request)
+
     def request(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
         """One request with retries on transient failures; the parsed JSON reply."""
         import httpx
@@ -64,7 +82,7 @@ class ServedClient:
         for attempt in range(self.max_retries + 1):
             wait = self.backoff_s * 2 ** attempt * (0.5 + random.random() / 2)
             try:
-                reply = self._client().request(method, url, json=body, headers=self._headers())
+                reply = self._send(method, url, body)
             except httpx.TransportError as exc:  # refused, reset, timed out: the server may be starting or busy
                 problem = self._redacted(f"{type(exc).__name__}: {exc}")
             else:
