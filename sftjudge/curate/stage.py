@@ -7,6 +7,7 @@ not processed again.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -30,15 +31,16 @@ def curate_stage(run_path: str, config: RunConfig) -> dict[str, Any]:
 def _curate(ctx: StageContext) -> None:
     run, data = ctx.run, ctx.config.data
     quality = _QualityJudge(ctx) if data.quality.enabled else None
-    key = curation_cache_key(data, source_sha256(data.path), ctx.config.sft.base_model, ctx.config.sft.max_seq_len,
-                             quality.identity if quality else None)
+    tokenizer = _student_tokenizer(ctx)
+    key = curation_cache_key(data, source_sha256(data.path), tokenizer_identity(tokenizer),
+                             ctx.config.sft.max_seq_len, quality.identity if quality else None)
     cache_dir = ctx.home / "curation" / key
     hit = data.cache and (cache_dir / "report.json").is_file()
     if hit:
         shutil.copytree(cache_dir, run / files.DATA, dirs_exist_ok=True)
         report = json.loads((run / files.DATA_REPORT).read_text())
     else:
-        report = _curate_into(ctx, quality)
+        report = _curate_into(ctx, quality, tokenizer)
     report["cache"] = {"key": key, "hit": hit}
     report["warnings"] = sample_size_warnings(report["splits"]["test"], ctx.config.decide.min_paired_items)
     atomic_write_json(run / files.DATA_REPORT, report)
@@ -52,14 +54,28 @@ def _curate(ctx: StageContext) -> None:
                          "cache_hit": report["cache"]["hit"]}
 
 
-def _curate_into(ctx: StageContext, quality: _QualityJudge | None) -> dict:
+def _student_tokenizer(ctx: StageContext):
     from transformers import AutoTokenizer
 
+    base = resolve_model(ctx.config.sft.base_model, ctx.home)
+    return AutoTokenizer.from_pretrained(base, trust_remote_code=ctx.config.sft.trust_remote_code)
+
+
+def tokenizer_identity(tokenizer) -> str:
+    """What of the student's tokenizer decides curation (token lengths, rendered chats, special tokens): its
+    vocabulary and rules and its chat template, by content. The model's name would stay the same when its
+    template file is edited in place, and the cache would serve rows curated under the old one."""
+    from sftjudge.models.chat import template_fingerprint
+
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    vocabulary = backend.to_str() if backend is not None else json.dumps(sorted(tokenizer.get_vocab().items()))
+    return hashlib.sha256((template_fingerprint(tokenizer) + vocabulary).encode()).hexdigest()[:24]
+
+
+def _curate_into(ctx: StageContext, quality: _QualityJudge | None, tokenizer) -> dict:
     from sftjudge.curate.steps import load_rows
 
     config, run = ctx.config, ctx.run
-    base = resolve_model(config.sft.base_model, ctx.home)
-    tokenizer = AutoTokenizer.from_pretrained(base, trust_remote_code=config.sft.trust_remote_code)
     suite = None
     if config.data.contamination.regression_suite:
         suite = load_rows(config.data.contamination.regression_suite)[0].kept

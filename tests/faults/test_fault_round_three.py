@@ -297,3 +297,32 @@ def test_a_registry_rebuild_with_an_unreadable_run_keeps_the_others_and_every_ba
     assert (runs / "registry.sqlite.damaged").read_bytes() == b"garbage"
     assert (runs / "registry.sqlite.damaged-2").is_file()
     assert [r["run_id"] for r in Registry.in_runs_dir(runs).runs()] == ["a", "b"]
+
+
+@pytest.mark.model
+def test_the_curation_cache_misses_when_the_chat_template_is_edited_in_place(tiny_data, tiny_model_dir, tmp_path):
+    import shutil
+    from pathlib import Path
+
+    from transformers import AutoTokenizer
+
+    from sftjudge.curate.stage import curate_stage
+    from sftjudge.run.stage import start_run
+
+    from .faultkit import fault_config
+
+    home = tmp_path / "home"
+    student = home / "models" / tiny_model_dir.name
+    shutil.copytree(tiny_model_dir, student)
+
+    def curate() -> bool:
+        config = fault_config(tmp_path / "runs", tiny_data, "data.cache=true", f"home={home}")
+        run = start_run(config)
+        return curate_stage(run, config)["counts"]["cache_hit"]
+
+    assert (curate(), curate()) == (False, True)
+    tokenizer = AutoTokenizer.from_pretrained(student)
+    tokenizer.chat_template = tokenizer.chat_template.replace("<|im_start|>", "<|im_start|> ")
+    tokenizer.save_pretrained(student)  # same model name, another template: rows render (and fit) differently
+    assert curate() is False  # before: a hit, the rows curated under the old template
+    assert Path(student).is_dir() and curate() is True
