@@ -78,16 +78,23 @@ def source_sha256(path: str) -> str:
 
 def build_dataset(data: DataConfig, *, tokenizer=None, max_seq_len: int | None = None,
                   quality_scorer: QualityScorer | None = None,
-                  regression_rows: list[Example] | None = None) -> CurationResult:
+                  regression_rows: list[Example] | None = None, input_sha256: str | None = None) -> CurationResult:
     """Run the whole curation pipeline on `data.path` under the settings in `data`.
 
     `tokenizer` (the student's) enables the token-length filter; `quality_scorer` is required when
-    data.quality.enabled. Raises DataError for unusable input, too few rows, or contamination with action=fail.
+    data.quality.enabled; `input_sha256`: the input's hash as the caller took it (its cache key), else taken here.
+    Raises DataError for unusable input, an input that changed while it was read, too few rows, or contamination
+    with action=fail.
     """
     books = Books()
     started = time.time()
+    input_sha256 = input_sha256 or source_sha256(data.path)
     loaded, blank = load_rows(data.path, fmt=data.format, strict=data.strict, field_map=data.fields,
                               split=data.split)
+    if source_sha256(data.path) != input_sha256:
+        # The recorded hash must describe the rows the run trains on; a file written to meanwhile matches neither.
+        raise DataError(f"{data.path} changed while it was being read (its SHA-256 before and after differ): curate "
+                        f"again once nothing is writing to it", dropped=loaded.dropped)
     rows_in = len(loaded.kept) + len(loaded.dropped)
     if rows_in == 0:
         raise DataError(f"{data.path}: no usable rows: the file is empty or holds only blank lines")
@@ -118,7 +125,7 @@ def build_dataset(data: DataConfig, *, tokenizer=None, max_seq_len: int | None =
     if kept + len(books.dropped) != rows_in:
         raise AssertionError(f"curation lost rows: in={rows_in} kept={kept} dropped={len(books.dropped)}")
     report = {
-        "input": data.path, "input_sha256": source_sha256(data.path), "rows_in": rows_in, "rows_kept": kept,
+        "input": data.path, "input_sha256": input_sha256, "rows_in": rows_in, "rows_kept": kept,
         "rows_dropped": len(books.dropped), "blank_lines_skipped": blank, "steps": books.steps,
         "splits": splits.sizes(), "pii_counts": pii_counts, "contamination": contamination,
         "cluster_sizes": _cluster_size_histogram(clusters), "token_lengths": lengths,

@@ -32,15 +32,16 @@ def _curate(ctx: StageContext) -> None:
     run, data = ctx.run, ctx.config.data
     quality = _QualityJudge(ctx) if data.quality.enabled else None
     tokenizer = _student_tokenizer(ctx)
-    key = curation_cache_key(data, source_sha256(data.path), tokenizer_identity(tokenizer),
-                             ctx.config.sft.max_seq_len, quality.identity if quality else None)
+    input_sha256 = source_sha256(data.path)
+    key = curation_cache_key(data, input_sha256, tokenizer_identity(tokenizer), ctx.config.sft.max_seq_len,
+                             quality.identity if quality else None)
     cache_dir = ctx.home / "curation" / key
     hit = data.cache and (cache_dir / "report.json").is_file()
     if hit:
         shutil.copytree(cache_dir, run / files.DATA, dirs_exist_ok=True)
         report = json.loads((run / files.DATA_REPORT).read_text())
     else:
-        report = _curate_into(ctx, quality, tokenizer)
+        report = _curate_into(ctx, quality, tokenizer, input_sha256)
     report["cache"] = {"key": key, "hit": hit}
     report["warnings"] = sample_size_warnings(report["splits"]["test"], ctx.config.decide.min_paired_items)
     atomic_write_json(run / files.DATA_REPORT, report)
@@ -72,7 +73,7 @@ def tokenizer_identity(tokenizer) -> str:
     return hashlib.sha256((template_fingerprint(tokenizer) + vocabulary).encode()).hexdigest()[:24]
 
 
-def _curate_into(ctx: StageContext, quality: _QualityJudge | None, tokenizer) -> dict:
+def _curate_into(ctx: StageContext, quality: _QualityJudge | None, tokenizer, input_sha256: str) -> dict:
     from sftjudge.curate.steps import load_rows
 
     config, run = ctx.config, ctx.run
@@ -81,7 +82,8 @@ def _curate_into(ctx: StageContext, quality: _QualityJudge | None, tokenizer) ->
         suite = load_rows(config.data.contamination.regression_suite)[0].kept
     try:
         result = build_dataset(config.data, tokenizer=tokenizer, max_seq_len=config.sft.max_seq_len,
-                               quality_scorer=quality.score if quality else None, regression_rows=suite)
+                               quality_scorer=quality.score if quality else None, regression_rows=suite,
+                               input_sha256=input_sha256)
     except DataError as exc:  # the rows set aside so far are still quarantined, each with its reason
         write_jsonl(run / files.QUARANTINE, [d.to_json() for d in exc.dropped])
         raise

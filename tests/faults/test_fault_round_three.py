@@ -326,3 +326,24 @@ def test_the_curation_cache_misses_when_the_chat_template_is_edited_in_place(tin
     tokenizer.save_pretrained(student)  # same model name, another template: rows render (and fit) differently
     assert curate() is False  # before: a hit, the rows curated under the old template
     assert Path(student).is_dir() and curate() is True
+
+
+def test_an_input_file_written_to_during_curation_is_refused_not_misrecorded(tmp_path, monkeypatch):
+    from sftjudge.config import DataConfig
+    from sftjudge.curate import steps
+    from sftjudge.curate.pipeline import build_dataset
+    from sftjudge.errors import DataError
+
+    data = tmp_path / "rows.jsonl"
+    write_jsonl(data, [{"prompt": f"Question {i} about routers?", "completion": f"Answer {i}."} for i in range(12)])
+    real = steps.read_records
+
+    def appended_while_read(path, **kwargs):
+        yield from real(path, **kwargs)
+        with open(path, "a") as handle:  # another process appends a row after this one read the file
+            handle.write(json.dumps({"prompt": "Late row?", "completion": "Late."}) + "\n")
+
+    monkeypatch.setattr(steps, "read_records", appended_while_read)
+    # before: the hash was taken afterwards, of 13 rows, and recorded for the 12 the run trained on
+    with pytest.raises(DataError, match="changed while it was being read"):
+        build_dataset(DataConfig(path=str(data), cache=False))
