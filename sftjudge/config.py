@@ -83,6 +83,11 @@ class DataConfig(_Strict):
         description="Rename your columns to ours, e.g. {prompt: question, completion: answer}.",
     )
     strict: bool = Field(False, description="Fail the run on the first invalid row instead of quarantining it.")
+    special_tokens: Literal["strip_trailing", "drop", "keep"] = Field(
+        "strip_trailing", description="Rows holding one of the student's special tokens (which the chat template "
+                                      "would turn into control tokens): strip_trailing takes an end marker off the "
+                                      "end of an answer (`...<|endoftext|>`, as many exports end) and quarantines rows "
+                                      "with one anywhere else; drop quarantines them all; keep trains on them as is.")
     near_dedup: NearDedupConfig = Field(default_factory=NearDedupConfig, description="Near-duplicate removal.")
     length: LengthConfig = Field(default_factory=LengthConfig, description="Token-length filter.")
     pii: PIIConfig = Field(default_factory=PIIConfig, description="PII scrubbing.")

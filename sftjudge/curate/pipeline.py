@@ -27,6 +27,7 @@ from sftjudge.curate.steps import (
     drop_exact_duplicates,
     drop_special_tokens,
     load_rows,
+    strip_trailing_special_tokens,
 )
 
 # A quality scorer takes rows and returns one 1-10 score per row (the judge, in practice).
@@ -103,15 +104,14 @@ def build_dataset(data: DataConfig, *, tokenizer=None, max_seq_len: int | None =
     rows = _timed(books, "unique_ids", rows, drop_duplicate_ids)
     rows = _timed(books, "exact_dedup", rows, drop_exact_duplicates)
     rows, clusters = _near_dedup_step(books, rows, data)
-    if tokenizer is not None:
-        rows = _timed(books, "special_tokens", rows,
-                      lambda batch: drop_special_tokens(batch, list(tokenizer.all_special_tokens)))
+    if tokenizer is not None and data.special_tokens != "keep":
+        rows = _special_tokens_step(books, rows, data, list(tokenizer.all_special_tokens))
     rows, lengths = _length_step(books, rows, data, tokenizer, max_seq_len)
     rows = _quality_step(books, rows, data, quality_scorer)
     if len(rows) < 3:
-        raise DataError(f"{data.path}: only {len(rows)} usable rows after curation; need at least 3 to split "
-                        f"(see data/quarantine.jsonl for the {len(books.dropped)} dropped rows and why)",
-                        dropped=books.dropped)
+        raise DataError(f"{data.path}: only {len(rows)} usable rows after curation; need at least 3 to split"
+                        f"{_main_loss(books)} (see data/quarantine.jsonl for all {len(books.dropped)} dropped rows "
+                        f"and why)", dropped=books.dropped)
     if data.stratify_by and not any(data.stratify_by in r.meta for r in rows):
         seen = sorted({key for r in rows for key in r.meta})[:20]
         raise DataError(f"data.stratify_by={data.stratify_by!r} names no field of {data.path} (extra fields seen: "
@@ -137,6 +137,26 @@ def build_dataset(data: DataConfig, *, tokenizer=None, max_seq_len: int | None =
 def _timed(books: Books, name: str, rows: list[Example], step: Callable[[list[Example]], StepResult]):
     started = time.time()
     return books.add(name, len(rows), step(rows), started)
+
+
+def _special_tokens_step(books: Books, rows: list[Example], data: DataConfig, tokens: list[str]) -> list[Example]:
+    started = time.time()
+    stripped = 0
+    if data.special_tokens == "strip_trailing":
+        rows, stripped = strip_trailing_special_tokens(rows, tokens)
+    return books.add("special_tokens", len(rows), drop_special_tokens(rows, tokens), started,
+                     mode=data.special_tokens, trailing_stripped=stripped)
+
+
+def _main_loss(books: Books) -> str:
+    """'; most went at step X: N rows, "reason" (e.g. file:line: detail)' for the step that dropped the most."""
+    worst = max(books.steps, key=lambda s: s["dropped"], default=None)
+    if not worst or not worst["dropped"]:
+        return ""
+    reason = next(iter(worst["reasons"]))
+    example = next(d for d in books.dropped if d.step == worst["step"] and d.reason == reason)
+    return (f"; most went at step {worst['step']}: {worst['dropped']} rows, {reason!r} (e.g. {example.source}: "
+            f"{example.detail})")
 
 
 def _pii_step(books: Books, rows: list[Example], data: DataConfig) -> tuple[list[Example], dict[str, int]]:

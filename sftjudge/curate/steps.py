@@ -129,6 +129,38 @@ def drop_duplicate_ids(rows: list[Example]) -> StepResult:
     return result
 
 
+def strip_trailing_special_tokens(rows: list[Example], special_tokens: list[str]) -> tuple[list[Example], int]:
+    r"""The rows with special tokens taken off the end of each assistant turn (`answer<|endoftext|>`: how many
+    OpenAI- and T0-style exports end every completion), and how many rows were changed. Other turns are left as
+    they are: a marker there is not an export's habit, and the drop step quarantines it.
+
+    >>> from sftjudge.curate.rows import ChatMessage
+    >>> row = Example(id="a", messages=(ChatMessage(role="user", content="hi"),
+    ...                                 ChatMessage(role="assistant", content="ok <|endoftext|>\n")))
+    >>> rows, changed = strip_trailing_special_tokens([row], ["<|endoftext|>"])
+    >>> rows[0].completion, changed
+    ('ok', 1)
+    """
+    tokens = sorted({t for t in special_tokens if t and t.strip()}, key=len, reverse=True)
+    out, changed = [], 0
+    for row in rows:
+        messages = tuple(m.model_copy(update={"content": _without_trailing(m.content, tokens)})
+                         if m.role == "assistant" else m for m in row.messages)
+        if messages != row.messages:
+            changed += 1
+            row = row.model_copy(update={"messages": messages})
+        out.append(row)
+    return out, changed
+
+
+def _without_trailing(text: str, tokens: list[str]) -> str:
+    stripped = text.rstrip()
+    while any(stripped.endswith(t) for t in tokens):
+        token = next(t for t in tokens if stripped.endswith(t))
+        stripped = stripped[:-len(token)].rstrip()
+    return stripped if stripped != text.rstrip() else text
+
+
 def drop_special_tokens(rows: list[Example], special_tokens: list[str]) -> StepResult:
     """Drop rows whose text holds one of the student's special tokens (`<|im_end|>`, `<|endoftext|>`, ...).
 

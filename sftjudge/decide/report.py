@@ -81,6 +81,10 @@ def data_report_markdown(data: dict[str, Any]) -> str:
                [[s["step"], s["in"], s["kept"], s["dropped"], "; ".join(f"{k}: {v}" for k, v in s["reasons"].items())]
                 for s in data["steps"]]),
     ]
+    stripped = sum(s.get("trailing_stripped", 0) for s in data["steps"])
+    if stripped:
+        lines.append(f"Special tokens: an end marker (like `<|endoftext|>`) was taken off the end of an answer in "
+                     f"{stripped} rows (data.special_tokens: strip_trailing); rows holding one elsewhere were dropped.")
     if data.get("pii_counts"):
         lines.append("PII found: " + ", ".join(f"{k} {v}" for k, v in data["pii_counts"].items()))
     if data.get("cluster_sizes"):
