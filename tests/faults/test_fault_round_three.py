@@ -373,3 +373,17 @@ def test_completions_ending_in_an_end_of_text_marker_are_stripped_and_counted_no
     with pytest.raises(DataError, match=r"most went at step special_tokens: 21 rows, 'contains a special token' "
                                         r"\(e\.g\. .*export\.jsonl:1: '<\|endoftext\|>'"):
         build_dataset(DataConfig(path=str(data), cache=False, special_tokens="drop"), tokenizer=tok, max_seq_len=256)
+
+
+def test_a_whole_run_writes_its_weights_with_the_umask_permissions(base_run):
+    import os
+    import stat
+
+    from sftjudge.run.io import current_umask
+
+    weights = list(base_run.rglob("*.safetensors"))
+    assert weights  # the sft stage's epochs (written by the trainer, then published)
+    expected = 0o666 & ~current_umask()
+    assert {str(p.relative_to(base_run)): oct(stat.S_IMODE(p.stat().st_mode)) for p in weights
+            if stat.S_IMODE(p.stat().st_mode) != expected} == {}
+    assert os.access(weights[0], os.R_OK)

@@ -92,3 +92,23 @@ def test_a_failing_server_fails_the_stage_clearly_and_the_retry_judges_only_what
     assert "Score: " not in asked  # the pointwise scores came from the run's judgment cache
     assert asked.count("Accuracy: ") == items  # the rubric, which failed, was judged again
     assert len(read_jsonl(run_path / files.JUDGMENTS)) == items
+
+
+def test_a_server_that_echoes_the_key_in_an_error_puts_it_in_no_file(base_run, tmp_path, server, monkeypatch,
+                                                                       capsys):
+    from sftjudge import cli
+
+    script, url = server
+    monkeypatch.setenv("SFTJUDGE_JUDGE_API_KEY", KEY)
+    script.fail_with, script.echo_headers = [400], True  # the server's error repeats the Authorization header
+    runs = tmp_path / "runs"
+    run_path = clone_run(base_run, runs, "echo", reset=("judge", "decide"))
+    with pytest.raises(JudgeError, match="request headers"):
+        judge_stage(str(run_path), served_config(run_path, runs, url))
+    assert "request headers" in json.loads((run_path / files.MANIFEST).read_text())["stages"]["judge"]["error"]
+    cli.main(["show", "echo", "--runs-dir", str(runs)])
+    shown = capsys.readouterr()
+    for path in run_path.rglob("*"):
+        if path.is_file():
+            assert KEY not in path.read_text(encoding="utf-8", errors="replace"), path
+    assert KEY not in shown.out + shown.err
