@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import json
 
 from sftjudge.config_yaml import load_config
@@ -29,6 +30,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
     if args.gpu_gib is not None and args.cpu_gib is not None:
         raise SystemExit("sftjudge plan: give --gpu-gib or --cpu-gib, not both")
+    for flag, size in (("--gpu-gib", args.gpu_gib), ("--cpu-gib", args.cpu_gib)):
+        if size is not None and not (math.isfinite(size) and size > 0):
+            raise SystemExit(f"sftjudge plan: {flag} is the free memory in GiB, a positive number; got {size:g}")
     config = load_config(args.config, args.overrides)
     if args.gpu_gib is not None:
         target = Target.here(args.gpu_gib, cuda=True)

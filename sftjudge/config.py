@@ -325,7 +325,9 @@ class OrchestrationConfig(_Strict):
 class RunConfig(_Strict):
     """One fine-tune → generate → judge → decide cycle."""
 
-    name: str = Field("demo", description="Short label stored with the run (not required to be unique).")
+    name: str = Field("demo", pattern=r"^[^/\\]+$",
+                      description="Short label stored with the run (not required to be unique); no '/' or '\\' "
+                                  "(it names MLflow runs and registered models).")
     runs_dir: str = Field("runs", description="Where run directories and the run registry live.")
     home: str | None = Field(
         None, description="Model cache directory; default $SFTJUDGE_HOME or ~/.cache/sftjudge."

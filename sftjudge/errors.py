@@ -45,6 +45,10 @@ class TemplateError(UserError, RuntimeError):
     """The tokenizer has no chat template, or it differs from the one a checkpoint was trained with."""
 
 
+class RunFileError(UserError, ValueError):
+    """A run directory's own file (its manifest) that cannot be read; names the file and what to do."""
+
+
 class RegistryError(UserError, KeyError):
     """A registry refusal: an unknown run, nothing to roll back to. (A KeyError for callers that look runs up.)"""
 

@@ -18,6 +18,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from sftjudge.errors import RunFileError
 from sftjudge.run import files
 from sftjudge.run.io import atomic_write_json, atomic_write_text
 
@@ -75,7 +76,15 @@ class RunDir:
         return run
 
     def manifest(self) -> dict[str, Any]:
-        return json.loads(self.manifest_path.read_text(encoding="utf-8"))
+        """The manifest; RunFileError naming it when it is damaged (truncated by a full disk, edited by hand)."""
+        try:
+            manifest = json.loads(self.manifest_path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise RunFileError(f"{self.manifest_path} is damaged ({exc}); restore it from a backup, or move the run "
+                               f"directory {self.path} away") from None
+        if not isinstance(manifest, dict):
+            raise RunFileError(f"{self.manifest_path} holds no manifest (a JSON object); restore it from a backup")
+        return manifest
 
     def update_manifest(self, **fields: Any) -> None:
         manifest = self.manifest()

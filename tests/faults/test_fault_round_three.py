@@ -387,3 +387,35 @@ def test_a_whole_run_writes_its_weights_with_the_umask_permissions(base_run):
     assert {str(p.relative_to(base_run)): oct(stat.S_IMODE(p.stat().st_mode)) for p in weights
             if stat.S_IMODE(p.stat().st_mode) != expected} == {}
     assert os.access(weights[0], os.R_OK)
+
+
+def test_weak_spots_each_end_in_one_clear_line(base_run, tmp_path, capsys):
+    import os
+    import sys
+
+    from sftjudge import cli
+    from sftjudge.config_yaml import load_config
+    from sftjudge.errors import ConfigError
+
+    from .faultkit import REPO
+
+    for size in ("-5", "nan", "inf"):  # before: planned for -5 GiB, or an OverflowError
+        with pytest.raises(SystemExit, match="a positive number"):
+            cli.main(["plan", str(REPO / "configs/tiny.yaml"), "--gpu-gib", size])
+    with pytest.raises(ConfigError, match="name"):  # before: accepted, then MLflow refused the run's name
+        load_config(None, ["name=team/exp-1"])
+    runs = tmp_path / "runs"
+    run_path = clone_run(base_run, runs, "torn")
+    (run_path / files.MANIFEST).write_text('{"run_id": "torn", "stag')
+    assert cli.main(["show", "torn", "--runs-dir", str(runs)]) == 2  # before: a bare JSONDecodeError, no file named
+    assert f"{run_path / files.MANIFEST} is damaged" in capsys.readouterr().err
+    (run_path / files.MANIFEST).write_text(json.dumps({"run_id": "torn", "stages": {}}))
+    read, write = os.pipe()
+    os.close(read)  # `sftjudge runs | head -1`: the reader is gone before the table is written
+    saved = sys.stdout
+    sys.stdout = os.fdopen(write, "w", buffering=1)  # each line written at once, as to a terminal or a pipe's end
+    try:
+        code = cli.main(["runs", "--runs-dir", str(runs)])
+    finally:
+        sys.stdout = saved
+    assert code == 0  # before: "sftjudge: BrokenPipeError ... an unexpected error", exit 1
