@@ -34,5 +34,20 @@ def judged_run(runs: Path, run_id: str, scores: list[float], *, champion: Path |
     return run
 
 
+def isolated_runs(tmp_path: Path, monkeypatch) -> Path:
+    """A runs directory of the test's own, with a model cache and registry no other test sees."""
+    monkeypatch.delenv("SFTJUDGE_REGISTRY_URL", raising=False)
+    monkeypatch.setenv("SFTJUDGE_HOME", str(tmp_path / "home"))
+    return tmp_path / "runs"
+
+
+def review_of(run: RunDir):
+    """The review server's state for `run`, as `sftjudge review` builds it."""
+    from sftjudge.config_yaml import load_config
+    from sftjudge.review.server import Review
+
+    return Review(run, load_config(run / files.CONFIG))
+
+
 def make_champion(runs: Path, run: RunDir) -> None:
     Registry.in_runs_dir(runs).record({"run_id": run.run_id, "run_dir": str(run.path)}, promote=True)

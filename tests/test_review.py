@@ -7,7 +7,7 @@ import csv
 import json
 
 import pytest
-from review_kit import judged_run, make_champion
+from review_kit import isolated_runs, judged_run, make_champion, review_of
 
 from sftjudge.cli import main
 from sftjudge.config import ReviewConfig
@@ -16,7 +16,6 @@ from sftjudge.review.agreement import agreement
 from sftjudge.review.labels import LabelStore
 from sftjudge.review.release import release
 from sftjudge.review.sample import load_or_build, sample_hash
-from sftjudge.review.server import Review
 from sftjudge.run import files
 from sftjudge.run.io import read_jsonl, write_jsonl
 from sftjudge.run.registry import Registry
@@ -27,15 +26,7 @@ SCORES = [9.5, 9.0, 8.5, 8.0, 7.5, 7.0, 6.0, 5.0, 4.0, 3.0, 2.5, 2.0, 1.5, 9.2, 
 
 @pytest.fixture
 def runs(tmp_path, monkeypatch):
-    monkeypatch.delenv("SFTJUDGE_REGISTRY_URL", raising=False)
-    monkeypatch.setenv("SFTJUDGE_HOME", str(tmp_path / "home"))
-    return tmp_path / "runs"
-
-
-def review_of(run):
-    from sftjudge.config_yaml import load_config
-
-    return Review(run, load_config(run / files.CONFIG))
+    return isolated_runs(tmp_path, monkeypatch)
 
 
 def test_the_sample_spans_the_score_range_and_stays_frozen(runs):

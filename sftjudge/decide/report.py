@@ -313,9 +313,6 @@ def _safe_html(text: str) -> str:
 def write_html(run: RunDir) -> Path:
     """report.md as one self-contained HTML file (plots inlined), to attach or share."""
     import base64
-    import re
-
-    import markdown
 
     text = (run / files.REPORT).read_text(encoding="utf-8")
 

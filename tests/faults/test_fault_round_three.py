@@ -92,16 +92,15 @@ def test_a_non_finite_judgment_is_never_cached(tmp_path):
 
 @pytest.fixture
 def review_runs(tmp_path, monkeypatch):
-    monkeypatch.delenv("SFTJUDGE_REGISTRY_URL", raising=False)
-    monkeypatch.setenv("SFTJUDGE_HOME", str(tmp_path / "home"))
-    return tmp_path / "runs"
+    from review_kit import isolated_runs
+
+    return isolated_runs(tmp_path, monkeypatch)
 
 
 def _review(run):
-    from sftjudge.config_yaml import load_config
-    from sftjudge.review.server import Review
+    from review_kit import review_of
 
-    return Review(run, load_config(run / files.CONFIG))
+    return review_of(run)
 
 
 SCORES = [9.5, 8.5, 7.5, 6.0, 5.0, 4.0, 3.0, 2.0]
