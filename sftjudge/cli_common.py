@@ -8,6 +8,9 @@ from sftjudge.run import files
 
 
 def find_run(runs_dir: str, run_id: str) -> Path:
+    if not run_id or "/" in run_id or "\\" in run_id or run_id.startswith("."):
+        raise SystemExit(f"sftjudge: {run_id!r} is not a run id (a run directory's name in {runs_dir}/, or a unique "
+                         f"prefix of one)")
     matches = sorted(p for p in Path(runs_dir).glob(f"{run_id}*") if (p / files.MANIFEST).is_file())
     if len(matches) != 1:
         raise SystemExit(f"sftjudge: {len(matches)} runs in {runs_dir}/ match {run_id!r}"
@@ -18,8 +21,13 @@ def find_run(runs_dir: str, run_id: str) -> Path:
 def registry(runs_dir: str):
     """The registry every command uses: $SFTJUDGE_REGISTRY_URL when set, else `<runs_dir>/registry.sqlite` (the
     same resolution as the stages). A URL it cannot use ends the command with the reason, never the password."""
+    import os
+
     from sftjudge.run.registry import Registry
 
+    if not os.environ.get("SFTJUDGE_REGISTRY_URL") and not Path(runs_dir).is_dir():
+        # Opening the registry would create the folder and an empty registry: a typo would look like "no runs".
+        raise SystemExit(f"sftjudge: no runs directory {runs_dir}/ (run a cycle first, or pass --runs-dir)")
     try:
         return Registry.in_runs_dir(runs_dir)
     except (ValueError, ModuleNotFoundError) as exc:

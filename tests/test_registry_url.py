@@ -105,8 +105,13 @@ def test_the_cli_uses_the_same_registry_as_the_stages(tmp_path, monkeypatch, cap
     assert main(["champion", "--runs-dir", str(tmp_path / "elsewhere")]) == 0
     assert "champion: a" in capsys.readouterr().out
     monkeypatch.delenv(ENV_URL)
+    (tmp_path / "elsewhere").mkdir()
     assert main(["runs", "--runs-dir", str(tmp_path / "elsewhere")]) == 0
     assert f"no runs recorded in {tmp_path / 'elsewhere' / 'registry.sqlite'}" in capsys.readouterr().out
+    # a runs directory that is not there is a typo, not an empty registry (issue 26): nothing is created
+    with pytest.raises(SystemExit, match="no runs directory"):
+        main(["runs", "--runs-dir", str(tmp_path / "elswhere")])
+    assert not (tmp_path / "elswhere").exists()
 
 
 def test_the_cli_refuses_an_unusable_url_without_printing_its_password(tmp_path, monkeypatch):

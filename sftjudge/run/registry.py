@@ -9,6 +9,7 @@ between leaves the old champion intact and two runs finishing at once are serial
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -100,7 +101,14 @@ class Registry:
                 raise RegistryError(f"{self.path} is empty (0 bytes): the registry was truncated, not created. Restore "
                                     f"it from a backup, or rebuild it from the run directories: `sftjudge registry "
                                     f"rebuild --runs-dir {self.path.parent}`")
-        self._create_tables()
+        try:
+            self._create_tables()
+        except sqlite3.DatabaseError as exc:  # as `_named_errors` raises the driver's own class
+            if not self.path or isinstance(exc, sqlite3.OperationalError):  # locked, read-only: not damage
+                raise
+            raise RegistryError(f"{self.path} is not a registry database ({exc}): it was damaged or overwritten. "
+                                f"Restore it from a backup, or rebuild it from the run directories: `sftjudge registry "
+                                f"rebuild --runs-dir {self.path.parent}`") from None
 
     @classmethod
     def in_runs_dir(cls, runs_dir: str | Path) -> "Registry":

@@ -418,3 +418,18 @@ def test_weak_spots_each_end_in_one_clear_line(base_run, tmp_path, capsys):
     finally:
         sys.stdout = saved
     assert code == 0  # before: "sftjudge: BrokenPipeError ... an unexpected error", exit 1
+
+
+def test_registry_and_run_lookups_say_what_is_wrong(base_run, tmp_path, capsys):
+    from sftjudge import cli
+
+    runs = tmp_path / "runs"
+    clone_run(base_run, runs, "r1")
+    (runs / "registry.sqlite").write_bytes(b"this is not a database, just bytes" * 100)
+    assert cli.main(["runs", "--runs-dir", str(runs)]) == 2  # before: exit 1, "unexpected error", no hint
+    assert "is not a registry database" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="no runs directory"):  # before: created the folder and an empty registry
+        cli.main(["runs", "--runs-dir", str(tmp_path / "typo")])
+    assert not (tmp_path / "typo").exists()
+    with pytest.raises(SystemExit, match="is not a run id"):  # before: looked outside the runs directory
+        cli.main(["show", "../runs/r1", "--runs-dir", str(runs)])
