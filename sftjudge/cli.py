@@ -253,7 +253,10 @@ def cmd_models(args: argparse.Namespace) -> int:
 def cmd_promote(args: argparse.Namespace) -> int:
     run_id = _find_run(args.runs_dir, args.run_id).name
     previous = _registry(args.runs_dir).set_champion(run_id, "manual")
-    print(f"champion: {previous or '(none)'} -> {run_id} (manual)")
+    if previous == run_id:
+        print(f"champion: {run_id} is the champion already; nothing changed")
+    else:
+        print(f"champion: {previous or '(none)'} -> {run_id} (manual)")
     return 0
 
 

@@ -57,6 +57,8 @@ def apply_answer(run: RunDir, config: RunConfig, answer: Approval | None) -> dic
         action, why = "promote", f"approved by a person{note}"
     else:
         action, why = "hold", f"rejected by a person{note or ' (no note given)'}"
+    if action == "hold":  # the rules' reasons promised a promotion that did not happen: say so
+        reasons = [f"the rules alone would have promoted it: {r}" for r in reasons]
     decision |= {"action": action, "reasons": [why, *reasons]}
     row |= {"decision": action, "reasons": decision["reasons"]}
     try:

@@ -48,6 +48,9 @@ def test_reject_or_silence_holds(waiting, answer, reason):
     run, config, runs = waiting
     decision = apply_answer(run, config, answer)
     assert decision["action"] == "hold" and decision["reasons"][0] == reason
+    # under HOLD no reason may still read "becomes the champion" as if it had happened (issue 26)
+    assert all(r.startswith("the rules alone would have promoted it: ") for r in decision["reasons"][1:])
+    assert decision["reasons"][1:] and "becomes the champion" in " ".join(decision["reasons"][1:])
     assert Registry.in_runs_dir(runs).champion() is None
     assert json.loads((run.path / files.DECISION).read_text())["action"] == "hold"
     assert Registry.in_runs_dir(runs).get("waiting")["decision"] == "hold"

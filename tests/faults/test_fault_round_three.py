@@ -433,3 +433,18 @@ def test_registry_and_run_lookups_say_what_is_wrong(base_run, tmp_path, capsys):
     assert not (tmp_path / "typo").exists()
     with pytest.raises(SystemExit, match="is not a run id"):  # before: looked outside the runs directory
         cli.main(["show", "../runs/r1", "--runs-dir", str(runs)])
+
+
+def test_promoting_the_champion_again_says_nothing_changed(review_runs, capsys):
+    from review_kit import judged_run, make_champion
+
+    from sftjudge import cli
+    from sftjudge.run.registry import Registry
+
+    run = judged_run(review_runs, "r1", SCORES)
+    make_champion(review_runs, run)
+    history = len(Registry.in_runs_dir(review_runs).champion_history())
+    assert cli.main(["promote", "r1", "--runs-dir", str(review_runs)]) == 0
+    out = capsys.readouterr().out
+    assert "r1 is the champion already; nothing changed" in out and "r1 -> r1" not in out  # before: "r1 -> r1"
+    assert len(Registry.in_runs_dir(review_runs).champion_history()) == history
