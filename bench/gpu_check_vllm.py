@@ -37,7 +37,8 @@ def save_model(shape_config: dict, tokenizer, folder: Path) -> Path:
 def vllm_section(shape_config: dict, tokenizer, prompts: int, new_tokens: int, cuda: bool) -> dict:
     from sftjudge.errors import ConfigError
     from sftjudge.generate.backends import GenerationParams
-    from sftjudge.generate.served import ServedGenerator, max_lora_rank
+    from sftjudge.generate.loading import max_lora_rank
+    from sftjudge.generate.served import ServedGenerator
     from sftjudge.runtime.served_client import ServedClient
     from sftjudge.runtime.vllm_server import ServeSettings, start_server, vllm_python
 

@@ -24,8 +24,9 @@ def registry(runs_dir: str):
     import os
 
     from sftjudge.run.registry import Registry
+    from sftjudge.run.registry_db import ENV_URL
 
-    if not os.environ.get("SFTJUDGE_REGISTRY_URL") and not Path(runs_dir).is_dir():
+    if not os.environ.get(ENV_URL) and not Path(runs_dir).is_dir():
         # Opening the registry would create the folder and an empty registry: a typo would look like "no runs".
         raise SystemExit(f"sftjudge: no runs directory {runs_dir}/ (run a cycle first, or pass --runs-dir)")
     try:

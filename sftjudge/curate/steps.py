@@ -154,9 +154,9 @@ def strip_trailing_special_tokens(rows: list[Example], special_tokens: list[str]
 
 
 def _without_trailing(text: str, tokens: list[str]) -> str:
+    """`text` without the special tokens (and whitespace) at its end; unchanged, whitespace included, without any."""
     stripped = text.rstrip()
-    while any(stripped.endswith(t) for t in tokens):
-        token = next(t for t in tokens if stripped.endswith(t))
+    while token := next((t for t in tokens if stripped.endswith(t)), None):
         stripped = stripped[:-len(token)].rstrip()
     return stripped if stripped != text.rstrip() else text
 

@@ -7,8 +7,7 @@ with the LoRA checkpoint as an adapter answers for both, so it stays up until th
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from sftjudge.config import RunConfig
@@ -22,8 +21,7 @@ from sftjudge.run.directory import RunDir
 class StageEngines:
     student: Generator
     base: Generator
-    shared: bool = False  # one engine answers for both
-    closers: list[Callable[[], None]] = field(default_factory=list)  # servers to stop at the end
+    shared: bool = False  # one engine answers for both (the base model's generator closes it)
 
     def student_done(self) -> None:
         """The student has answered everything: free its engine for the base model unless they share it."""
@@ -34,8 +32,6 @@ class StageEngines:
         """Close every engine and stop every server; also called when the stage fails."""
         self.student.close()
         self.base.close()
-        for close in self.closers:
-            close()
 
 
 def stage_engines(run: RunDir, config: RunConfig, base: str, checkpoint: Path, tokenizers: tuple) -> StageEngines:
@@ -54,8 +50,8 @@ def stage_engines(run: RunDir, config: RunConfig, base: str, checkpoint: Path, t
     if checkpoint_meta(checkpoint)["method"] == "lora":
         server = StudentServer(config, engine, base, checkpoint, log)
         return StageEngines(student=ServedGenerator(server.connect, server.name(STUDENT), student_tokenizer),
-                            base=ServedGenerator(server.connect, server.name(BASE), base_tokenizer),
-                            shared=True, closers=[server.close])
+                            base=ServedGenerator(server.connect, server.name(BASE), base_tokenizer, server.close),
+                            shared=True)
     # A full checkpoint is other weights: the base model needs a server of its own, started only if needed.
     tuned = StudentServer(config, engine, str(checkpoint), None, log)
     untuned = StudentServer(config, engine, base, None, log)

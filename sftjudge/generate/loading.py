@@ -22,6 +22,12 @@ from sftjudge.runtime.device import compute_dtype, device
 _VLLM_LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)
 
 
+def max_lora_rank(adapter: Path) -> int:
+    """The adapter's rank rounded up to one vLLM accepts (in process or served)."""
+    rank = json.loads((Path(adapter) / "adapter_config.json").read_text()).get("r", 64)
+    return next((r for r in _VLLM_LORA_RANKS if r >= rank), rank)
+
+
 def load_finetuned(base_path: str, checkpoint: Path, *, precision: str = "auto", trust_remote_code: bool = False):
     """Base model + checkpoint (LoRA adapter merged in, or full weights), in bf16 when fast here.
 
@@ -94,10 +100,8 @@ def _make_vllm(base_path: str, checkpoint: Path | None, engine: dict[str, Any]) 
     tokenizer = checkpoint_tokenizer(checkpoint)
     if checkpoint_meta(checkpoint)["method"] == "full":
         return VLLMGenerator(str(checkpoint), tokenizer=tokenizer, engine_kwargs=engine), tokenizer
-    rank = json.loads((Path(checkpoint) / "adapter_config.json").read_text()).get("r", 64)
-    max_rank = next((r for r in _VLLM_LORA_RANKS if r >= rank), rank)
     return VLLMGenerator(base_path, adapter=str(checkpoint), tokenizer=tokenizer,
-                         engine_kwargs=engine | {"max_lora_rank": max_rank}), tokenizer
+                         engine_kwargs=engine | {"max_lora_rank": max_lora_rank(checkpoint)}), tokenizer
 
 
 def check_template(tokenizer, expected: str, checkpoint: Path) -> None:

@@ -12,7 +12,6 @@ the template has them), one request per prompt; vLLM batches the requests in fli
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -21,18 +20,11 @@ from typing import Any
 from sftjudge.config import RunConfig
 from sftjudge.errors import ModelError
 from sftjudge.generate.backends import Engine, Generation, GenerationParams
+from sftjudge.generate.loading import max_lora_rank
 from sftjudge.models.fingerprint import VLLM_DTYPE
 from sftjudge.runtime.served_client import ServedClient
 
 STUDENT, BASE = "student", "base"  # model names on a server the stage started
-# vLLM accepts only these LoRA ranks for `max_lora_rank`; an adapter's rank is rounded up to one of them.
-VLLM_LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)
-
-
-def max_lora_rank(adapter: Path) -> int:
-    """The adapter's rank rounded up to one vLLM accepts."""
-    rank = json.loads((Path(adapter) / "adapter_config.json").read_text()).get("r", 64)
-    return next((r for r in VLLM_LORA_RANKS if r >= rank), rank)
 
 
 class ServedGenerator:
@@ -92,8 +84,8 @@ class StudentServer:
         if self.client is None:
             vllm = self.config.vllm
             url = vllm.base_url or self._start()
-            self.client = ServedClient(base_url=url, model=BASE, concurrency=vllm.concurrency, max_retries=4,
-                                       timeout_s=600, service="vLLM server", setting="vllm.base_url")
+            self.client = ServedClient(base_url=url, model=BASE, concurrency=vllm.concurrency, timeout_s=600,
+                                       service="vLLM server", setting="vllm.base_url")
             if vllm.base_url:
                 self._use_sidecar()
         return self.client

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sftjudge.errors import JudgeError
-from sftjudge.judge.spec import JudgeSpec
+from sftjudge.judge.spec import MASS_SLACK, JudgeSpec
 from sftjudge.run.jsonl_cache import KeyedJsonl
 
 
@@ -40,8 +40,8 @@ def check_finite(judgment) -> None:
     mass above 1 - before it is cached (the anchors cache is shared across runs) or scored; raises JudgeError."""
     numbers = {"score": judgment.score, "label_mass": judgment.label_mass} | {
         f"dimension {name}": value for name, value in judgment.dimensions.items()}
-    bad = {name: value for name, value in numbers.items()
-           if value is not None and not (math.isfinite(value) and (name != "label_mass" or value <= 1 + 1e-3))}
+    bad = {name: value for name, value in numbers.items() if value is not None
+           and not (math.isfinite(value) and (name != "label_mass" or value <= 1 + MASS_SLACK))}
     if bad:
         raise JudgeError(f"the judge gave item {judgment.id} {', '.join(f'{k} {v!r}' for k, v in bad.items())}: not "
                          f"a usable judgment (the model or server is broken); nothing of it was kept")

@@ -20,14 +20,14 @@ from sftjudge.errors import JudgeError
 from sftjudge.judge.fit import fit_item
 from sftjudge.judge.logprob import judgment_from_distribution, unread_when_no_label
 from sftjudge.judge.rubric import combine_dimensions
-from sftjudge.judge.spec import JudgeSpec, Judgment
+from sftjudge.judge.spec import MASS_SLACK, JudgeSpec, Judgment
 from sftjudge.runtime.served_client import ServedClient
 
 # Below this probability of the first character of "10", the second request is not worth its round trip: it could
 # move the expected score by at most 10 x this.
 MIN_HEAD_PROBABILITY = 1e-3
-# A server's float rounding: log-probabilities a hair above 0 and top tokens summing a hair above 1 are still sane.
-LOGPROB_SLACK, MASS_SLACK = 1e-4, 1e-3
+# A server's float rounding: log-probabilities a hair above 0 are still sane (and a mass a hair above 1: spec).
+LOGPROB_SLACK = 1e-4
 
 
 def _merged(top: list[dict[str, Any]], strip: bool) -> dict[str, float]:

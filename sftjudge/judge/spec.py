@@ -115,6 +115,10 @@ def _check_placeholders(path: Path, prompt: str, inputs: list[str]) -> None:
             raise JudgeError(f"{path}: prompt must contain {{{name}}}")
 
 
+# Probabilities summed in float by a server or a model may reach a hair above 1; more than this means broken numbers.
+MASS_SLACK = 1e-3
+
+
 @dataclass
 class Judgment:
     """One judged item. Score judges set `score`, choice judges set `choice`; `unparseable` (text mode only)

@@ -209,8 +209,7 @@ class Planner:
             return None  # vLLM's CPU backend sizes its cache by VLLM_CPU_KVCACHE_SPACE, not by this plan
         g = self.config.generate
         reserved, needs = vllm_estimate(shape, device_total=self.target.total, utilization=g.gpu_memory_utilization,
-                                        bf16=_half(precision, self.target), max_model_len=max_model_len)
-        reserved = Estimate(stage=stage, parts=reserved.parts)
+                                        bf16=_half(precision, self.target), max_model_len=max_model_len, stage=stage)
         reservation = reserved.parts["vllm reservation"]
         fits = needs <= reservation and reservation <= self.target.free
         suggestions = []

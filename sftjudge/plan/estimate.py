@@ -150,12 +150,12 @@ def host_estimate(shape: ModelShape) -> Estimate:
 
 
 def vllm_estimate(shape: ModelShape, *, device_total: int, utilization: float, bf16: bool,
-                  max_model_len: int) -> tuple[Estimate, int]:
+                  max_model_len: int, stage: str = "generate") -> tuple[Estimate, int]:
     """vLLM takes `utilization` of the card up front; it must hold the weights and at least one full sequence's
-    key/value cache. Returns (what vLLM takes, the least it needs inside that)."""
+    key/value cache. Returns (what vLLM takes, the least it needs inside that) for `stage` (generate or judge)."""
     dtype = 2 if bf16 else 4
     needs = int(shape.params * dtype * 1.05) + max_model_len * shape.kv_bytes_per_token(dtype)
-    return Estimate(stage="generate", parts={"vllm reservation": int(device_total * utilization),
+    return Estimate(stage=stage, parts={"vllm reservation": int(device_total * utilization),
                                              "runtime": CUDA_CONTEXT}), needs
 
 

@@ -70,11 +70,10 @@ def follow_umask(folder: Path) -> None:
     safetensors' `save_file` creates its files 0600 whatever the umask, so adapters, exports and prepared models
     on storage shared between workers (or a teammate) could not be read by anyone else.
     """
-    allowed = 0o666 & ~current_umask()
+    umask = current_umask()
     for path in Path(folder).rglob("*"):
         if path.is_file() and not path.is_symlink():
-            mode = path.stat().st_mode & 0o777
-            os.chmod(path, allowed | (mode & 0o111 & ~current_umask()))
+            os.chmod(path, (0o666 | (path.stat().st_mode & 0o111)) & ~umask)
 
 
 def _replace_directory(tmp: Path, final: Path) -> None:

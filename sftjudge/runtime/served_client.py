@@ -1,8 +1,8 @@
 """A small client for an OpenAI-compatible server (vLLM's `vllm serve`, SGLang, TGI, Ollama, a hosted model).
 
-Chat completions only, with bounded concurrency and retries: connection errors, timeouts, 408, 409, 425, 429 and
-5xx are retried with exponential backoff (honouring Retry-After); any other 4xx is the request's fault and fails at
-once with the server's message. The API key is read from an environment variable at request time and never
+Chat and text completions (`chat`, `request`), with bounded concurrency and retries: connection errors, timeouts,
+408, 409, 425, 429 and 5xx are retried with exponential backoff (honouring Retry-After); any other 4xx is the
+request's fault and fails at once with the server's message. The API key is read from an environment variable at request time and never
 written anywhere: not in a run directory, a log line or an error message.
 """
 
