@@ -123,8 +123,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     from sftjudge.flows.cycle import (
         fine_tune_then_judge,  # Prefect is imported only when a cycle actually runs
     )
+    from sftjudge.runtime.prefect_server import prefect_api
 
-    summary = fine_tune_then_judge(config)
+    with prefect_api():  # a temporary server when none is set, stopped with this command even by kill -9
+        summary = fine_tune_then_judge(config)
     print(dumps(summary) if args.json else format_summary(summary))
     return 0 if summary["status"] == "completed" else 1
 
@@ -132,9 +134,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_resume(args: argparse.Namespace) -> int:
     from sftjudge.flows.cycle import fine_tune_then_judge
     from sftjudge.run import files
+    from sftjudge.runtime.prefect_server import prefect_api
 
     run = _find_run(args.runs_dir, args.run_id)
-    summary = fine_tune_then_judge(load_config(run / files.CONFIG), resume=str(run))
+    with prefect_api():
+        summary = fine_tune_then_judge(load_config(run / files.CONFIG), resume=str(run))
     print(dumps(summary) if args.json else format_summary(summary))
     return 0 if summary["status"] == "completed" else 1
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sftjudge.errors import ConfigError
+from sftjudge.runtime.children import die_with_parent
 
 PYTHON_ENV = "SFTJUDGE_VLLM_PYTHON"  # the GPU image points it at its vLLM environment
 
@@ -135,7 +136,8 @@ def start_server(python: str | Path, model_dir: str | Path, settings: ServeSetti
     sink = open(log, "a") if log else subprocess.DEVNULL
     try:
         process = subprocess.Popen(serve_command(python, model_dir, settings, port), stdout=sink,
-                                   stderr=subprocess.STDOUT, env=env, start_new_session=True)
+                                   stderr=subprocess.STDOUT, env=env, start_new_session=True,
+                                   preexec_fn=die_with_parent())
     finally:
         if log:
             sink.close()  # the child has its own descriptor
