@@ -19,7 +19,7 @@ def add_parsers(sub) -> None:
     review.add_argument("run_id", help="run id (a unique prefix is enough)")
     review.add_argument("overrides", nargs="*", help="settings such as review.sample_size=30 (first review only)")
     review.add_argument("--runs-dir", default="runs")
-    review.add_argument("--port", type=int, default=8765, help="port on 127.0.0.1 (default 8765)")
+    review.add_argument("--port", type=int, default=8765, help="port on 127.0.0.1 (default 8765; 0: any free port)")
     review.add_argument("--export", type=Path, metavar="FILE", help="write the sample (.jsonl or .csv) and exit")
     review.add_argument("--import", dest="import_file", type=Path, metavar="FILE",
                         help="read labels from an exported file, print the agreement and exit")

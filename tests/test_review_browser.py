@@ -21,7 +21,6 @@ from review_kit import judged_run
 
 from sftjudge.run import files
 from sftjudge.run.io import read_jsonl
-from sftjudge.runtime.vllm_server import free_port
 
 SCORES = [9.5, 8.0, 6.5, 4.0, 2.5, 1.5]
 
@@ -48,15 +47,18 @@ def served_review(tmp_path):
     champion = judged_run(runs, "champ", SCORES)
     run = judged_run(runs, "r2", SCORES, champion=champion.path, outcomes=["win", "win", "tie", "loss", "win", "loss"],
                      sample_size=6, min_items=6)
-    port = free_port()
     env = {**os.environ, "SFTJUDGE_HOME": str(tmp_path / "home")}
     server = subprocess.Popen([sys.executable, "-m", "sftjudge.cli", "review", "r2", "--runs-dir", str(runs),
-                               "--port", str(port)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               "--port", "0"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                               start_new_session=True)
-    url = f"http://127.0.0.1:{port}/"
+    first = server.stdout.readline().decode()  # "review r2: http://127.0.0.1:PORT/#token=KEY  (...)"
+    assert "#token=" in first, first + server.stdout.read().decode()
+    url = first.split()[2]
+    base, token = url.split("#token=")
     for _ in range(100):
         try:
-            urllib.request.urlopen(url + "api/sample", timeout=2)
+            urllib.request.urlopen(urllib.request.Request(base + "api/sample", headers={"X-Review-Token": token}),
+                                   timeout=2)
             break
         except OSError:
             assert server.poll() is None, server.stdout.read().decode()

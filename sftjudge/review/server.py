@@ -3,26 +3,37 @@
 A plain static page (review/page.html) and three JSON routes on FastAPI/uvicorn (both come with Prefect): the
 sample as shown (the champion's and this run's answers as "first" and "second", never named), a label, and the
 agreement so far. Every label is saved atomically the moment it is given (labels.py).
+
+Only this machine's browser gets in: the server listens on 127.0.0.1, answers only requests addressed to
+127.0.0.1 or localhost (a page elsewhere cannot reach it by re-pointing its own name at 127.0.0.1), and its API
+wants the key of this server start, which rides in the printed address's fragment (never sent in a request line,
+so never in a log). A request body is at most MAX_BODY bytes: a label is a few fields and a note.
 """
 
 from __future__ import annotations
 
+import errno
+import secrets
+import socket
 import threading
 from pathlib import Path
 from typing import Any
 
 from sftjudge.config import RunConfig
-from sftjudge.errors import DataError
+from sftjudge.errors import DataError, UserError
 from sftjudge.judge.calibrate import save_calibration
 from sftjudge.models.embedded import sftjudge_home
 from sftjudge.review.agreement import agreement, agreement_lines
-from sftjudge.review.labels import LabelStore, shown_pair, side_to_choice
+from sftjudge.review.labels import MAX_NOTE, LabelStore, shown_pair, side_to_choice
 from sftjudge.review.sample import load_or_build, sample_hash
 from sftjudge.run import files
 from sftjudge.run.directory import RunDir
 from sftjudge.run.io import atomic_write_json, read_json_if_present, read_jsonl
 
 PAGE = Path(__file__).resolve().parent / "page.html"
+HOSTS = ("127.0.0.1", "localhost")
+TOKEN_HEADER = "X-Review-Token"
+MAX_BODY = 4 * MAX_NOTE + 4096  # bytes: the longest note in UTF-8, and the other fields
 
 
 class Review:
@@ -77,11 +88,30 @@ class Review:
         return result
 
 
-def app(review: Review):
-    from fastapi import FastAPI, HTTPException
-    from fastapi.responses import HTMLResponse
+def app(review: Review, token: str | None = None):
+    """The page and its API; with `token`, the API answers only requests carrying it (`serve` always sets one)."""
+    from fastapi import FastAPI, HTTPException, Request
+    from fastapi.responses import HTMLResponse, JSONResponse
+    from starlette.middleware.trustedhost import TrustedHostMiddleware
 
-    api = FastAPI(title=f"sftjudge review {review.run.run_id}", docs_url=None, redoc_url=None)
+    api = FastAPI(title=f"sftjudge review {review.run.run_id}", docs_url=None, redoc_url=None, openapi_url=None)
+
+    @api.middleware("http")
+    async def guard(request: Request, call_next):
+        if request.url.path.startswith("/api/"):
+            given = request.headers.get(TOKEN_HEADER, "")
+            if token is not None and not secrets.compare_digest(given.encode(), token.encode()):
+                return JSONResponse({"detail": "this review server wants its key: open the address "
+                                               "`sftjudge review` printed (it ends in #token=...)"}, status_code=403)
+            if request.method == "POST":
+                size = request.headers.get("content-length")
+                if size is None or not size.isdigit():
+                    return JSONResponse({"detail": "a label needs a Content-Length"}, status_code=411)
+                if int(size) > MAX_BODY:
+                    return JSONResponse({"detail": f"a label is at most {MAX_BODY:,} bytes"}, status_code=413)
+        return await call_next(request)
+
+    api.add_middleware(TrustedHostMiddleware, allowed_hosts=list(HOSTS))  # outermost: checked first
 
     @api.get("/", response_class=HTMLResponse)
     def page() -> str:
@@ -106,10 +136,33 @@ def app(review: Review):
     return api
 
 
+def listen(port: int) -> socket.socket:
+    """A socket on 127.0.0.1:`port` (0: any free port), or a UserError that says what to do."""
+    if not 0 <= port <= 65535:
+        raise UserError(f"--port {port}: a port is 1-65535 (or 0 for any free one)")
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(("127.0.0.1", port))
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise UserError(f"port {port} on 127.0.0.1 is in use (another `sftjudge review`?); pass --port N, or "
+                            f"--port 0 for any free one") from None
+        raise UserError(f"cannot listen on 127.0.0.1:{port}: {exc.strerror}; pass another --port") from None
+    sock.listen(64)
+    return sock
+
+
 def serve(review: Review, port: int) -> None:
     """Serve the review page on 127.0.0.1 until interrupted."""
     import uvicorn
 
-    print(f"review {review.run.run_id}: http://127.0.0.1:{port}/  ({review.store.progress()['labelled']} of "
-          f"{len(review.sample)} items labelled; Ctrl-C to stop - every label is already saved)", flush=True)
-    uvicorn.run(app(review), host="127.0.0.1", port=port, log_level="warning")
+    sock = listen(port)
+    token = secrets.token_urlsafe(16)
+    port = sock.getsockname()[1]
+    print(f"review {review.run.run_id}: http://127.0.0.1:{port}/#token={token}  ({review.store.progress()['labelled']} "
+          f"of {len(review.sample)} items labelled; Ctrl-C to stop - every label is already saved)", flush=True)
+    server = uvicorn.Server(uvicorn.Config(app(review, token), log_level="warning"))
+    with sock:
+        server.run(sockets=[sock])

@@ -58,7 +58,7 @@ def test_an_item_id_with_a_slash_is_labelled_in_the_browser(review_runs):
     review = _review(run)
     item = review.sample[0]["id"]
     assert "/" in item
-    client = TestClient(app(review))
+    client = TestClient(app(review), base_url="http://127.0.0.1")
     from urllib.parse import quote
 
     answer = client.post(f"/api/label/{quote(item, safe='')}", json={"passed": True, "grade": 3})
@@ -144,3 +144,45 @@ def test_promoting_the_champion_again_says_nothing_changed(review_runs, capsys):
     out = capsys.readouterr().out
     assert "r1 is the champion already; nothing changed" in out and "r1 -> r1" not in out  # before: "r1 -> r1"
     assert len(Registry.in_runs_dir(review_runs).champion_history()) == history
+
+
+def test_the_review_server_answers_only_this_machine_with_its_key(review_runs):
+    from fastapi.testclient import TestClient
+    from review_kit import judged_run
+
+    from sftjudge.review.server import app
+
+    run = judged_run(review_runs, "r1", SCORES, sample_size=4)
+    review = _review(run)
+    item = review.sample[0]["id"]
+    key = {"X-Review-Token": "k3y"}
+    local = TestClient(app(review, token="k3y"), base_url="http://127.0.0.1:8765")
+    assert local.get("/api/sample", headers=key).status_code == 200
+    assert local.get("/api/sample").status_code == 403  # before: any page could read the sample
+    assert local.get("/api/sample", headers={"X-Review-Token": "k3x"}).status_code == 403
+    assert local.post(f"/api/label/{item}", json={"passed": True}).status_code == 403
+    rebound = TestClient(app(review, token="k3y"), base_url="http://evil.example:8765")  # DNS rebinding
+    assert rebound.get("/api/sample", headers=key).status_code == 400
+    huge = local.post(f"/api/label/{item}", content=b'{"note": "' + b"x" * 50_000_000 + b'"}', headers=key)
+    assert huge.status_code == 413 and "at most" in huge.json()["detail"]
+    assert local.post(f"/api/label/{item}", json={"passed": True}, headers=key).status_code == 200
+
+
+@pytest.mark.parametrize("port, message", [(99999, "a port is 1-65535"), (-1, "a port is 1-65535"),
+                                           ("in use", "is in use")])
+def test_a_review_port_that_cannot_be_used_is_refused_in_one_line(review_runs, capsys, port, message):
+    import socket
+
+    from review_kit import judged_run
+
+    from sftjudge import cli
+
+    judged_run(review_runs, "r1", SCORES, sample_size=4)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        if port == "in use":
+            port = taken.getsockname()[1]
+        code = cli.main(["review", "r1", "--runs-dir", str(review_runs), "--port", str(port)])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err  # before: exit 3 / traceback
