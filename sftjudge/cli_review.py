@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from sftjudge.config_yaml import load_config
@@ -76,7 +77,12 @@ def cmd_release(args: argparse.Namespace) -> int:
     from sftjudge.review.release import release
 
     review = _review(args)
-    record = release(review.run, review.config)
+    usual = load_config(review.run / files.CONFIG, [f"runs_dir={args.runs_dir}"]).review
+    record = release(review.run, review.config, usual)
+    for name, change in record["bar"].get("lowered", {}).items():
+        print(f"WARNING: the release bar was lowered on the command line: review.{name} {change['from']} -> "
+              f"{change['to']} (the run's config says {change['from']}); recorded with the release",
+              file=sys.stderr)
     _refresh_report(review)
     evidence = record["evidence"]
     print(f"released {review.run.run_id} at {record['released_at']}: the reviewer passed {evidence['passed']} of "

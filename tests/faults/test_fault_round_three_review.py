@@ -186,3 +186,56 @@ def test_a_review_port_that_cannot_be_used_is_refused_in_one_line(review_runs, c
         code = cli.main(["review", "r1", "--runs-dir", str(review_runs), "--port", str(port)])
     err = capsys.readouterr().err
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err  # before: exit 3 / traceback
+
+
+def _passed_champion(review_runs, n=8):
+    from review_kit import judged_run, make_champion
+
+    run = judged_run(review_runs, "r1", SCORES[:n], sample_size=n, min_items=n, release_pass_rate=0.9)
+    make_champion(review_runs, run)
+    review = _review(run)
+    for item in review.sample:
+        review.label(item["id"], {"passed": True, "grade": 4})
+    return run, review
+
+
+def test_release_refuses_a_sample_whose_answers_were_swapped_and_rehashed(review_runs):
+    from sftjudge.errors import DataError
+    from sftjudge.review.release import release
+    from sftjudge.review.sample import item_hash, sample_hash
+
+    run, review = _passed_champion(review_runs)
+    sample = read_jsonl(run / files.REVIEW_SAMPLE)
+    sample[2]["answer"] = "a far better answer than the run gave"  # what the person passed is not the run's
+    sample[2]["content_sha256"] = item_hash(sample[2])
+    write_jsonl(run / files.REVIEW_SAMPLE, sample)
+    labels = [label | {"sample_sha256": sample_hash(sample)} for label in read_jsonl(run / files.REVIEW_LABELS)]
+    write_jsonl(run / files.REVIEW_LABELS, labels)
+    with pytest.raises(DataError, match=rf"sample.jsonl:3: item {sample[2]['id']!r}: field 'answer' differs"):
+        release(run, review.config)  # before: released
+    assert not (run / files.REVIEW_RELEASE).exists()
+
+    run, review = _passed_champion(review_runs / "again")
+    rows = read_jsonl(run / files.REVIEW_LABELS)
+    rows[1]["grade"] = 99
+    write_jsonl(run / files.REVIEW_LABELS, rows)
+    with pytest.raises(DataError, match=r"1 label\(s\) in .*labels.jsonl would be refused.*:2: field 'grade'"):
+        release(run, review.config)  # before: released on a label the page could never have given
+
+
+def test_a_release_bar_lowered_on_the_command_line_is_said_loudly_and_recorded(review_runs, capsys):
+    from review_kit import judged_run, make_champion
+
+    from sftjudge import cli
+    from sftjudge.run.registry import Registry
+
+    run = judged_run(review_runs, "r1", SCORES, sample_size=8, min_items=8, release_pass_rate=0.9)
+    make_champion(review_runs, run)
+    review = _review(run)
+    for n, item in enumerate(review.sample):
+        review.label(item["id"], {"passed": n >= 4})  # 50%
+    assert cli.main(["release", "r1", "review.release_pass_rate=0.5", "--runs-dir", str(review_runs)]) == 0
+    err = capsys.readouterr().err
+    assert "WARNING: the release bar was lowered on the command line: review.release_pass_rate 0.9 -> 0.5" in err
+    [stored] = Registry.in_runs_dir(review_runs).releases()
+    assert stored["bar"]["lowered"] == {"release_pass_rate": {"from": 0.9, "to": 0.5}}
