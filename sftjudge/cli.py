@@ -118,6 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_run(args: argparse.Namespace) -> int:
     from sftjudge.config_checks import check_references
 
+    if args.config and "=" in args.config and not Path(args.config).exists():  # `sftjudge run sft.epochs=3`
+        args.overrides, args.config = [args.config, *args.overrides], None
     config = load_config(args.config, args.overrides)
     check_references(config)  # here too: a typo is reported before a Prefect server is started for nothing
     from sftjudge.flows.cycle import (

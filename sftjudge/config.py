@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from sftjudge.config_base import _Strict
+from sftjudge.config_base import _Strict, refuse_password
 # The judge's sections live in config_judge.py; they are imported from here like every other section.
 from sftjudge.config_judge import JudgeConfig, JudgeHealthConfig, ServedJudgeConfig  # noqa: F401
 
@@ -214,6 +214,11 @@ class VLLMConfig(_Strict):
         None, description="A running vLLM server (sidecar, URL ending in /v1) that answers for the student instead "
                           "of one started per stage: it must serve sft.base_model, see the runs directory at the "
                           "same path and allow runtime LoRA loading (VLLM_ALLOW_RUNTIME_LORA_UPDATING=True).")
+    @field_validator("base_url")
+    @classmethod
+    def _no_password(cls, url: str | None) -> str | None:
+        return refuse_password(url, "reach the sidecar on the worker's own network, where it needs none")
+
     startup_s: float = Field(900, gt=0, description="Seconds a started server may take to answer (it loads and "
                                                      "compiles the model).")
     concurrency: int = Field(64, ge=1, description="Requests in flight to a vLLM server (it batches them).")
@@ -308,6 +313,16 @@ class TrackingConfig(_Strict):
     retries: int = Field(2, ge=0, le=10, description="Retries of a failed logging attempt; the decision stands "
                                                      "either way and a final failure is recorded in the manifest.")
     retry_delay_s: float = Field(10.0, ge=0, description="Seconds between logging attempts.")
+    timeout_s: int = Field(30, ge=1, le=3600, description="Seconds one request to an MLflow server may take; each "
+                                                          "logging attempt tries a request once (MLflow's own "
+                                                          "retries are off unless MLFLOW_HTTP_REQUEST_MAX_RETRIES "
+                                                          "is set), `retries` tries again.")
+
+    @field_validator("uri")
+    @classmethod
+    def _no_password(cls, uri: str | None) -> str | None:
+        return refuse_password(uri, "set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or "
+                                    "MLFLOW_TRACKING_TOKEN) in the environment, where MLflow reads them")
 
 
 class OrchestrationConfig(_Strict):

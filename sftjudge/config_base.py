@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, model_validator
 
@@ -23,3 +24,25 @@ class _Strict(BaseModel):
                                                                                           float | None):
                     raise ValueError(f"{name}: {value} is a yes/no, but {name} takes a number")
         return data
+
+
+def masked_url(url: str) -> str:
+    """`url` with the password of its user part replaced by ***, for messages.
+
+    >>> masked_url("http://me:s3cret@host:5000/v1")
+    'http://me:***@host:5000/v1'
+    """
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rsplit("@", 1)[1]
+    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
+
+
+def refuse_password(url: str | None, instead: str) -> str | None:
+    """`url` unless it holds a password: a config is written to the run directory, MLflow and Prefect's database,
+    so a secret in it would be stored wherever the run is. `instead`: where the secret goes."""
+    if url and urlsplit(url).password is not None:
+        raise ValueError(f"{masked_url(url)} holds a password, which would be stored with every run (config.yaml, "
+                         f"MLflow, the Prefect database); take it out of the URL and {instead}")
+    return url

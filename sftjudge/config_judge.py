@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from sftjudge.config_base import _Strict
+from sftjudge.config_base import _Strict, refuse_password
 
 
 class JudgeHealthConfig(_Strict):
@@ -46,6 +46,12 @@ class ServedJudgeConfig(_Strict):
         True, description="Send the judge's answer prefix ('Score: ') as a started reply the server continues "
                           "(vLLM, SGLang); false for servers without it (rubric judges then cannot run).")
     top_logprobs: int = Field(20, ge=1, le=100, description="Top tokens asked for per position (logprob judges).")
+
+    @field_validator("base_url")
+    @classmethod
+    def _no_password(cls, url: str | None) -> str | None:
+        return refuse_password(url, "put the server's key in the environment variable named by "
+                                    "judge.openai.api_key_env (sent as a Bearer token, never written)")
 
 
 JUDGE_REPLY_TOKENS = 64  # a text judge's reply: a JSON verdict, with room for a sentence before it

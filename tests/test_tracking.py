@@ -110,8 +110,8 @@ def test_a_dead_tracking_server_is_reported_and_the_decision_stands(decided_run,
     from sftjudge.run.directory import RunDir
 
     config, base = decided_run
-    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+    for name in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT"):
+        monkeypatch.delenv(name, raising=False)  # what tracking.retries and tracking.timeout_s set must suffice
     copy = tmp_path / "runs" / base.name
     shutil.copytree(base, copy)
     dead = config.model_copy(update={"runs_dir": str(tmp_path / "runs"), "tracking": config.tracking.model_copy(

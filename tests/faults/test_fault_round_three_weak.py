@@ -97,3 +97,31 @@ def test_a_stage_server_dies_with_a_killed_stage(stand_in, tiny_model_dir):
     finally:
         if _alive(server):
             os.kill(server, signal.SIGKILL)
+
+
+def test_one_logging_attempt_against_a_dead_mlflow_server_ends_in_seconds(tmp_path, monkeypatch):
+    from sftjudge.config import RunConfig
+    from sftjudge.runtime.vllm_server import free_port
+    from sftjudge.track.mlflow_run import track_run
+
+    for name in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT"):
+        monkeypatch.delenv(name, raising=False)
+    config = RunConfig(runs_dir=str(tmp_path), tracking={"uri": f"http://127.0.0.1:{free_port()}", "retries": 0})
+    started = time.monotonic()
+    with pytest.raises(Exception, match="127.0.0.1"):
+        track_run(tmp_path / "no-run", config)
+    assert time.monotonic() - started < 20  # before: 4 min 35 s of MLflow's own retries
+    assert "MLFLOW_HTTP_REQUEST_MAX_RETRIES" not in os.environ  # only for the attempt
+
+
+@pytest.mark.parametrize("setting, instead", [
+    ("tracking.uri=http://me:s3cret@mlflow.internal:5000", "MLFLOW_TRACKING_PASSWORD"),
+    ("judge.openai.base_url=https://judge:s3cret@judge.internal/v1", "judge.openai.api_key_env"),
+    ("vllm.base_url=http://worker:s3cret@127.0.0.1:8000/v1", "needs none")])
+def test_a_password_in_a_configured_url_is_refused_without_repeating_it(tmp_path, capsys, setting, instead):
+    from sftjudge import cli
+
+    code = cli.main(["run", setting, f"runs_dir={tmp_path}"])
+    err = capsys.readouterr().err
+    assert code == 2 and instead in err and ":***@" in err, err  # before: stored in config.yaml, MLflow, Prefect
+    assert "s3cret" not in err and not list(tmp_path.iterdir())
