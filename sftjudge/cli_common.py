@@ -7,7 +7,18 @@ from pathlib import Path
 from sftjudge.run import files
 
 
+def runs_folder(runs_dir: str) -> str:
+    """`--runs-dir` as given, unless it is the filesystem's root or a system folder (ends the command)."""
+    from sftjudge.config_base import refuse_system_dir
+
+    try:
+        return refuse_system_dir(runs_dir, "--runs-dir")
+    except ValueError as exc:
+        raise SystemExit(f"sftjudge: {exc}") from None
+
+
 def find_run(runs_dir: str, run_id: str) -> Path:
+    runs_folder(runs_dir)
     if not run_id or "/" in run_id or "\\" in run_id or run_id.startswith("."):
         raise SystemExit(f"sftjudge: {run_id!r} is not a run id (a run directory's name in {runs_dir}/, or a unique "
                          f"prefix of one)")
@@ -26,6 +37,7 @@ def registry(runs_dir: str):
     from sftjudge.run.registry import Registry
     from sftjudge.run.registry_db import ENV_URL
 
+    runs_folder(runs_dir)
     if not os.environ.get(ENV_URL) and not Path(runs_dir).is_dir():
         # Opening the registry would create the folder and an empty registry: a typo would look like "no runs".
         raise SystemExit(f"sftjudge: no runs directory {runs_dir}/ (run a cycle first, or pass --runs-dir)")

@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from sftjudge.config_base import _Strict, refuse_password
+from sftjudge.config_base import _Strict, refuse_password, refuse_system_dir
 # The judge's sections live in config_judge.py; they are imported from here like every other section.
 from sftjudge.config_judge import JudgeConfig, JudgeHealthConfig, ServedJudgeConfig  # noqa: F401
 
@@ -366,6 +366,11 @@ class RunConfig(_Strict):
     orchestration: OrchestrationConfig = Field(
         default_factory=OrchestrationConfig, description="GPU routing (Prefect work pools).")
     vllm: VLLMConfig = Field(default_factory=VLLMConfig, description="vLLM as a served engine (GPU workers).")
+
+    @field_validator("runs_dir")
+    @classmethod
+    def _own_folder(cls, runs_dir: str) -> str:
+        return refuse_system_dir(runs_dir, "runs_dir")
 
     @property
     def student_context_tokens(self) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -46,3 +47,18 @@ def refuse_password(url: str | None, instead: str) -> str | None:
         raise ValueError(f"{masked_url(url)} holds a password, which would be stored with every run (config.yaml, "
                          f"MLflow, the Prefect database); take it out of the URL and {instead}")
     return url
+
+
+SYSTEM_DIRS = ("/proc", "/sys", "/dev")  # the kernel's views: nothing of a run can live there
+
+
+def refuse_system_dir(path: str, setting: str) -> str:
+    """`path` unless it is the filesystem's root or under /proc, /sys or /dev (a runs directory holds every run,
+    the registry and mlflow.db: a folder of its own)."""
+    resolved = Path(path).expanduser().resolve()
+    if resolved == Path(resolved.anchor) or any(resolved == Path(d) or Path(d) in resolved.parents
+                                                for d in SYSTEM_DIRS):
+        what = "the root of the filesystem" if resolved == Path(resolved.anchor) else "a system folder"
+        raise ValueError(f"{setting} {path} is {what}; a runs directory holds every run, the registry and mlflow.db: give it a folder of its own "
+                         f"(e.g. runs)")
+    return path

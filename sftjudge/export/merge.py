@@ -6,6 +6,7 @@ greedy decoding from it gives the run's own test answers when exported in the dt
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 
 from sftjudge.errors import ModelError
@@ -60,6 +61,7 @@ def _check_target(out: Path, overwrite: bool) -> None:
     """Refuse an `out` that exists, unless `overwrite` and it is an earlier export (or an empty folder): a folder of
     someone's files, or the runs directory itself, is never replaced. Raises ModelError."""
     if not out.exists() and not out.is_symlink():
+        _check_parent(out)
         return
     if not overwrite:
         raise ModelError(f"{out} exists; choose another folder or pass --overwrite")
@@ -68,6 +70,24 @@ def _check_target(out: Path, overwrite: bool) -> None:
     if not (out / MARKER).is_file() and any(out.iterdir()):
         raise ModelError(f"{out} is not an sftjudge export (it has no {MARKER}); --overwrite replaces only an "
                          f"earlier export, so nothing was deleted: choose another folder")
+
+
+def _check_parent(out: Path) -> None:
+    """Refuse, before any model is loaded, an `out` whose folder cannot be made or written: under a file, under
+    /proc, read-only. Raises ModelError."""
+    parent = out.absolute().parent
+    for folder in (parent, *parent.parents):
+        if folder.exists() or folder.is_symlink():
+            if not folder.is_dir():
+                raise ModelError(f"{out}: {folder} is a file, so no folder can be made under it; choose another "
+                                 f"export path")
+            break
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=parent).close()
+    except OSError as exc:
+        raise ModelError(f"{out}: cannot write under {parent} ({exc.strerror}); choose a folder you can write "
+                         f"to") from None
 
 
 def _decoding(model, tokenizer, generate) -> None:

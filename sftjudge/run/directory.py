@@ -76,7 +76,12 @@ class RunDir:
         return run
 
     def manifest(self) -> dict[str, Any]:
-        """The manifest; RunFileError naming it when it is damaged (truncated by a full disk, edited by hand)."""
+        """The manifest; RunFileError naming it when it is damaged (truncated by a full disk, edited by hand) or is
+        a symbolic link (it would show another file as this run, and the next write would replace the link)."""
+        if self.manifest_path.is_symlink():
+            raise RunFileError(f"{self.manifest_path} is a symbolic link (to {os.readlink(self.manifest_path)}); a "
+                               f"run's manifest is a file of its own: copy the file it points to in its place, or "
+                               f"move the run directory {self.path} away")
         try:
             manifest = json.loads(self.manifest_path.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:

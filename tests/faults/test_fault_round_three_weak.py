@@ -125,3 +125,46 @@ def test_a_password_in_a_configured_url_is_refused_without_repeating_it(tmp_path
     err = capsys.readouterr().err
     assert code == 2 and instead in err and ":***@" in err, err  # before: stored in config.yaml, MLflow, Prefect
     assert "s3cret" not in err and not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("runs_dir, what", [("/", "the root of the filesystem"), ("/proc", "a system folder"),
+                                            ("/sys/kernel", "a system folder")])
+def test_a_runs_directory_at_the_root_or_in_a_system_folder_is_refused(capsys, runs_dir, what):
+    from sftjudge import cli
+    from sftjudge.config_yaml import load_config
+    from sftjudge.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=f"runs_dir {runs_dir} is {what}"):
+        load_config(None, [f"runs_dir={runs_dir}"])
+    with pytest.raises(SystemExit, match=f"--runs-dir {runs_dir} is {what}"):
+        cli.main(["runs", "--runs-dir", runs_dir])  # before: a registry.sqlite written at /
+    assert runs_dir != "/" or not Path("/registry.sqlite").exists()
+
+
+def test_a_symlinked_manifest_is_refused_naming_it(tmp_path):
+    from review_kit import judged_run
+
+    from sftjudge import cli
+    from sftjudge.errors import RunFileError
+    from sftjudge.run import files
+
+    runs = tmp_path / "runs"
+    other, run = judged_run(runs, "other", [5.0]), judged_run(runs, "mine", [6.0])
+    (run / files.MANIFEST).unlink()
+    (run / files.MANIFEST).symlink_to(other / files.MANIFEST)  # `show mine` showed the other run as this one
+    with pytest.raises(RunFileError, match="manifest.json is a symbolic link"):
+        run.manifest()
+    assert cli.main(["show", "mine", "--runs-dir", str(runs)]) == 2
+
+
+@pytest.mark.model
+def test_an_export_under_a_file_or_under_proc_is_refused_before_any_model_loads(base_run, tmp_path, capsys):
+    from sftjudge import cli
+
+    a_file = tmp_path / "a-file"
+    a_file.write_text("not a folder")
+    for out, says in ((a_file / "export", "is a file, so no folder can be made under it"),
+                      (Path("/proc/export"), "cannot write under /proc")):
+        code = cli.main(["export", base_run.name, str(out), "--runs-dir", str(base_run.parent)])
+        err = capsys.readouterr().err
+        assert code == 2 and says in err, err  # before: FileExistsError / FileNotFoundError, "unexpected error"
