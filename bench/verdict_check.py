@@ -73,7 +73,7 @@ def main() -> None:
     scored, seconds = {}, {}
     for name, scoring in (("good", scorer), ("off_task", scorer),
                           ("off_task, old left cut", LeftCut(loaded.model, loaded.tokenizer, spec,
-                                                             max_prompt_tokens=judge.max_prompt_tokens))):
+                                                             max_prompt_tokens=loaded.prompt_budget(spec)))):
         generations = sets[name.split(",")[0]]
         started = time.perf_counter()
         judged = scoring.score([judge_item(g) for g in generations], batch_size=args.batch_size)
@@ -88,7 +88,8 @@ def main() -> None:
         return {g["id"]: {"score": scored[name][g["id"]]["score"], "metrics": m}
                 for g, m in zip(sets[base], metrics[base])}
 
-    print(f"judge {loaded.identity(spec)}, {len(rows)} items, max_prompt_tokens {judge.max_prompt_tokens}\n")
+    print(f"judge {loaded.identity(spec)}, {len(rows)} items, prompt budget {loaded.prompt_budget(spec)} tokens "
+          f"(judge.max_prompt_tokens {judge.max_prompt_tokens})\n")
     print(f"{'answer set':26} {'judge mean':>10} {'cut':>5} {'% of ref':>9} {'ROUGE-L':>8} {'token F1':>9} "
           f"{'similarity':>10} {'seconds':>8}")
     for name in scored:

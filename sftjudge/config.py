@@ -6,13 +6,21 @@ renders it as a form, and `sftjudge run CONFIG key.sub=value ...` applies dotted
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from sftjudge.config_base import _Strict, refuse_password, refuse_system_dir
 # The judge's sections live in config_judge.py; they are imported from here like every other section.
-from sftjudge.config_judge import JudgeConfig, JudgeHealthConfig, ServedJudgeConfig  # noqa: F401
+from sftjudge.config_judge import (  # noqa: F401
+    AUTO_TEMPLATE_TOKENS,
+    AUTO_TOKEN_RATIO,
+    JUDGE_REPLY_TOKENS,
+    JudgeConfig,
+    JudgeHealthConfig,
+    ServedJudgeConfig,
+)
 
 
 class NearDedupConfig(_Strict):
@@ -381,7 +389,32 @@ class RunConfig(_Strict):
         >>> RunConfig().student_context_tokens
         352
         """
-        answers = max(self.generate.max_new_tokens, self.regression.max_new_tokens if self.regression.enabled else 0)
-        return self.sft.max_seq_len + answers
+        return self.sft.max_seq_len + self.longest_answer
+
+    @property
+    def longest_answer(self) -> int:
+        """The most tokens a generated answer can have: the test split's or the regression suite's."""
+        return max(self.generate.max_new_tokens, self.regression.max_new_tokens if self.regression.enabled else 0)
+
+    def judge_prompt_tokens(self, template_tokens: int = AUTO_TEMPLATE_TOKENS, answers: int = 2) -> int:
+        """Tokens a judge prompt may take: judge.max_prompt_tokens, or for 'auto' a judge definition's own text
+        (`template_tokens`) plus a question and reference (curation keeps rows within sft.max_seq_len) and
+        `answers` answers of the longest length asked for, at AUTO_TOKEN_RATIO judge tokens per student token.
+        The default sizes any definition of up to AUTO_TEMPLATE_TOKENS with two answers (pairwise).
+
+        >>> RunConfig().judge_prompt_tokens(), RunConfig().judge_prompt_tokens(150, 1)
+        (1184, 678)
+        >>> RunConfig(judge={"max_prompt_tokens": 1024}).judge_prompt_tokens(150, 1)
+        1024
+        """
+        if self.judge.max_prompt_tokens != "auto":
+            return self.judge.max_prompt_tokens
+        return template_tokens + math.ceil(AUTO_TOKEN_RATIO * (self.sft.max_seq_len + answers * self.longest_answer))
+
+    @property
+    def judge_context_tokens(self) -> int:
+        """Tokens one judge sequence can take: the longest prompt and a text judge's reply (logprob judges read one
+        or two tokens). A vLLM judge engine is sized for this, not for the model's own context."""
+        return self.judge_prompt_tokens() + JUDGE_REPLY_TOKENS
 
 

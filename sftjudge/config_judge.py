@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -17,6 +17,10 @@ class JudgeHealthConfig(_Strict):
         0.5, ge=0, le=1, description="Smallest mean probability the judge puts on valid labels (logprob mode)."
     )
     min_score_stdev: float = Field(0.1, ge=0, description="Scores varying less than this mean a saturated judge.")
+    min_anchor_span: float = Field(
+        2.0, ge=0, description="Score points the judge must put between an empty answer and the reference (the "
+                               "anchors' means); closer, its scale is compressed and its health *degraded*: it does "
+                               "not decide a promotion or a rollback.")
     min_swap_consistency: float = Field(
         0.6, ge=0, le=1, description="Pairwise verdicts must survive swapping the answer order this often."
     )
@@ -55,20 +59,14 @@ class ServedJudgeConfig(_Strict):
 
 
 JUDGE_REPLY_TOKENS = 64  # a text judge's reply: a JSON verdict, with room for a sentence before it
+# judge.max_prompt_tokens=auto: judge tokens per student token at most (unlike tokenizers split text differently),
+# and the judge definition's own text when it must be sized before a definition is read (a vLLM engine's length).
+AUTO_TOKEN_RATIO = 1.5
+AUTO_TEMPLATE_TOKENS = 512
 
 
 class JudgeConfig(_Strict):
     """The local LLM judge and cheap metrics."""
-
-    @property
-    def context_tokens(self) -> int:
-        """Tokens one judge sequence can take: a prompt fitted to max_prompt_tokens and a text judge's reply (logprob
-        judges read one or two tokens). A vLLM judge engine is sized for this, not for the model's own context.
-
-        >>> JudgeConfig(max_prompt_tokens=1024).context_tokens
-        1088
-        """
-        return self.max_prompt_tokens + JUDGE_REPLY_TOKENS
 
     judge: str = Field("reference-score", description="Pointwise judge definition: a folder under judges_dir.")
     judges_dir: str = Field("judges", description="Folder holding judge definitions (judge.yaml + prompt).")
@@ -98,9 +96,12 @@ class JudgeConfig(_Strict):
                                 "shared openings (system text, question, reference) across the answers judged against "
                                 "them in one stage, and through the answer across judges worded alike up to it "
                                 "(pointwise, then rubric); 0: every prompt computed whole.")
-    max_prompt_tokens: int = Field(
-        1024, ge=64, description="Judge prompts longer than this have the answer cut in the middle (then the "
-                                 "reference); the question, the reference and the rating instruction are kept.")
+    max_prompt_tokens: Annotated[int, Field(ge=64)] | Literal["auto"] = Field(
+        "auto", description="Tokens a judge prompt may take; longer ones have the answer cut in the middle (then the "
+                            "reference), the judge told how much was cut. 'auto': what the product's own items need - "
+                            "the judge definition's text, a question and reference within sft.max_seq_len and its "
+                            "answer(s) of up to generate.max_new_tokens, each at up to 1.5 judge tokens per student "
+                            "token - capped by the judge's context window; so a generated answer is never cut.")
     format: Literal["none", "json", "regex"] = Field(
         "none", description="Format compliance metric: answers must be JSON (optionally per json_schema) or match "
                             "format_regex."

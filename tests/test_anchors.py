@@ -88,3 +88,27 @@ def test_the_report_sets_base_model_champion_and_run_side_by_side(tmp_path):
     # A champion judged on another number of items is left out rather than compared.
     (champion / "metrics.json").write_text(json.dumps({"judge": "reference-score@q#1", "items": 12, "cheap": cheap}))
     assert "champion" not in side_by_side(metrics, str(champion))
+
+
+def test_a_judge_whose_anchors_sit_close_is_degraded_and_does_not_decide():
+    from helpers import decide_rules
+
+    from sftjudge.config import JudgeHealthConfig
+    from sftjudge.decide.records import RunResult
+    from sftjudge.decide.rules import decide
+    from sftjudge.judge.anchors import anchor_degradation
+    from sftjudge.judge.health import judge_health
+
+    judged = [{"score": s, "unparseable": None, "label_mass": 0.9} for s in (7.6, 8.1, 8.9, 9.0)]
+    compressed = {"items": 40, "reference_mean": 9.17, "empty_mean": 7.5}  # the public set, before this issue
+    health = judge_health(judged, None, JudgeHealthConfig())
+    assert health.valid and health.status == "valid"
+    health.degrade(anchor_degradation(compressed, JudgeHealthConfig().min_anchor_span))
+    assert not health.valid and health.status == "degraded"  # before: valid, with a warning
+    assert "compressed into 1.7 points" in health.problems[0]
+    spread = {"items": 40, "reference_mean": 9.45, "empty_mean": 7.07}  # the demo's embedded judge: 2.4 points
+    assert anchor_degradation(spread, 2.0) == []
+    run = RunResult(run_id="b", judge_score=8.6, train_loss=0.5, val_loss=0.6, test_fingerprint="t", judge_key="j",
+                    item_scores={"0": 8.6}, judge_problems=tuple(health.problems), judge_status=health.status)
+    decision = decide(run, None, decide_rules())
+    assert decision.action != "promote" and decision.reasons[0].startswith("judge signal degraded: the judge gives")

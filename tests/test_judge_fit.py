@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from sftjudge.config import JudgeHealthConfig
-from sftjudge.judge.fit import cut_marker, fit_item
+from sftjudge.judge.fit import fit_item
 from sftjudge.judge.health import judge_health
 from sftjudge.judge.logprob import LogprobJudge
 from sftjudge.judge.spec import load_judge
@@ -103,7 +103,7 @@ def test_text_judges_fit_their_prompts_the_same_way(tiny_model):
     [prompt] = generator.prompts
     assert judgment.truncated and judgment.score == 5.0
     assert len(tok(prompt, add_special_tokens=False)["input_ids"]) <= 450
-    assert "QUESTIONMARK" in prompt and "REFERENCEMARK" in prompt and cut_marker(1).split("1")[1].strip() in prompt
+    assert "QUESTIONMARK" in prompt and "REFERENCEMARK" in prompt and "tokens cut here to fit the judge" in prompt
 
 
 def test_health_warns_when_many_prompts_were_cut():
@@ -114,3 +114,57 @@ def test_health_warns_when_many_prompts_were_cut():
     assert health.warnings == ["3 of 5 judge prompts (60%) had their answer cut to fit judge.max_prompt_tokens: the "
                                "judge saw the opening and the ending of those answers only"]
     assert judge_health(judged, None, JudgeHealthConfig(max_truncated_rate=0.6)).warnings == []
+
+
+def _tokens_text(tok, n: int, seed: int) -> str:
+    """Text of about `n` tokens of this tokenizer (random words of its own vocabulary)."""
+    import random
+
+    rng = random.Random(seed)
+    words = [w for w in tok.get_vocab() if w.isalpha() and len(w) > 2]
+    text = ""
+    while len(tok(text, add_special_tokens=False)["input_ids"]) < n:
+        text += " " + rng.choice(words)
+    return text.strip()
+
+
+@pytest.fixture(scope="module")
+def long_context_judge(tiny_model_dir, tmp_path_factory) -> Path:
+    """The tiny model with a 4096-token window (rotary positions: only config.json says how far it reaches), so
+    that a budget is set by the run's sizes, not by the tiny model's own 1024 tokens."""
+    import json
+    import shutil
+
+    folder = tmp_path_factory.mktemp("long-judge") / "judge"
+    shutil.copytree(tiny_model_dir, folder)
+    settings = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps(settings | {"max_position_embeddings": 4096}))
+    return folder
+
+
+@pytest.mark.model
+@pytest.mark.parametrize("definition", ["reference-score", "rubric", "pairwise"])
+def test_an_auto_budget_never_cuts_an_answer_the_run_could_generate(sftjudge_home, long_context_judge, definition):
+    from sftjudge.config import RunConfig
+    from sftjudge.judge.model import LoadedJudge
+
+    config = RunConfig(judge={"model": str(long_context_judge), "precision": "fp32"}, sft={"max_seq_len": 256},
+                       generate={"max_new_tokens": 400}, regression={"enabled": False})
+    loaded = LoadedJudge(config, sftjudge_home)
+    spec = load_judge(REPO / "judges", definition)
+    tok = loaded.tokenizer
+    question, reference = _tokens_text(tok, 160, 1), _tokens_text(tok, 96, 2)  # a row at sft.max_seq_len
+    longest = {"answer": _tokens_text(tok, 400, 3), "answer_a": _tokens_text(tok, 400, 4),
+               "answer_b": _tokens_text(tok, 400, 5)}  # answers of generate.max_new_tokens
+    item = {"id": "x", "instruction": question, "reference": reference} | longest
+    prompt = LogprobJudge(None, tok, spec, max_prompt_tokens=loaded.prompt_budget(spec))
+    assert not prompt.encode(item)[1], "an answer of max_new_tokens was cut"
+    if definition == "pairwise":  # before: the fixed 1024 cut both answers of a pairwise prompt
+        assert LogprobJudge(None, tok, spec, max_prompt_tokens=1024).encode(item)[1]
+    smaller = LogprobJudge(None, tok, spec, max_prompt_tokens=len(prompt.prompt_ids(item)) - 8)
+    assert smaller.encode(item)[1]  # the same item does not fit a smaller budget: the check above can fail
+    rambling = item | {k: _tokens_text(tok, 1500, 6) for k in longest}  # far longer than the run can generate
+    assert prompt.encode(rambling)[1]  # only that gives way
+    loaded.scorer(spec)
+    assert loaded.budgets()["tokens"] == {spec.name: loaded.prompt_budget(spec)}  # what the report shows
+    assert loaded.budgets()["context_window"] == 4096

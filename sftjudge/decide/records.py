@@ -19,6 +19,7 @@ class RunResult:
     test_fingerprint: str
     judge_key: str  # judge definition + judge model: scores from different judges are not comparable
     judge_problems: tuple[str, ...] = ()  # judge health failures: the score cannot be trusted to decide
+    judge_status: str = "valid"  # valid, degraded (a compressed scale) or invalid
     item_scores: dict[str, float] = field(default_factory=dict)  # per test item, for paired differences
     train_losses: tuple[float, ...] = ()  # per epoch
     val_losses: tuple[float, ...] = ()

@@ -112,6 +112,21 @@ def _sft_note(run: RunDir) -> str:
                                             if sft.get("resumed_from_epoch") else "") + ".")
 
 
+def budget_line(budget: dict[str, Any], truncated: int) -> str:
+    """How judge prompts were fitted, in one sentence.
+
+    >>> budget_line({"setting": 1024, "context_window": 32768, "tokens": {"rubric": 1024}}, 2)[:78]
+    'Judge prompts: up to 1024 tokens (rubric), set by judge.max_prompt_tokens=1024'
+    """
+    sizes = ", ".join(f"{n} tokens ({name})" for name, n in budget["tokens"].items())
+    how = ("sized by judge.max_prompt_tokens=auto from the judge text, sft.max_seq_len and generate.max_new_tokens"
+           + (f" within the judge's {budget['context_window']}-token context" if budget.get("context_window") else "")
+           if budget["setting"] == "auto" else f"set by judge.max_prompt_tokens={budget['setting']}")
+    cut = (f"{truncated} prompt(s) had an answer cut in the middle (the judge was told how much)" if truncated
+           else "no prompt was cut")
+    return f"Judge prompts: up to {sizes}, {how}; {cut}."
+
+
 def judge_report_markdown(metrics: dict[str, Any]) -> str:
     """Judge scores, cheap metrics, pairwise result and judge health as markdown."""
     health = metrics["health"]
@@ -120,6 +135,8 @@ def judge_report_markdown(metrics: dict[str, Any]) -> str:
             ["judge score stdev", metrics["judge_score_stdev"]], ["unparseable", metrics["unparseable"]]]
     rows += [[k, v] for k, v in metrics["cheap"].items()]
     parts = [_table(["metric", "value"], rows)]
+    if budget := metrics.get("prompt_budget"):
+        parts.append(budget_line(budget, metrics.get("truncated_prompts") or 0))
     baseline = metrics.get("baseline")
     if baseline:
         parts.append(f"Baseline - the base model without fine-tuning ({baseline['model']}), same items and judge: "
@@ -164,7 +181,9 @@ def judge_report_markdown(metrics: dict[str, Any]) -> str:
         numbers = ", ".join(f"{k} {c[k]}" for k in ("spearman", "kendall", "mae", "within_1", "agreement",
                                                    "swap_consistency") if c.get(k) is not None)
         parts.append(f"Calibration against human labels ({kind}, {c['items']} items, {c['at']}): {numbers}.")
-    verdict = "valid" if health["valid"] else "**INVALID** - the judge score does not decide this run"
+    verdict = ("valid" if health["valid"] else
+               "**DEGRADED** - the judge's scale is too compressed to decide this run"
+               if health.get("status") == "degraded" else "**INVALID** - the judge score does not decide this run")
     parts.append(f"Judge health: {verdict}."
                  + "".join(f"\n- problem: {p}" for p in health["problems"])
                  + "".join(f"\n- warning: {w}" for w in health["warnings"]))

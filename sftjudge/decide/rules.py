@@ -140,7 +140,8 @@ def gate_failures(run: RunResult, rules: DecideRules) -> list[str]:
     if not all(math.isfinite(x) for x in (run.train_loss, run.val_loss, *run.train_losses, *run.val_losses)):
         reasons.append(f"training diverged: a loss is not a finite number (train {run.train_loss}, val "
                        f"{run.val_loss}); lower the learning rate")
-    reasons += [f"judge signal invalid: {problem}" for problem in run.judge_problems]
+    state = "degraded" if run.judge_status == "degraded" else "invalid"
+    reasons += [f"judge signal {state}: {problem}" for problem in run.judge_problems]
     if run.judge_score is None:
         reasons.append("no judge score: the judge produced no usable score for this run")
     elif run.judge_score < rules.decide.min_judge_score:

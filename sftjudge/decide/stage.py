@@ -38,6 +38,7 @@ def run_result(run: RunDir) -> RunResult:
         run_id=run.run_id, judge_score=metrics["judge_score_mean"], train_loss=sft["train_loss_at_best"],
         val_loss=sft["best_val_loss"], test_fingerprint=curate["test_fingerprint"], judge_key=metrics["judge"],
         judge_problems=tuple(metrics["health"]["problems"]),
+        judge_status=metrics["health"].get("status") or ("valid" if metrics["health"]["valid"] else "invalid"),
         item_scores={j["id"]: j["score"] for j in judgments if j.get("score") is not None},
         train_losses=tuple(e["train_loss"] for e in epochs), val_losses=tuple(e["val_loss"] for e in epochs),
         unparseable_rate=metrics["unparseable"] / max(metrics["items"], 1),

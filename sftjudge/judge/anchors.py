@@ -73,16 +73,43 @@ def anchor_summary(anchors: dict[str, dict[str, float | None]]) -> dict[str, Any
 
 
 def anchor_warnings(summary: dict[str, Any]) -> list[str]:
-    """A judge-health warning when the anchors are too close for the judge's scores to mean much.
+    """A judge-health warning when the anchors are close enough for the judge's scores to mean little.
 
-    >>> anchor_warnings({"items": 30, "reference_mean": 9.17, "empty_mean": 7.77})[0][:58]
-    'the judge gives an empty answer 7.77 and the reference 9.1'
+    >>> anchor_warnings({"items": 30, "reference_mean": 9.17, "empty_mean": 6.77})[0][:58]
+    'the judge gives an empty answer 6.77 and the reference 9.1'
     >>> anchor_warnings({"items": 30, "reference_mean": 9.4, "empty_mean": 3.0})
     []
     """
-    top, bottom = summary.get("reference_mean"), summary.get("empty_mean")
-    if top is None or bottom is None or top - bottom >= MIN_USEFUL_SPAN:
+    span = _span(summary)
+    if span is None or span >= MIN_USEFUL_SPAN:
         return []
-    return [f"the judge gives an empty answer {bottom:.2f} and the reference {top:.2f} on these {summary['items']} "
-            f"items: it barely tells no answer from the right one, so its scores are compressed into "
-            f"{top - bottom:.1f} points; use a stronger judge or check it against human labels"]
+    return [_compressed(summary, span) + "; use a stronger judge or check it against human labels"]
+
+
+def anchor_degradation(summary: dict[str, Any], min_span: float) -> list[str]:
+    """The health problem of a judge whose anchors sit less than `min_span` points apart (judge.health.
+    min_anchor_span): its whole verdict lives in a sliver of the scale, where the noise floor and the required
+    improvement are large parts of it.
+
+    >>> [problem] = anchor_degradation({"items": 40, "reference_mean": 9.17, "empty_mean": 7.5}, 2.0)
+    >>> problem.endswith("scale degraded: it does not decide; use a stronger judge (judge.model)")
+    True
+    >>> anchor_degradation({"items": 40, "reference_mean": 9.45, "empty_mean": 7.07}, 2.0)
+    []
+    """
+    span = _span(summary)
+    if span is None or span >= min_span:
+        return []
+    return [_compressed(summary, span) + f" (under judge.health.min_anchor_span {min_span}), scale degraded: it "
+            f"does not decide; use a stronger judge (judge.model)"]
+
+
+def _span(summary: dict[str, Any]) -> float | None:
+    top, bottom = summary.get("reference_mean"), summary.get("empty_mean")
+    return None if top is None or bottom is None else top - bottom
+
+
+def _compressed(summary: dict[str, Any], span: float) -> str:
+    return (f"the judge gives an empty answer {summary['empty_mean']:.2f} and the reference "
+            f"{summary['reference_mean']:.2f} on these {summary['items']} items: it barely tells no answer from the "
+            f"right one, so its scores are compressed into {span:.1f} points")

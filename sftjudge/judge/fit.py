@@ -16,16 +16,18 @@ from typing import Any
 SHRINK_ORDER = (("answer", "answer_a", "answer_b"), ("reference",))
 KEEP_TOKENS = 16  # a cut field keeps at least this many tokens around the marker
 _MARKER_ALLOWANCE = 24  # tokens the marker itself may take; the loop re-measures anyway
+MARKER_TOKENS = 32  # room an 'auto' budget leaves beyond the definition's text (the answer prefix, token seams)
 _ROUNDS = 12  # token boundaries shift a little after a cut: re-measure and cut again, a bounded number of times
 
 
-def cut_marker(tokens: int) -> str:
-    """The visible note left where the middle of a field was cut.
+def cut_marker(tokens: int, total: int) -> str:
+    """The visible note left where the middle of a field was cut: how much, and of how long a text (so the judge
+    still sees how long an answer was).
 
-    >>> cut_marker(4812)
-    '\\n[... 4812 tokens cut here to fit the judge ...]\\n'
+    >>> cut_marker(4812, 5000)
+    '\\n[... 4812 of its 5000 tokens cut here to fit the judge ...]\\n'
     """
-    return f"\n[... {tokens} tokens cut here to fit the judge ...]\n"
+    return f"\n[... {tokens} of its {total} tokens cut here to fit the judge ...]\n"
 
 
 def fit_item(item: dict[str, Any], prompt_tokens: Callable[[dict[str, Any]], int], tokenizer,
@@ -60,5 +62,5 @@ def _cut_middle(ids: list[int], n: int, tokenizer) -> str:
     keep = len(ids) - n
     head = (keep + 1) // 2
     tail = ids[len(ids) - (keep - head):] if keep - head else []
-    return (tokenizer.decode(ids[:head], skip_special_tokens=True) + cut_marker(n)
+    return (tokenizer.decode(ids[:head], skip_special_tokens=True) + cut_marker(n, len(ids))
             + tokenizer.decode(tail, skip_special_tokens=True))

@@ -20,6 +20,17 @@ class JudgeHealth:
     problems: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     measures: dict[str, Any] = field(default_factory=dict)
+    # "valid"; "degraded": the judge answers, but its scale is too compressed to decide on; "invalid"
+    status: str = "valid"
+
+    def degrade(self, reasons: list[str]) -> None:
+        """A signal that works but cannot decide (a compressed scale): not valid, and said so apart from a broken
+        judge."""
+        if reasons:
+            self.problems += reasons
+            self.valid = False
+            if self.status == "valid":
+                self.status = "degraded"
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -73,4 +84,5 @@ def judge_health(judgments: list[dict[str, Any]], pairwise: dict[str, Any] | Non
                 f"a weaker judge's scores collapse toward false positives")
         (problems if thresholds.block_smaller_judge else warnings).append(note)
     measures.update(judge_params=judge_params, student_params=student_params)
-    return JudgeHealth(valid=not problems, problems=problems, warnings=warnings, measures=measures)
+    return JudgeHealth(valid=not problems, problems=problems, warnings=warnings, measures=measures,
+                       status="invalid" if problems else "valid")

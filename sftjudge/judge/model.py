@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import functools
 import gc
 import hashlib
 import json
 from pathlib import Path
+from typing import Any
 
-from sftjudge.config import JudgeConfig, RunConfig
+from sftjudge.config import JUDGE_REPLY_TOKENS, JudgeConfig, RunConfig
+from sftjudge.judge import fit
 from sftjudge.judge.prefix import PrefixStore
 from sftjudge.judge.spec import JudgeSpec, judge_identity
 from sftjudge.run import files
@@ -54,6 +57,7 @@ class LoadedJudge:
         from sftjudge.runtime.device import compute_dtype
 
         self.config = config.judge
+        self.run_config = config
         self.vllm = config.vllm
         self.vllm_kwargs = {"tensor_parallel_size": config.generate.tensor_parallel_size,
                             "gpu_memory_utilization": config.generate.gpu_memory_utilization}
@@ -73,6 +77,7 @@ class LoadedJudge:
         self._model = None
         self._engine = None  # backend vllm: one engine for every definition, logprob and text alike
         self._scorers: dict[str, object] = {}
+        self._budget_by_name: dict[str, int] = {}  # definition -> the prompt tokens its scorer fits prompts to
         # One store for every in-process logprob scorer of the stage: keys are exact token ids, so definitions
         # never mix. vLLM keeps its own prefix cache.
         self.prefixes = (PrefixStore(self.config.prefix_cache_mb * 2**20)
@@ -100,7 +105,7 @@ class LoadedJudge:
 
             self._engine = VLLMGenerator(self.path, tokenizer=self.tokenizer, engine_kwargs=self.vllm_kwargs | {
                 "dtype": VLLM_DTYPE[self.config.precision], "max_logprobs": TOP_LOGPROBS,
-                "max_model_len": self.config.context_tokens})
+                "max_model_len": self.context_tokens})
         return self._engine
 
     @property
@@ -116,7 +121,7 @@ class LoadedJudge:
         from sftjudge.runtime.vllm_server import ServeSettings, start_server, vllm_python
 
         settings = ServeSettings(name="judge", dtype=VLLM_DTYPE[self.config.precision],
-                                 max_model_len=self.config.context_tokens, startup_s=self.vllm.startup_s,
+                                 max_model_len=self.context_tokens, startup_s=self.vllm.startup_s,
                                  enforce_eager=self.vllm.enforce_eager,
                                  max_logprobs=TOP_LOGPROBS, **self.vllm_kwargs)
         self._server = start_server(vllm_python(self.vllm.python), self.path, settings, self.log)
@@ -135,6 +140,41 @@ class LoadedJudge:
             return model_shape(self.path, None).params
         return sum(p.numel() for p in self.model.parameters())
 
+    @functools.cached_property
+    def window(self) -> int | None:
+        """The judge model's context window (tokens), from its config; None for a served judge (the server keeps
+        its own limit)."""
+        if self.config.backend == "openai":
+            return None
+        from transformers import AutoConfig
+
+        settings = AutoConfig.from_pretrained(self.path)
+        return getattr(settings, "max_position_embeddings", None)
+
+    @property
+    def context_tokens(self) -> int:
+        """The longest judge sequence a vLLM engine or server of this judge is sized for."""
+        return min(self.run_config.judge_context_tokens, self.window or self.run_config.judge_context_tokens)
+
+    def prompt_budget(self, spec: JudgeSpec) -> int:
+        """Tokens a prompt of `spec` may take (judge.max_prompt_tokens; for 'auto' sized from the definition's own
+        text and the run's longest question, reference and answer(s), within the judge's context)."""
+        if self.config.max_prompt_tokens != "auto":
+            return self.config.max_prompt_tokens
+        answers = sum(1 for name in spec.inputs if name.startswith("answer"))
+        empty = {name: "" for name in spec.inputs}
+        text = self.tokenizer.apply_chat_template(spec.render_messages(empty), tokenize=False,
+                                                  add_generation_prompt=True) + spec.answer_prefix
+        template = len(self.tokenizer(text, add_special_tokens=False)["input_ids"]) + fit.MARKER_TOKENS
+        budget = self.run_config.judge_prompt_tokens(template, max(answers, 1))
+        return min(budget, self.context_tokens - JUDGE_REPLY_TOKENS) if self.served or self.window else budget
+
+    def budgets(self) -> dict[str, Any]:
+        """How prompts were fitted, for metrics.json and the report: the setting, and the tokens each definition
+        scored so far could take."""
+        return {"setting": self.config.max_prompt_tokens, "context_window": self.window,
+                "tokens": {name: budget for name, budget in sorted(self._budget_by_name.items())}}
+
     def mode(self, spec: JudgeSpec) -> str:
         return spec.mode if self.config.mode == "auto" else self.config.mode
 
@@ -150,47 +190,48 @@ class LoadedJudge:
         """The scorer for `spec` (logprob or text mode), built on first use and reused."""
         key = self.identity(spec)
         if key not in self._scorers:
-            self._scorers[key] = self._build_scorer(spec)
+            budget = self._budget_by_name[spec.name] = self.prompt_budget(spec)
+            self._scorers[key] = self._build_scorer(spec, budget)
         return self._scorers[key]
 
-    def _build_scorer(self, spec: JudgeSpec):
+    def _build_scorer(self, spec: JudgeSpec, budget: int):
         if self.served:
-            return self._served_scorer(spec)
+            return self._served_scorer(spec, budget)
         if self.mode(spec) == "text":
             from sftjudge.generate.backends import TransformersGenerator
             from sftjudge.judge.text import TextJudge
 
             generator = (self.engine if self.config.backend == "vllm"
                          else TransformersGenerator(self.model, self.tokenizer, batch_size=self.config.batch_size))
-            return TextJudge(generator, self.tokenizer, spec, max_prompt_tokens=self.config.max_prompt_tokens)
+            return TextJudge(generator, self.tokenizer, spec, max_prompt_tokens=budget)
         if self.config.backend == "vllm":
             from sftjudge.judge.engine import EngineLogprobJudge, EngineRubricJudge
 
             kind = EngineRubricJudge if spec.kind == "rubric" else EngineLogprobJudge
-            return kind(self.engine.llm, self.tokenizer, spec, max_prompt_tokens=self.config.max_prompt_tokens,
+            return kind(self.engine.llm, self.tokenizer, spec, max_prompt_tokens=budget,
                         top_logprobs=TOP_LOGPROBS)
         if spec.kind == "rubric":
             from sftjudge.judge.rubric import RubricJudge
 
-            return RubricJudge(self.model, self.tokenizer, spec, max_prompt_tokens=self.config.max_prompt_tokens,
+            return RubricJudge(self.model, self.tokenizer, spec, max_prompt_tokens=budget,
                                prefixes=self.prefixes)
         from sftjudge.judge.logprob import LogprobJudge
 
-        return LogprobJudge(self.model, self.tokenizer, spec, max_prompt_tokens=self.config.max_prompt_tokens,
+        return LogprobJudge(self.model, self.tokenizer, spec, max_prompt_tokens=budget,
                             prefixes=self.prefixes)
 
-    def _served_scorer(self, spec: JudgeSpec):
+    def _served_scorer(self, spec: JudgeSpec, budget: int):
         from sftjudge.judge.served import ServedChat, ServedLogprobJudge, ServedRubricJudge
         from sftjudge.judge.text import TextJudge
 
         if self.mode(spec) == "text":
             return TextJudge(ServedChat(self.client), self.tokenizer, spec,
-                             max_prompt_tokens=self.config.max_prompt_tokens)
+                             max_prompt_tokens=budget)
         kind = ServedRubricJudge if spec.kind == "rubric" else ServedLogprobJudge
         if self.vllm_server:  # our own vLLM server: prefill works, and it was started with TOP_LOGPROBS
-            return kind(self.client, self.tokenizer, spec, max_prompt_tokens=self.config.max_prompt_tokens,
+            return kind(self.client, self.tokenizer, spec, max_prompt_tokens=budget,
                         prefill=True, top_logprobs=TOP_LOGPROBS)
-        return kind(self.client, self.tokenizer, spec, max_prompt_tokens=self.config.max_prompt_tokens,
+        return kind(self.client, self.tokenizer, spec, max_prompt_tokens=budget,
                     prefill=self.config.openai.prefill, top_logprobs=self.config.openai.top_logprobs)
 
     def close(self) -> None:

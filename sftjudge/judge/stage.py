@@ -18,6 +18,7 @@ from sftjudge.config import JudgeConfig, RunConfig
 from sftjudge.judge.anchors import (
     anchor_scores,
     anchor_summary,
+    anchor_degradation,
     anchor_warnings,
     normalised,
 )
@@ -92,6 +93,7 @@ def judge_run(run: RunDir, config: RunConfig, home: Path, champion_dir: str | No
                        load_judge(Path(judge.judges_dir), config.regression.judge), config.regression.suite)
                  if config.regression.enabled else None)
         judge_params = loaded.params
+        budget = loaded.budgets()
     finally:
         # Also when a part fails: a vLLM engine left running would make the retry's engine fail vLLM's start-up
         # check of free memory, in this same process.
@@ -110,7 +112,9 @@ def judge_run(run: RunDir, config: RunConfig, home: Path, champion_dir: str | No
     health = judge_health(rows, pairwise, judge.health, judge_params=judge_params, student_params=student_params)
     scale = anchor_summary(anchors) if anchors else None
     if scale:
-        health.warnings += anchor_warnings(scale)
+        degraded = anchor_degradation(scale, judge.health.min_anchor_span)
+        health.degrade(degraded)
+        health.warnings += [] if degraded else anchor_warnings(scale)
     scores = [r["score"] for r in rows if r["score"] is not None]
     metrics = {
         "judge": identity, "items": len(rows), "scored": len(scores),
@@ -118,6 +122,7 @@ def judge_run(run: RunDir, config: RunConfig, home: Path, champion_dir: str | No
         "judge_score_stdev": round(statistics.pstdev(scores), 4) if len(scores) > 1 else None,
         "unparseable": sum(1 for r in rows if r.get("unparseable")),
         "truncated_prompts": sum(1 for r in rows if r.get("truncated")),
+        "prompt_budget": budget,
         "cheap": aggregate(cheap_rows), "pairwise": pairwise, "noise": noise, "health": health.to_json(),
         "baseline": baseline, "regression": suite,
         "anchors": scale,

@@ -168,7 +168,7 @@ class Planner:
             if shape is None:
                 return None
             return judge_estimate(shape, Judging(
-                batch_size=judge.batch_size, max_prompt_tokens=judge.max_prompt_tokens,
+                batch_size=judge.batch_size, max_prompt_tokens=c.judge_prompt_tokens(),
                 bf16=_bf16(judge.precision, self.target), rubric_criteria=4 if judge.rubric else 1,
                 prefix_cache_mb=judge.prefix_cache_mb,
                 encoder_params=ENCODER_PARAMS if judge.similarity_encoder else 0), cuda=cuda)
@@ -181,7 +181,7 @@ class Planner:
         if stage == "generate" and c.generate.backend == "vllm":
             return self._vllm_plan(stage, c.sft.base_model, c.sft.precision, c.student_context_tokens)
         if stage == "judge" and c.judge.backend == "vllm":
-            return self._vllm_plan(stage, c.judge.model, c.judge.precision, c.judge.context_tokens)
+            return self._vllm_plan(stage, c.judge.model, c.judge.precision, c.judge_context_tokens)
         estimate = self.estimate(stage)
         if estimate is None:
             return None
