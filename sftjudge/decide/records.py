@@ -31,6 +31,11 @@ class RunResult:
     item_metrics: dict[str, dict[str, float]] = field(default_factory=dict)  # per test item: ROUGE-L, token F1, ...
     baseline_items: dict[str, dict[str, Any]] = field(default_factory=dict)  # base model per item: score, metrics
     dimensions: dict[str, float] = field(default_factory=dict)  # rubric means: accuracy, completeness, format, ...
+    item_texts: dict[str, dict[str, str]] = field(default_factory=dict)  # per test item: answer and reference
+
+    def scored_texts(self) -> dict[str, dict[str, Any]]:
+        """Per test item: score, answer and reference, as the length control reads them."""
+        return {i: {"score": s} | self.item_texts[i] for i, s in self.item_scores.items() if i in self.item_texts}
 
     def items(self) -> dict[str, dict[str, Any]]:
         """Per test item: the judge score and the reference metrics, as consistency checks read them."""

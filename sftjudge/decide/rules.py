@@ -18,6 +18,7 @@ from typing import Any
 
 from sftjudge.decide.advice import advice, overfitting_note, severely_overfit
 from sftjudge.decide.consistency import contested, readings
+from sftjudge.decide.length import length_controlled, length_note
 from sftjudge.decide.records import DecideRules, Decision, RunResult
 from sftjudge.judge.pairwise import bootstrap_ci
 
@@ -175,10 +176,17 @@ def _quality_decision(challenger: RunResult, champion: RunResult, rules: DecideR
     delta, ci, paired = paired_difference(challenger, champion, rules.decide.ci_level)
     comparison.update(judge_score_delta=round(delta, 4), delta_ci=None if ci is None else [round(c, 4) for c in ci],
                       paired_items=paired, noise_floor=rules.noise_floor)
+    control = length_controlled(challenger.scored_texts(), champion.scored_texts(), level=rules.decide.ci_level)
+    comparison["length_control"] = control
+    equal_length = ""
+    if control and control["beyond_noise"]:  # the judge rewards length here: decide on the difference without it
+        delta, ci, equal_length = control["controlled"], tuple(control["controlled_ci"]), " at equal answer length"
     interval = (f" ({rules.decide.ci_level:.0%} CI {ci[0]:+.2f} to {ci[1]:+.2f} over {paired} paired items)" if ci
                 else " (no paired items)")
     score_note = (f"judge score {challenger.judge_score:.2f} vs champion {champion.judge_score:.2f}: "
-                  f"{delta:+.2f}{interval}")
+                  f"{delta:+.2f}{equal_length}{interval}")
+    if equal_length:
+        score_note += f"; {length_note(control, f'champion {champion.run_id}')}"
     ratio_note = (f"val/train loss ratio {challenger.val_train_ratio:.2f} (champion {champion.val_train_ratio:.2f}, "
                   f"limit {rules.decide.max_val_train_ratio:.2f})")
     low, high = ci if ci else (delta, delta)

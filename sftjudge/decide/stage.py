@@ -45,6 +45,8 @@ def run_result(run: RunDir) -> RunResult:
         contaminated=len(flagged) if action == "report" else 0, train_rows=curate.get("train", 0),
         settings=settings, regression=metrics.get("regression"),
         item_metrics={j["id"]: j.get("metrics") or {} for j in judgments},
+        item_texts={j["id"]: {"answer": j["answer"], "reference": j["reference"]} for j in judgments
+                    if isinstance(j.get("answer"), str) and isinstance(j.get("reference"), str)},
         dimensions=(metrics.get("dimensions") or {}).get("run") or {},
         baseline_items=({b["id"]: b for b in read_jsonl(run / files.BASELINE_JUDGMENTS)}
                         if (run / files.BASELINE_JUDGMENTS).is_file() else {}),
