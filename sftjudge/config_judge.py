@@ -20,7 +20,7 @@ class JudgeHealthConfig(_Strict):
     min_anchor_span: float = Field(
         2.0, ge=0, description="Score points the judge must put between an empty answer and the reference (the "
                                "anchors' means); closer, its scale is compressed and its health *degraded*: it does "
-                               "not decide a promotion or a rollback.")
+                               "not decide a promotion or a rollback; 0: no such check.")
     min_swap_consistency: float = Field(
         0.6, ge=0, le=1, description="Pairwise verdicts must survive swapping the answer order this often."
     )

@@ -98,7 +98,7 @@ def anchor_degradation(summary: dict[str, Any], min_span: float) -> list[str]:
     []
     """
     span = _span(summary)
-    if span is None or span >= min_span:
+    if min_span <= 0 or span is None or span >= min_span:  # 0: the check is off
         return []
     return [_compressed(summary, span) + f" (under judge.health.min_anchor_span {min_span}), scale degraded: it "
             f"does not decide; use a stronger judge (judge.model)"]

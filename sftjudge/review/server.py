@@ -92,7 +92,7 @@ def app(review: Review, token: str | None = None):
     """The page and its API; with `token`, the API answers only requests carrying it (`serve` always sets one)."""
     from fastapi import FastAPI, HTTPException, Request
     from fastapi.responses import HTMLResponse, JSONResponse
-    from starlette.middleware.trustedhost import TrustedHostMiddleware
+    from fastapi.middleware.trustedhost import TrustedHostMiddleware
 
     api = FastAPI(title=f"sftjudge review {review.run.run_id}", docs_url=None, redoc_url=None, openapi_url=None)
 
