@@ -33,6 +33,7 @@ import random
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -63,6 +64,9 @@ def main() -> None:
                         help="a clone of tatsu-lab/alpaca_eval, or its bare mirror (git dir)")
     parser.add_argument("--items", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max-reference-chars", type=int, default=1200,
+                        help="sample only instructions whose reference answer is at most this long: a 1.5B judge on "
+                             "2 CPU cores takes seconds per 100 prompt tokens")
     parser.add_argument("--budgets", default="1024,auto", help="judge.max_prompt_tokens values, compared in one run")
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--judge", default="reference-score")
@@ -84,10 +88,11 @@ def main() -> None:
     board = {row[""]: row for row in csv.DictReader(io.StringIO(read(args.alpaca_eval, LEADERBOARD)))}
     answers = {m: outputs(args.alpaca_eval, m) for m in (BASELINE, *MODELS, *LENGTH_PAIR)}
     shared = sorted(set.intersection(*(set(a) for a in answers.values())))
-    items = random.Random(args.seed).sample(shared, args.items)
-    print(f"alpaca_eval {args.alpaca_eval}: {len(shared)} instructions answered by all {len(answers)} models; "
-          f"{len(items)} sampled (seed {args.seed}); references: results/{BASELINE}/model_outputs.json; order: "
-          f"{LEADERBOARD}\n")
+    short = [q for q in shared if len(answers[BASELINE][q]) <= args.max_reference_chars]
+    items = random.Random(args.seed).sample(short, args.items)
+    print(f"alpaca_eval {args.alpaca_eval}: {len(shared)} instructions answered by all {len(answers)} models, "
+          f"{len(short)} with a reference of at most {args.max_reference_chars} characters; {len(items)} sampled "
+          f"(seed {args.seed}); references: results/{BASELINE}/model_outputs.json; order: {LEADERBOARD}\n")
 
     def generations(model: str) -> list[dict]:
         return [{"id": f"i{n:03d}", "instruction": q, "reference": answers[BASELINE][q], "text": answers[model][q]}
@@ -110,7 +115,9 @@ def main() -> None:
             judged = loaded.scorer(spec).score([judge_item(g) for g in gens], batch_size=args.batch_size)
             scored[name] = {g["id"]: {"score": j.score, "cut": j.truncated, "answer": g["text"],
                                       "reference": g["reference"]} for g, j in zip(gens, judged)}
-        anchors = anchor_scores(loaded, spec, sets[MODELS[0]], home, args.batch_size)
+        # Anchors kept apart per budget: their cache is per judge identity, which a budget does not change.
+        anchors = anchor_scores(loaded, spec, sets[MODELS[0]], Path(tempfile.mkdtemp(prefix="anchors-")),
+                                args.batch_size)
         seconds = time.perf_counter() - started
         scale = anchor_summary(anchors)
         print(f"judge.max_prompt_tokens={budget}: prompt budget {loaded.prompt_budget(spec)} tokens, "
@@ -166,19 +173,16 @@ def pairwise_agreement(loaded, better: list[dict], worse: list[dict], batch_size
                          batch_size=batch_size)
     second = scorer.score([b | {"answer_a": w["text"], "answer_b": g["text"]} for b, g, w in zip(base, better, worse)],
                           batch_size=batch_size)
+    # labels only: a win needs both orders to agree
     outcomes = [combine_orders(b["id"], a.choice, c.choice) for b, a, c in zip(base, first, second)]
     summary = summarise(outcomes)
-    averaged = []
-    for a, c in zip(first, second):
-        if a.distribution and c.distribution:
-            better_p = (a.distribution.get("A", 0) + c.distribution.get("B", 0)) / 2
-            worse_p = (a.distribution.get("B", 0) + c.distribution.get("A", 0)) / 2
-            averaged.append(better_p > worse_p)
+    averaged = [combine_orders(b["id"], a.choice, c.choice, a.distribution, c.distribution)
+                for b, a, c in zip(base, first, second)]
     print(f"  pairwise ({spec.name}), better first and second, {len(outcomes)} items, "
           f"{time.perf_counter() - started:.0f} s: swap consistency {summary['swap_consistency']}, first answer "
           f"picked {summary['first_position_rate']}, both-orders verdict picks the better model in "
-          f"{sum(o.outcome == 'win' for o in outcomes)} of {len(outcomes)}; order-averaged probabilities pick it in "
-          f"{sum(averaged)} of {len(averaged)}")
+          f"{sum(o.outcome == 'win' for o in outcomes)} of {len(outcomes)}; order-averaged probabilities (the product's "
+          f"verdict) pick it in {sum(o.outcome == 'win' for o in averaged)} of {len(averaged)}")
 
 
 if __name__ == "__main__":

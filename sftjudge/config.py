@@ -399,17 +399,19 @@ class RunConfig(_Strict):
     def judge_prompt_tokens(self, template_tokens: int = AUTO_TEMPLATE_TOKENS, answers: int = 2) -> int:
         """Tokens a judge prompt may take: judge.max_prompt_tokens, or for 'auto' a judge definition's own text
         (`template_tokens`) plus a question and reference (curation keeps rows within sft.max_seq_len) and
-        `answers` answers of the longest length asked for, at AUTO_TOKEN_RATIO judge tokens per student token.
-        The default sizes any definition of up to AUTO_TEMPLATE_TOKENS with two answers (pairwise).
+        `answers` answers of the longest length asked for - or of a reference's, which the anchors judge as an
+        answer - at AUTO_TOKEN_RATIO judge tokens per student token. The default sizes any definition of up to
+        AUTO_TEMPLATE_TOKENS with two answers (pairwise).
 
         >>> RunConfig().judge_prompt_tokens(), RunConfig().judge_prompt_tokens(150, 1)
-        (1184, 678)
+        (1664, 918)
         >>> RunConfig(judge={"max_prompt_tokens": 1024}).judge_prompt_tokens(150, 1)
         1024
         """
         if self.judge.max_prompt_tokens != "auto":
             return self.judge.max_prompt_tokens
-        return template_tokens + math.ceil(AUTO_TOKEN_RATIO * (self.sft.max_seq_len + answers * self.longest_answer))
+        answer = max(self.longest_answer, self.sft.max_seq_len)
+        return template_tokens + math.ceil(AUTO_TOKEN_RATIO * (self.sft.max_seq_len + answers * answer))
 
     @property
     def judge_context_tokens(self) -> int:

@@ -82,7 +82,11 @@ class JudgeConfig(_Strict):
                                     "worker) or 'openai': a model on any OpenAI-compatible server (judge.openai); "
                                     "judge.model's tokenizer then only fits prompts.")
     openai: ServedJudgeConfig = Field(default_factory=ServedJudgeConfig, description="Served judge (backend openai).")
-    pairwise: bool = Field(True, description="Also compare with the champion's answers, in both answer orders.")
+    pairwise: bool = Field(
+        False, description="Also compare with the champion's answers, in both answer orders (the verdict averages "
+                           "each side's probability over the two). Off by default: the embedded 1.5B judge's two "
+                           "orders agree on 69% of public AlpacaEval pairs (bench/agreement.py), under the 80% that "
+                           "pairwise needs to earn its cost; the pointwise paired difference decides either way.")
     pairwise_judge: str = Field("pairwise", description="Pairwise judge definition under judges_dir.")
     batch_size: int = Field(4, ge=1, description="Items scored per forward pass.")
     precision: Literal["auto", "fp32", "bf16"] = Field(
@@ -100,8 +104,9 @@ class JudgeConfig(_Strict):
         "auto", description="Tokens a judge prompt may take; longer ones have the answer cut in the middle (then the "
                             "reference), the judge told how much was cut. 'auto': what the product's own items need - "
                             "the judge definition's text, a question and reference within sft.max_seq_len and its "
-                            "answer(s) of up to generate.max_new_tokens, each at up to 1.5 judge tokens per student "
-                            "token - capped by the judge's context window; so a generated answer is never cut.")
+                            "answer(s) of up to generate.max_new_tokens (or a reference's length: the anchors judge "
+                            "it as an answer), each at up to 1.5 judge tokens per student token - capped by the "
+                            "judge's context window; so a generated answer is never cut.")
     format: Literal["none", "json", "regex"] = Field(
         "none", description="Format compliance metric: answers must be JSON (optionally per json_schema) or match "
                             "format_regex."

@@ -168,3 +168,31 @@ def test_an_auto_budget_never_cuts_an_answer_the_run_could_generate(sftjudge_hom
     loaded.scorer(spec)
     assert loaded.budgets()["tokens"] == {spec.name: loaded.prompt_budget(spec)}  # what the report shows
     assert loaded.budgets()["context_window"] == 4096
+
+
+def test_a_cached_judgment_is_reused_only_under_a_budget_it_fits(tmp_path):
+    from sftjudge.judge.cache import JudgmentCache, judge_cached
+    from sftjudge.judge.spec import Judgment
+
+    class Scorer:
+        """Prompts of 600 tokens: cut (to the budget) when the budget is smaller."""
+
+        def __init__(self, budget):
+            self.max_prompt_tokens, self.calls = budget, 0
+
+        def score(self, items, batch_size=4):
+            self.calls += len(items)
+            cut = self.max_prompt_tokens < 600
+            return [Judgment(i["id"], score=5.0 if cut else 7.0, label_mass=0.9, truncated=cut,
+                             prompt_tokens=min(600, self.max_prompt_tokens)) for i in items]
+
+    items = [{"id": "a", "answer": "x"}]
+    cache = JudgmentCache(tmp_path / "anchors.jsonl").load()
+    small, large, same = Scorer(400), Scorer(2000), Scorer(400)
+    assert judge_cached(small, cache, items, "judge", 4)[0]["score"] == 5.0
+    # before: the cut judgment (5.0) came back for a budget that holds the whole prompt
+    assert judge_cached(large, cache, items, "judge", 4)[0]["score"] == 7.0 and large.calls == 1
+    assert judge_cached(Scorer(800), cache, items, "judge", 4)[0]["score"] == 7.0  # whole, 600 <= 800: reused
+    cache = JudgmentCache(tmp_path / "anchors.jsonl").load()  # as the next run reads it
+    assert judge_cached(same, cache, items, "judge", 4)[0]["score"] == 5.0 and same.calls == 1  # cut to 400 again
+    assert judge_cached(Scorer(400), cache, items, "judge", 4)[0]["score"] == 5.0

@@ -23,16 +23,33 @@ class JudgmentCache(KeyedJsonl):
 
 def judge_cached(scorer, cache: JudgmentCache, items: list[dict[str, Any]], tag: str,
                  batch_size: int) -> list[dict[str, Any]]:
-    """Judge every item not yet in the cache (in batches, each appended when done); return all, in order."""
+    """Judge every item not yet in the cache (in batches, each appended when done); return all, in order.
+
+    A cached judgment stands for the scorer's prompt budget only if its prompt was whole and fits that budget, or
+    it was cut to that very budget: the anchors cache is shared by runs whose budgets differ (judge.max_prompt_tokens
+    =auto follows sft.max_seq_len and generate.max_new_tokens), and a cut prompt is another prompt.
+    """
+    budget = getattr(scorer, "max_prompt_tokens", None)
     keys = [cache.key(tag, *(str(item[k]) for k in sorted(item))) for item in items]
-    todo = [(key, item) for key, item in zip(keys, items) if key not in cache.records]
+    todo = [(key, item) for key, item in zip(keys, items) if not _holds(cache.records.get(key), budget)]
     for start in range(0, len(todo), batch_size * 4):
         chunk = todo[start:start + batch_size * 4]
         judged = scorer.score([item for _, item in chunk], batch_size=batch_size)
         for judgment in judged:
             check_finite(judgment)
-        cache.append([{"key": key} | j.to_json() for (key, _), j in zip(chunk, judged)])
+        cache.append([{"key": key, "budget": budget} | j.to_json() for (key, _), j in zip(chunk, judged)])
     return [cache.records[key] for key in keys]
+
+
+def _holds(record: dict[str, Any] | None, budget: int | None) -> bool:
+    """Whether a cached judgment is the one the scorer would give now (see judge_cached)."""
+    if record is None:
+        return False
+    if budget is None:
+        return True
+    if record.get("truncated"):
+        return record.get("budget") == budget
+    return (record.get("prompt_tokens") or 0) <= budget
 
 
 def check_finite(judgment) -> None:

@@ -69,7 +69,8 @@ def calibrate(path: Path, loaded_judge, pointwise_spec, pairwise_spec, batch_siz
         swapped = scorer.score([i | {"answer_a": i["answer_b"], "answer_b": i["answer_a"]} for i in items],
                                batch_size=batch_size)
         # Read "challenger" as answer A: outcome win = A better, loss = B better.
-        outcomes = [combine_orders(i["id"], a.choice, b.choice) for i, a, b in zip(items, first, swapped)]
+        outcomes = [combine_orders(i["id"], a.choice, b.choice, a.distribution, b.distribution)
+                    for i, a, b in zip(items, first, swapped)]
         verdict = {"win": "A", "loss": "B", "tie": "C"}
         agree = [verdict.get(o.outcome) == i["human_winner"].strip().upper() for o, i in zip(outcomes, items)]
         result = {"items": len(items), "agreement": round(sum(agree) / len(items), 4),

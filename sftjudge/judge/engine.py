@@ -43,6 +43,10 @@ class EngineLogprobJudge:
         self.encoder = LogprobJudge(None, tokenizer, spec, max_prompt_tokens=max_prompt_tokens)  # prompts only
         self.labels = self.encoder.labels
 
+    @property
+    def max_prompt_tokens(self) -> int:
+        return self.encoder.max_prompt_tokens
+
     def _ask(self, prompts: list[list[int]], max_tokens: int) -> list[Any]:
         from vllm import SamplingParams
 

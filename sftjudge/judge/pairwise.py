@@ -1,7 +1,12 @@
 """Pairwise comparison with both answer orders: position bias is measured and cancelled, not left to the user.
 
-Each item is judged twice, challenger first (as A) and champion first. A pair counts as a win (or a loss) only
-when both orders agree; disagreement is a tie and counts against swap consistency.
+Each item is judged twice, challenger first (as A) and champion first. With label probabilities (logprob judges)
+the verdict averages each side's probability over the two orders - P(challenger) = (P(A | challenger first) +
+P(B | champion first)) / 2 - so a judge that leans to one position leans the same in both and the lean cancels; on
+public AlpacaEval answers (bench/agreement.py) the embedded judge's averaged verdict picked the better model in 15
+of 16 items where "both orders must agree" picked it in 5. Without probabilities (text judges) a pair counts as a
+win (or a loss) only when both orders agree; disagreement is a tie. Swap consistency - how often the two orders'
+own labels agree - is reported either way: it measures the judge, not the verdict.
 """
 
 from __future__ import annotations
@@ -33,8 +38,10 @@ def _winner(label: str | None, challenger_is_a: bool) -> str | None:
     return "challenger" if a_wins == challenger_is_a else "champion"
 
 
-def combine_orders(item_id: str, challenger_first: str | None, champion_first: str | None) -> PairOutcome:
-    """Combine the two orders of one item into one outcome.
+def combine_orders(item_id: str, challenger_first: str | None, champion_first: str | None,
+                   first_probs: dict[str, float] | None = None,
+                   second_probs: dict[str, float] | None = None) -> PairOutcome:
+    """Combine the two orders of one item into one outcome (see the module's docstring).
 
     >>> combine_orders("x", "A", "B").outcome      # challenger preferred in both positions
     'win'
@@ -46,11 +53,19 @@ def combine_orders(item_id: str, challenger_first: str | None, champion_first: s
     'loss'
     >>> combine_orders("x", None, "A").outcome
     'unparseable'
+    >>> leans_to_a = combine_orders("x", "A", "A", {"A": 0.9, "B": 0.1}, {"A": 0.6, "B": 0.4})
+    >>> leans_to_a.outcome, leans_to_a.consistent    # A either way, but far more so with the challenger as A
+    ('win', False)
     """
     w1, w2 = _winner(challenger_first, True), _winner(champion_first, False)
     if w1 is None or w2 is None:
         return PairOutcome(item_id, challenger_first, champion_first, "unparseable", False)
     consistent = w1 == w2
+    if first_probs and second_probs:
+        sides = {"win": first_probs.get(FIRST, 0.0) + second_probs.get(SECOND, 0.0),
+                 "loss": first_probs.get(SECOND, 0.0) + second_probs.get(FIRST, 0.0),
+                 "tie": first_probs.get(TIE, 0.0) + second_probs.get(TIE, 0.0)}
+        return PairOutcome(item_id, challenger_first, champion_first, max(sides, key=sides.get), consistent)
     if consistent and w1 == "challenger":
         outcome = "win"
     elif consistent and w1 == "champion":

@@ -34,6 +34,10 @@ class RubricJudge:
                          + ([shared] if shared is not None else [])
                          for name, opening in spec.criteria.items()}
 
+    @property
+    def max_prompt_tokens(self) -> int:
+        return self.prompt.max_prompt_tokens
+
     def score_batch(self, items: list[dict[str, str]]) -> list[Judgment]:
         """One forward pass over the items' prompts, one over every (item, criterion) suffix on the cached prefix."""
         import torch

@@ -100,7 +100,7 @@ def judge_run(run: RunDir, config: RunConfig, home: Path, champion_dir: str | No
         loaded.close()
     rows, cheap_rows = [], cheap_metrics(generations, rule, encoder)
     for gen, judged, cheap in zip(generations, pointwise, cheap_rows):
-        rows.append({k: v for k, v in judged.items() if k != "key"} | {
+        rows.append({k: v for k, v in judged.items() if k not in ("key", "budget")} | {
             "judge": identity, "answer": gen["text"], "reference": gen["reference"], "metrics": cheap}
             | ({"dimensions": dimensions["items"].get(gen["id"], {})} if dimensions else {}))
     write_jsonl(run / files.JUDGMENTS, rows)
@@ -305,6 +305,7 @@ def _pairwise(judging: CachedJudge, judge: JudgeConfig, generations: list[dict[s
                                  for b, g in zip(base, shared)])
     second = judging.judge(spec, [b | {"answer_a": theirs[g["id"]], "answer_b": g["text"]}
                                   for b, g in zip(base, shared)])
-    outcomes = [combine_orders(b["id"], a.get("choice"), c.get("choice")) for b, a, c in zip(base, first, second)]
+    outcomes = [combine_orders(b["id"], a.get("choice"), c.get("choice"), a.get("distribution"),
+                               c.get("distribution")) for b, a, c in zip(base, first, second)]
     summary = summarise(outcomes) | {"champion_run_dir": champion_dir}
     return summary, [outcome_json(o) for o in outcomes]
