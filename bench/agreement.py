@@ -181,8 +181,8 @@ def pairwise_agreement(loaded, better: list[dict], worse: list[dict], batch_size
     print(f"  pairwise ({spec.name}), better first and second, {len(outcomes)} items, "
           f"{time.perf_counter() - started:.0f} s: swap consistency {summary['swap_consistency']}, first answer "
           f"picked {summary['first_position_rate']}, both-orders verdict picks the better model in "
-          f"{sum(o.outcome == 'win' for o in outcomes)} of {len(outcomes)}; order-averaged probabilities (the product's "
-          f"verdict) pick it in {sum(o.outcome == 'win' for o in averaged)} of {len(averaged)}")
+          f"{sum(o.outcome == 'win' for o in outcomes)} of {len(outcomes)}; order-averaged probabilities (the "
+          f"product's verdict) pick it in {sum(o.outcome == 'win' for o in averaged)} of {len(averaged)}")
 
 
 if __name__ == "__main__":

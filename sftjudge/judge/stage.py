@@ -16,9 +16,9 @@ from typing import Any
 
 from sftjudge.config import JudgeConfig, RunConfig
 from sftjudge.judge.anchors import (
+    anchor_degradation,
     anchor_scores,
     anchor_summary,
-    anchor_degradation,
     anchor_warnings,
     normalised,
 )
