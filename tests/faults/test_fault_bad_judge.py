@@ -66,6 +66,9 @@ class ScriptedJudge:
         reply = (lambda prompt: '{"winner": "A"}') if spec.kind == "choice" else pointwise_reply
         return TextJudge(ScriptedGenerator(reply), EchoTemplate(), spec)
 
+    def budgets(self):
+        return {"setting": "auto", "context_window": None, "tokens": {}}  # prompts are never fitted here
+
     def close(self):
         pass
 
